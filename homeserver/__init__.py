@@ -1,0 +1,1 @@
+"""A Matrix-compatible, federated, event-sourced chat homeserver."""
