@@ -1,0 +1,32 @@
+"""Discovery endpoints: spec versions and .well-known."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from homeserver.api.appkeys import CONFIG
+from homeserver.api.errors import json_response
+
+routes = web.RouteTableDef()
+
+SUPPORTED_VERSIONS = [f"v1.{n}" for n in range(1, 13)] + ["r0.6.1"]
+
+
+@routes.get("/_matrix/client/versions")
+async def versions(request: web.Request) -> web.Response:
+    return json_response({"versions": SUPPORTED_VERSIONS, "unstable_features": {}})
+
+
+@routes.get("/.well-known/matrix/client")
+async def well_known_client(request: web.Request) -> web.Response:
+    cfg = request.app[CONFIG]
+    base = f"{request.scheme}://{request.host}"
+    return json_response({"m.homeserver": {"base_url": base}, "io.homeserver": {
+        "server_name": cfg.server_name}})
+
+
+@routes.get("/.well-known/matrix/server")
+async def well_known_server(request: web.Request) -> web.Response:
+    cfg = request.app[CONFIG]
+    host = cfg.server_name.host
+    return json_response({"m.server": f"{host}:{cfg.listen.federation_port}"})

@@ -1,0 +1,90 @@
+"""The one error type and the one middleware that renders every error.
+
+Every failure leaves the server as Matrix JSON ``{"errcode", "error"}``:
+unknown routes and methods as ``M_UNRECOGNIZED``, oversize bodies as
+``M_TOO_LARGE``, and anything unexpected as 500 ``M_UNKNOWN`` with the
+traceback in the log — never an aiohttp text/plain page.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class MatrixError(Exception):
+    """An error with a Matrix errcode; ``extra`` keys are merged into the body."""
+
+    def __init__(self, status: int, errcode: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.errcode = errcode
+        self.message = message
+        self.extra = extra
+
+    def to_json(self) -> dict[str, Any]:
+        return {"errcode": self.errcode, "error": self.message, **self.extra}
+
+
+# Shorthands for the common cases, so handlers read like the spec's tables.
+def forbidden(message: str) -> MatrixError:
+    return MatrixError(403, "M_FORBIDDEN", message)
+
+
+def not_found(message: str) -> MatrixError:
+    return MatrixError(404, "M_NOT_FOUND", message)
+
+
+def bad_json(message: str) -> MatrixError:
+    return MatrixError(400, "M_BAD_JSON", message)
+
+
+def invalid_param(message: str) -> MatrixError:
+    return MatrixError(400, "M_INVALID_PARAM", message)
+
+
+def missing_param(message: str) -> MatrixError:
+    return MatrixError(400, "M_MISSING_PARAM", message)
+
+
+def json_response(body: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        body=json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode(),
+        status=status,
+        content_type="application/json",
+    )
+
+
+_HTTP_ERRCODES = {
+    404: ("M_UNRECOGNIZED", "Unrecognized request"),
+    405: ("M_UNRECOGNIZED", "Unrecognized request: method not allowed"),
+    413: ("M_TOO_LARGE", "Request body too large"),
+    400: ("M_UNKNOWN", "Bad request"),
+}
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except MatrixError as e:
+        return json_response(e.to_json(), e.status)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        errcode, message = _HTTP_ERRCODES.get(e.status, ("M_UNKNOWN", e.reason))
+        resp = json_response({"errcode": errcode, "error": message}, e.status)
+        if e.status == 405 and "Allow" in e.headers:
+            resp.headers["Allow"] = e.headers["Allow"]
+        return resp
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return json_response({"errcode": "M_UNKNOWN", "error": "Internal server error"}, 500)

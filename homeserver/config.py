@@ -1,0 +1,253 @@
+"""One typed, frozen configuration, from defaults < YAML < environment < flags.
+
+The YAML keys are a public contract (operators and scripts rely on them);
+each is also settable from the environment as ``HOMESERVER_`` + the dotted key
+in capitals with ``.`` replaced by ``_``. A bad value stops start-up with one
+line naming the key and what is wrong (``ConfigError``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import yaml
+
+from homeserver.core.ids import InvalidID, ServerName, UserID
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; the message names the key."""
+
+
+@dataclass(frozen=True, slots=True)
+class ListenConfig:
+    bind: str = "127.0.0.1"
+    client_port: int = 8008
+    federation_port: int = 8448
+
+
+@dataclass(frozen=True, slots=True)
+class TLSConfig:
+    certificate: Path | None = None
+    private_key: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FederationConfig:
+    verify_certificates: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrationConfig:
+    enabled: bool = True
+    shared_secret: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RoomsConfig:
+    """Room lifecycle settings (``io.homeserver`` room kinds)."""
+
+    transient_purge_after_ms: int = 300_000
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    server_name: ServerName
+    data_dir: Path
+    database_url: str | None
+    listen: ListenConfig
+    tls: TLSConfig
+    federation: FederationConfig
+    registration: RegistrationConfig
+    admins: tuple[UserID, ...]
+    rooms: RoomsConfig = RoomsConfig()
+
+    @property
+    def signing_key_path(self) -> Path:
+        return self.data_dir / "signing.key"
+
+    @property
+    def embedded_pg_dir(self) -> Path:
+        return self.data_dir / "postgres"
+
+    @property
+    def certificate_path(self) -> Path:
+        return self.tls.certificate or self.data_dir / "tls.crt"
+
+    @property
+    def private_key_path(self) -> Path:
+        return self.tls.private_key or self.data_dir / "tls.key"
+
+
+# The flat list of every key, its type and default. ``None`` type means "str
+# or null". The order is the order of the documentation.
+_KEYS: dict[str, tuple[type, Any]] = {
+    "server_name": (str, "localhost:8448"),
+    "data_dir": (str, "./homeserver-data"),
+    "database_url": (type(None), None),
+    "listen.bind": (str, "127.0.0.1"),
+    "listen.client_port": (int, 8008),
+    "listen.federation_port": (int, 8448),
+    "tls.certificate": (type(None), None),
+    "tls.private_key": (type(None), None),
+    "federation.verify_certificates": (bool, True),
+    "registration.enabled": (bool, None),  # None: on only when bound to loopback
+    "registration.shared_secret": (type(None), None),
+    "admins": (list, []),
+    "rooms.transient_purge_after_ms": (int, 300_000),
+}
+
+
+def env_name(key: str) -> str:
+    return "HOMESERVER_" + key.upper().replace(".", "_")
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """Check ``value`` against the key's type; strings from the environment
+    are converted (``"false"`` → False, ``"8008"`` → 8008)."""
+    kind, _default = _KEYS[key]
+    if kind is type(None):  # optional string
+        if value is None or (isinstance(value, str) and value.lower() in ("", "null", "none")):
+            return None
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string or null, got {value!r}")
+        return value
+    if kind is bool:
+        if isinstance(value, bool) or value is None:
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "no", "0", "off"):
+            return False
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if kind is int:
+        if isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
+            value = int(value)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if kind is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return value
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    return value
+
+
+def _is_loopback(bind: str) -> bool:
+    if bind == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(bind).is_loopback
+    except ValueError:
+        return False
+
+
+def _port(key: str, value: int) -> int:
+    if not 0 < value < 65536:
+        raise ConfigError(f"{key}: port must be between 1 and 65535, got {value}")
+    return value
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Merge defaults, the YAML file, ``HOMESERVER_*`` variables and
+    ``overrides`` (flat dotted keys, from command-line flags), in that order."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {k: d for k, (_t, d) in _KEYS.items()}
+    if path is not None:
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except OSError as e:
+            raise ConfigError(f"config file {path}: {e.strerror}") from e
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path}: not valid YAML ({e})") from e
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"config file {path}: expected a mapping at the top level")
+        for key, value in _flatten(raw).items():
+            if key not in _KEYS:
+                raise ConfigError(f"{key}: unknown configuration key")
+            values[key] = _coerce(key, value)
+    for key in _KEYS:
+        if env_name(key) in env:
+            values[key] = _coerce(key, env[env_name(key)])
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            values[key] = _coerce(key, value)
+
+    try:
+        server_name = ServerName.parse(values["server_name"])
+    except InvalidID as e:
+        raise ConfigError(f"server_name: {e}") from e
+    admins = []
+    for a in values["admins"]:
+        try:
+            admins.append(UserID.parse(str(a)))
+        except InvalidID as e:
+            raise ConfigError(f"admins: {e}") from e
+    db = values["database_url"]
+    if db is not None and not db.startswith(("postgres://", "postgresql://")):
+        raise ConfigError("database_url: expected a postgresql:// URL")
+    bind = values["listen.bind"]
+    registration = values["registration.enabled"]
+    if registration is None:
+        registration = _is_loopback(bind)
+    if values["rooms.transient_purge_after_ms"] < 0:
+        raise ConfigError("rooms.transient_purge_after_ms: must not be negative")
+    cert, key = values["tls.certificate"], values["tls.private_key"]
+    if (cert is None) != (key is None):
+        raise ConfigError("tls: certificate and private_key must be given together")
+    return Config(
+        server_name=server_name,
+        data_dir=Path(values["data_dir"]).expanduser().resolve(),
+        database_url=db,
+        listen=ListenConfig(
+            bind=bind,
+            client_port=_port("listen.client_port", values["listen.client_port"]),
+            federation_port=_port("listen.federation_port", values["listen.federation_port"]),
+        ),
+        tls=TLSConfig(
+            certificate=Path(cert) if cert else None, private_key=Path(key) if key else None
+        ),
+        federation=FederationConfig(verify_certificates=values["federation.verify_certificates"]),
+        registration=RegistrationConfig(
+            enabled=registration, shared_secret=values["registration.shared_secret"]
+        ),
+        admins=tuple(admins),
+        rooms=RoomsConfig(transient_purge_after_ms=values["rooms.transient_purge_after_ms"]),
+    )
+
+
+def redact_url(url: str) -> str:
+    """A database URL safe for logs: the password replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    userinfo = netloc[0].split(":", 1)[0] + ":***"
+    return urlunsplit(parts._replace(netloc=f"{userinfo}@{netloc[1]}"))

@@ -1,0 +1,88 @@
+"""The asyncpg pool and the schema: the one gateway to PostgreSQL.
+
+``schema.sql`` (at the repository top, shipped inside the package as well) is
+applied idempotently at every start under an advisory lock, so several
+processes may start at once against one database.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+_SCHEMA_LOCK = 0x6873_0001  # advisory lock key: "hs" + 1
+
+
+def schema_sql() -> str:
+    """The schema text: the repository's ``schema.sql`` when running from a
+    checkout, else the copy packaged with ``homeserver``."""
+    top = Path(__file__).resolve().parents[2] / "schema.sql"
+    if top.is_file():
+        return top.read_text()
+    return resources.files("homeserver").joinpath("schema.sql").read_text()
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    await conn.set_type_codec("json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+class Database:
+    """Owns the pool. Storage classes receive it and run their SQL through it."""
+
+    def __init__(self, pool: asyncpg.Pool, url: str) -> None:
+        self.pool = pool
+        self.url = url
+
+    @classmethod
+    async def connect(cls, url: str, *, min_size: int = 2, max_size: int = 20) -> Database:
+        pool = await asyncpg.create_pool(
+            url, min_size=min_size, max_size=max_size, init=_init_connection
+        )
+        assert pool is not None
+        return cls(pool, url)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    async def apply_schema(self) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK)
+            await conn.execute(schema_sql())
+            await conn.execute(
+                "INSERT INTO schema_version (version, applied_ts) VALUES ($1, "
+                "(extract(epoch from clock_timestamp()) * 1000)::bigint) "
+                "ON CONFLICT (version) DO NOTHING",
+                SCHEMA_VERSION,
+            )
+
+    async def schema_version(self) -> int:
+        v = await self.pool.fetchval("SELECT max(version) FROM schema_version")
+        return int(v or 0)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        async with self.pool.acquire() as conn, conn.transaction():
+            yield conn
+
+    async def fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        return list(await self.pool.fetch(sql, *args))
+
+    async def fetchrow(self, sql: str, *args: Any) -> asyncpg.Record | None:
+        return await self.pool.fetchrow(sql, *args)
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        return await self.pool.fetchval(sql, *args)
+
+    async def execute(self, sql: str, *args: Any) -> str:
+        return str(await self.pool.execute(sql, *args))

