@@ -40,3 +40,238 @@ CREATE TABLE IF NOT EXISTS access_tokens (
     created_ts  bigint NOT NULL
 );
 CREATE INDEX IF NOT EXISTS access_tokens_device ON access_tokens (user_id, device_id);
+
+-- ------------------------------------------------------------- the event log
+-- Append-only: rows never change. State that changes later (redacted by,
+-- blocked rooms) lives in its own tables. The only way rows leave is
+-- purge_room() in homeserver/storage/purge.py, which sets
+-- homeserver.purging_room for its transaction and writes purge_audit.
+
+CREATE TABLE IF NOT EXISTS rooms (
+    room_id       text PRIMARY KEY,
+    room_version  text NOT NULL,
+    creator       text NOT NULL,
+    created_ts    bigint NOT NULL
+);
+
+-- Stream positions come from stream_counter. A writer reserves its
+-- positions and records the lowest in stream_inflight in one short
+-- transaction, and deletes that row in its event transaction, so readers can
+-- compute the highest position below which nothing is still being written.
+-- Both tables are unlogged (no fsync); after a crash the counter is re-seeded
+-- from max(events.stream_ordering).
+CREATE UNLOGGED TABLE IF NOT EXISTS stream_counter (
+    id   integer PRIMARY KEY,
+    pos  bigint NOT NULL
+);
+CREATE UNLOGGED TABLE IF NOT EXISTS stream_inflight (
+    pos         bigint PRIMARY KEY,
+    backend_pid integer NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS events (
+    stream_ordering   bigint PRIMARY KEY,
+    event_id          text NOT NULL UNIQUE,
+    room_id           text NOT NULL,
+    type              text NOT NULL,
+    state_key         text,
+    sender            text NOT NULL,
+    depth             bigint NOT NULL,
+    origin_server_ts  bigint NOT NULL,
+    received_ts       bigint NOT NULL,
+    json              text NOT NULL,          -- the PDU as received/created
+    redacted_json     text,                   -- set when the content hash failed
+    rejected_reason   text,                   -- auth failure: never part of state
+    soft_failed       boolean NOT NULL DEFAULT false,
+    outlier           boolean NOT NULL DEFAULT false,
+    state_group       bigint,                 -- state after this event (NULL: outlier)
+    txn_user_id       text,                   -- local sender's transaction id, for echo
+    txn_device_id     text,
+    txn_id            text
+);
+CREATE INDEX IF NOT EXISTS events_room_stream ON events (room_id, stream_ordering);
+CREATE INDEX IF NOT EXISTS events_room_topo ON events (room_id, depth, stream_ordering);
+CREATE UNIQUE INDEX IF NOT EXISTS events_txn ON events (txn_user_id, txn_device_id, txn_id)
+    WHERE txn_id IS NOT NULL;
+
+CREATE TABLE IF NOT EXISTS event_edges (
+    event_id       text NOT NULL,
+    prev_event_id  text NOT NULL,
+    room_id        text NOT NULL,
+    PRIMARY KEY (event_id, prev_event_id)
+);
+CREATE INDEX IF NOT EXISTS event_edges_prev ON event_edges (prev_event_id);
+
+CREATE TABLE IF NOT EXISTS event_auth (
+    event_id  text NOT NULL,
+    auth_id   text NOT NULL,
+    room_id   text NOT NULL,
+    PRIMARY KEY (event_id, auth_id)
+);
+
+-- State snapshots: a chain of deltas. A group lists only the entries that
+-- differ from prev_group; after chain_length reaches the cap a full snapshot
+-- (prev_group NULL) is written, so reads walk a bounded chain.
+CREATE TABLE IF NOT EXISTS state_groups (
+    group_id      bigint PRIMARY KEY,
+    room_id       text NOT NULL,
+    prev_group    bigint,
+    chain_length  integer NOT NULL
+);
+CREATE SEQUENCE IF NOT EXISTS state_group_seq;
+CREATE TABLE IF NOT EXISTS state_group_entries (
+    group_id   bigint NOT NULL,
+    room_id    text NOT NULL,
+    type       text NOT NULL,
+    state_key  text NOT NULL,
+    event_id   text,                      -- NULL: the key is absent from this state
+    PRIMARY KEY (group_id, type, state_key)
+);
+
+CREATE TABLE IF NOT EXISTS purge_audit (
+    room_id      text NOT NULL,
+    purged_ts    bigint NOT NULL,
+    purged_by    text NOT NULL,
+    reason       text,
+    event_count  bigint NOT NULL
+);
+
+CREATE OR REPLACE FUNCTION refuse_log_change() RETURNS trigger AS $$
+BEGIN
+    IF TG_OP = 'DELETE'
+       AND current_setting('homeserver.purging_room', true) = OLD.room_id THEN
+        RETURN OLD;
+    END IF;
+    RAISE EXCEPTION 'the event log is append-only: % on % refused', TG_OP, TG_TABLE_NAME
+        USING ERRCODE = 'insufficient_privilege';
+END $$ LANGUAGE plpgsql;
+
+CREATE OR REPLACE FUNCTION refuse_log_truncate() RETURNS trigger AS $$
+BEGIN
+    RAISE EXCEPTION 'the event log is append-only: TRUNCATE on % refused', TG_TABLE_NAME
+        USING ERRCODE = 'insufficient_privilege';
+END $$ LANGUAGE plpgsql;
+
+DO $$
+DECLARE t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['events', 'event_edges', 'event_auth', 'state_groups',
+                             'state_group_entries', 'rooms', 'purge_audit'] LOOP
+        EXECUTE format('DROP TRIGGER IF EXISTS %I ON %I', t || '_append_only', t);
+        EXECUTE format('CREATE TRIGGER %I BEFORE UPDATE OR DELETE ON %I '
+                       'FOR EACH ROW EXECUTE FUNCTION refuse_log_change()', t || '_append_only', t);
+        EXECUTE format('DROP TRIGGER IF EXISTS %I ON %I', t || '_no_truncate', t);
+        EXECUTE format('CREATE TRIGGER %I BEFORE TRUNCATE ON %I '
+                       'FOR EACH STATEMENT EXECUTE FUNCTION refuse_log_truncate()', t || '_no_truncate', t);
+    END LOOP;
+END $$;
+
+-- --------------------------------------------------------------- projections
+-- Everything below is derived from the log in the same transaction as the
+-- append, and can be dropped and rebuilt (homeserver rebuild / verify).
+
+CREATE TABLE IF NOT EXISTS current_state (
+    room_id    text NOT NULL,
+    type       text NOT NULL,
+    state_key  text NOT NULL,
+    event_id   text NOT NULL,
+    PRIMARY KEY (room_id, type, state_key)
+);
+
+CREATE TABLE IF NOT EXISTS room_members (
+    room_id          text NOT NULL,
+    user_id          text NOT NULL,
+    membership       text NOT NULL,
+    event_id         text NOT NULL,
+    sender           text NOT NULL,
+    stream_ordering  bigint NOT NULL,
+    displayname      text,
+    avatar_url       text,
+    is_direct        boolean NOT NULL DEFAULT false,
+    PRIMARY KEY (room_id, user_id)
+);
+CREATE INDEX IF NOT EXISTS room_members_user ON room_members (user_id, membership);
+
+CREATE TABLE IF NOT EXISTS forward_extremities (
+    room_id   text NOT NULL,
+    event_id  text NOT NULL,
+    PRIMARY KEY (room_id, event_id)
+);
+
+-- The room's head: last stream position and greatest depth.
+CREATE TABLE IF NOT EXISTS room_heads (
+    room_id          text PRIMARY KEY,
+    stream_ordering  bigint NOT NULL,
+    max_depth        bigint NOT NULL
+);
+
+-- Room summary for the directory, /publicRooms and the admin API.
+CREATE TABLE IF NOT EXISTS room_stats (
+    room_id             text PRIMARY KEY,
+    name                text,
+    topic               text,
+    canonical_alias     text,
+    avatar_url          text,
+    join_rule           text,
+    history_visibility  text,
+    guest_access        text,
+    room_type           text,
+    kind                text,
+    joined_members      integer NOT NULL DEFAULT 0,
+    invited_members     integer NOT NULL DEFAULT 0,
+    local_joined        integer NOT NULL DEFAULT 0,
+    last_event_ts       bigint
+);
+
+-- The per-user stream of membership changes, for /sync.
+CREATE TABLE IF NOT EXISTS user_membership_stream (
+    user_id          text NOT NULL,
+    room_id          text NOT NULL,
+    stream_ordering  bigint NOT NULL,
+    membership       text NOT NULL,
+    event_id         text NOT NULL,
+    PRIMARY KEY (user_id, stream_ordering)
+);
+
+CREATE TABLE IF NOT EXISTS event_redactions (
+    redacted_id   text NOT NULL,
+    redaction_id  text NOT NULL,
+    room_id       text NOT NULL,
+    PRIMARY KEY (redacted_id, redaction_id)
+);
+
+-- ------------------------------------------------ local (non-event) data
+-- Aliases and directory visibility are server-local in Matrix, not events.
+CREATE TABLE IF NOT EXISTS room_aliases (
+    alias       text PRIMARY KEY,
+    room_id     text NOT NULL,
+    creator     text NOT NULL,
+    servers     text[] NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS room_aliases_room ON room_aliases (room_id);
+
+CREATE TABLE IF NOT EXISTS room_directory (
+    room_id     text PRIMARY KEY,
+    visibility  text NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS blocked_rooms (
+    room_id     text PRIMARY KEY,
+    blocked_by  text NOT NULL,
+    blocked_ts  bigint NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS forgotten_rooms (
+    user_id  text NOT NULL,
+    room_id  text NOT NULL,
+    PRIMARY KEY (user_id, room_id)
+);
+
+CREATE TABLE IF NOT EXISTS account_data (
+    user_id          text NOT NULL,
+    room_id          text NOT NULL DEFAULT '',   -- '' for global account data
+    type             text NOT NULL,
+    content          jsonb NOT NULL,
+    stream_ordering  bigint NOT NULL,
+    PRIMARY KEY (user_id, room_id, type)
+);

@@ -17,20 +17,42 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from homeserver.api import appkeys
-from homeserver.api.client import account, versions
+from homeserver.api.admin import rooms as admin_rooms
+from homeserver.api.client import account, homeserver_ext, rooms, versions
+from homeserver.api.client import account_data as account_data_api
+from homeserver.api.client import directory as directory_api
+from homeserver.api.client import membership as membership_api
+from homeserver.api.client import profile as profile_api
 from homeserver.api.cors import cors_middleware
 from homeserver.api.errors import error_middleware
 from homeserver.api.federation import keys
 from homeserver.config import Config, redact_url
+from homeserver.services.account_data import AccountDataService
 from homeserver.services.accounts import AccountService
+from homeserver.services.directory import DirectoryService
+from homeserver.services.event_creator import EventCreator
+from homeserver.services.membership import MembershipService
+from homeserver.services.messages import MessageService
+from homeserver.services.notifier import Notifier
+from homeserver.services.persister import Persister
+from homeserver.services.profile import ProfileService
+from homeserver.services.room_admin import RoomAdminService
+from homeserver.services.room_creation import RoomCreationService
+from homeserver.services.room_state import RoomState
+from homeserver.services.serialize import EventSerializer
 from homeserver.services.server_keys import (
     ServerKeys,
     ensure_tls_certificate,
     load_or_create_signing_key,
 )
+from homeserver.services.timeline import TimelineService, Visibility
+from homeserver.storage.account_data import AccountDataStore
 from homeserver.storage.accounts import AccountStore
 from homeserver.storage.database import Database
 from homeserver.storage.embedded import EmbeddedPostgres
+from homeserver.storage.events import EventStore
+from homeserver.storage.projections import Projections
+from homeserver.storage.rooms import RoomStore
 
 log = logging.getLogger(__name__)
 
@@ -39,20 +61,70 @@ log = logging.getLogger(__name__)
 MAX_BODY = 1024 * 1024
 
 
-def create_app(config: Config, db: Database, server_keys: ServerKeys | None = None) -> web.Application:
-    app = web.Application(
-        middlewares=[cors_middleware, error_middleware], client_max_size=MAX_BODY
-    )
+def create_app(
+    config: Config, db: Database, server_keys: ServerKeys | None = None
+) -> web.Application:
+    """The aiohttp application with every service wired in."""
+    app = web.Application(middlewares=[cors_middleware, error_middleware], client_max_size=MAX_BODY)
     server_keys = server_keys or ServerKeys(
         config.server_name, load_or_create_signing_key(config.signing_key_path)
     )
-    accounts = AccountService(AccountStore(db), config.server_name, config.admins)
+    name = config.server_name
+    # storage
+    account_store = AccountStore(db)
+    event_store = EventStore(db)
+    projections = Projections(db, name)
+    room_store = RoomStore(db)
+    account_data_store = AccountDataStore(db, event_store)
+    # services
+    notifier = Notifier(db.url)
+    accounts = AccountService(account_store, name, config.admins)
+    persister = Persister(event_store, projections, notifier)
+    creator = EventCreator(db, event_store, persister, server_keys)
+    room_state = RoomState(event_store, projections)
+    profiles = ProfileService(account_store, projections)
+    profiles.creator = creator
+    directory = DirectoryService(room_store, room_state, name)
+    membership = MembershipService(creator, room_state, room_store, profiles, name)
+    account_data = AccountDataService(account_data_store, projections, notifier)
+    membership.invite_hooks.append(account_data.on_invite)
+    room_creation = RoomCreationService(creator, membership, directory, profiles, name)
+    messages = MessageService(creator, room_state)
+    serializer = EventSerializer(event_store, projections)
+    timeline = TimelineService(room_state, serializer, Visibility(event_store, projections))
+    room_admin = RoomAdminService(db, creator, room_state, room_store, name)
 
     app[appkeys.CONFIG] = config
     app[appkeys.SERVER_KEYS] = server_keys
     app[appkeys.ACCOUNTS] = accounts
+    app[appkeys.ROOM_CREATION] = room_creation
+    app[appkeys.MEMBERSHIP] = membership
+    app[appkeys.MESSAGES] = messages
+    app[appkeys.TIMELINE] = timeline
+    app[appkeys.DIRECTORY] = directory
+    app[appkeys.PROFILES] = profiles
+    app[appkeys.ACCOUNT_DATA] = account_data
+    app[appkeys.ROOM_ADMIN] = room_admin
 
-    for module in (versions, account, keys):
+    async def background(app: web.Application) -> AsyncIterator[None]:
+        await notifier.start()
+        await event_store.clear_stale_inflight()
+        yield
+        await notifier.stop()
+
+    app.cleanup_ctx.append(background)
+    for module in (
+        versions,
+        account,
+        keys,
+        rooms,
+        membership_api,
+        directory_api,
+        profile_api,
+        account_data_api,
+        homeserver_ext,
+        admin_rooms,
+    ):
         app.router.add_routes(module.routes)
     return app
 
@@ -88,7 +160,11 @@ class Server:
         ).start()
         log.info(
             "homeserver %s: client http://%s:%d, federation https://%s:%d",
-            cfg.server_name, bind, cfg.listen.client_port, bind, cfg.listen.federation_port,
+            cfg.server_name,
+            bind,
+            cfg.listen.client_port,
+            bind,
+            cfg.listen.federation_port,
         )
 
     async def stop(self) -> None:
@@ -110,9 +186,3 @@ class Server:
             log.info("stopping")
         finally:
             await self.stop()
-
-
-async def lifetime(server: Server) -> AsyncIterator[None]:
-    await server.start()
-    yield
-    await server.stop()

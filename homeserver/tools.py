@@ -31,7 +31,9 @@ async def operator_context(config: Config) -> AsyncIterator[OperatorContext]:
     db = await Database.connect(url, min_size=1, max_size=4)
     try:
         await db.apply_schema()
-        yield OperatorContext(db, AccountService(AccountStore(db), config.server_name, config.admins))
+        yield OperatorContext(
+            db, AccountService(AccountStore(db), config.server_name, config.admins)
+        )
     finally:
         await db.close()
         # The embedded server is shared with a running homeserver if one is up;

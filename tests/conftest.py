@@ -45,8 +45,10 @@ def pg_url() -> Iterator[str]:
     pg = EmbeddedPostgres(tmp / "pgdata")
     url = pg.start()
     # Test data is disposable: skip fsync for speed. The server itself never does.
-    pg.psql("ALTER SYSTEM SET fsync = off; ALTER SYSTEM SET synchronous_commit = off;"
-            "ALTER SYSTEM SET full_page_writes = off; SELECT pg_reload_conf();")
+    pg.psql(
+        "ALTER SYSTEM SET fsync = off; ALTER SYSTEM SET synchronous_commit = off;"
+        "ALTER SYSTEM SET full_page_writes = off; SELECT pg_reload_conf();"
+    )
     try:
         yield url
     finally:

@@ -27,26 +27,44 @@ class User:
     async def create_room(self, **body: Any) -> str:
         return str((await self.call("POST", f"{CS}/createRoom", body))["room_id"])
 
-    async def send(self, room_id: str, body: str = "hello", *, type: str = "m.room.message",
-                   content: dict[str, Any] | None = None, expect: int | None = 200) -> Any:
+    async def send(
+        self,
+        room_id: str,
+        body: str = "hello",
+        *,
+        type: str = "m.room.message",
+        content: dict[str, Any] | None = None,
+        expect: int | None = 200,
+    ) -> Any:
         content = content if content is not None else {"msgtype": "m.text", "body": body}
         r = await self.call(
             "PUT", f"{CS}/rooms/{room_id}/send/{type}/{uuid.uuid4().hex}", content, expect=expect
         )
         return r.get("event_id") if expect == 200 else r
 
-    async def state(self, room_id: str, type: str, state_key: str = "", *,
-                    expect: int | None = 200) -> Any:
-        return await self.call("GET", f"{CS}/rooms/{room_id}/state/{type}/{state_key}",
-                               expect=expect)
+    async def state(
+        self, room_id: str, type: str, state_key: str = "", *, expect: int | None = 200
+    ) -> Any:
+        return await self.call(
+            "GET", f"{CS}/rooms/{room_id}/state/{type}/{state_key}", expect=expect
+        )
 
-    async def put_state(self, room_id: str, type: str, content: dict[str, Any],
-                        state_key: str = "", *, expect: int | None = 200) -> Any:
-        return await self.call("PUT", f"{CS}/rooms/{room_id}/state/{type}/{state_key}", content,
-                               expect=expect)
+    async def put_state(
+        self,
+        room_id: str,
+        type: str,
+        content: dict[str, Any],
+        state_key: str = "",
+        *,
+        expect: int | None = 200,
+    ) -> Any:
+        return await self.call(
+            "PUT", f"{CS}/rooms/{room_id}/state/{type}/{state_key}", content, expect=expect
+        )
 
-    async def membership(self, room_id: str, action: str, *, expect: int | None = 200,
-                         **body: Any) -> Any:
+    async def membership(
+        self, room_id: str, action: str, *, expect: int | None = 200, **body: Any
+    ) -> Any:
         return await self.call("POST", f"{CS}/rooms/{room_id}/{action}", body, expect=expect)
 
 

@@ -10,10 +10,16 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from homeserver.config import Config
-    from homeserver.services.accounts import AccountService
-    from homeserver.services.server_keys import ServerKeys
+    pass
 
 CONFIG = web.AppKey["Config"]("config")
 ACCOUNTS = web.AppKey["AccountService"]("accounts")
 SERVER_KEYS = web.AppKey["ServerKeys"]("server_keys")
+ROOM_CREATION = web.AppKey["RoomCreationService"]("room_creation")
+MEMBERSHIP = web.AppKey["MembershipService"]("membership")
+MESSAGES = web.AppKey["MessageService"]("messages")
+TIMELINE = web.AppKey["TimelineService"]("timeline")
+DIRECTORY = web.AppKey["DirectoryService"]("directory")
+PROFILES = web.AppKey["ProfileService"]("profiles")
+ACCOUNT_DATA = web.AppKey["AccountDataService"]("account_data")
+ROOM_ADMIN = web.AppKey["RoomAdminService"]("room_admin")

@@ -15,44 +15,30 @@ from typing import Any
 
 from aiohttp import web
 
+from homeserver.services.errors import (
+    MatrixError,
+    bad_json,
+    forbidden,
+    invalid_param,
+    missing_param,
+    not_found,
+)
+
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class MatrixError(Exception):
-    """An error with a Matrix errcode; ``extra`` keys are merged into the body."""
-
-    def __init__(self, status: int, errcode: str, message: str, **extra: Any) -> None:
-        super().__init__(message)
-        self.status = status
-        self.errcode = errcode
-        self.message = message
-        self.extra = extra
-
-    def to_json(self) -> dict[str, Any]:
-        return {"errcode": self.errcode, "error": self.message, **self.extra}
-
-
-# Shorthands for the common cases, so handlers read like the spec's tables.
-def forbidden(message: str) -> MatrixError:
-    return MatrixError(403, "M_FORBIDDEN", message)
-
-
-def not_found(message: str) -> MatrixError:
-    return MatrixError(404, "M_NOT_FOUND", message)
-
-
-def bad_json(message: str) -> MatrixError:
-    return MatrixError(400, "M_BAD_JSON", message)
-
-
-def invalid_param(message: str) -> MatrixError:
-    return MatrixError(400, "M_INVALID_PARAM", message)
-
-
-def missing_param(message: str) -> MatrixError:
-    return MatrixError(400, "M_MISSING_PARAM", message)
+__all__ = [
+    "MatrixError",
+    "bad_json",
+    "error_middleware",
+    "forbidden",
+    "invalid_param",
+    "json_response",
+    "missing_param",
+    "not_found",
+]
 
 
 def json_response(body: Any, status: int = 200) -> web.Response:

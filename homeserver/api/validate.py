@@ -41,7 +41,9 @@ async def read_json(request: web.Request, *, allow_empty: bool = False) -> dict[
     return body
 
 
-def get(body: dict[str, Any], key: str, kind: type[T] | tuple[type, ...], default: Any = _MISSING) -> Any:
+def get(
+    body: dict[str, Any], key: str, kind: type[T] | tuple[type, ...], default: Any = _MISSING
+) -> Any:
     """``body[key]`` checked against ``kind``; missing → ``default`` or
     M_MISSING_PARAM; wrong type → M_BAD_JSON. Booleans are not integers."""
     if key not in body or (body[key] is None and default is not _MISSING):
@@ -106,7 +108,9 @@ def server_name(value: str) -> ServerName:
         raise invalid_param(f"Invalid server name: {e}") from e
 
 
-def query_int(request: web.Request, name: str, default: int, *, lo: int = 0, hi: int = 2**53 - 1) -> int:
+def query_int(
+    request: web.Request, name: str, default: int, *, lo: int = 0, hi: int = 2**53 - 1
+) -> int:
     raw = request.query.get(name)
     if raw is None or raw == "":
         return default

@@ -94,7 +94,10 @@ class AccountService:
         pw_hash = await self._hash(password) if password else None
         try:
             await self._store.create_user(
-                user_id, pw_hash, is_admin=admin or user_id in self._admins, now_ms=now_ms(),
+                user_id,
+                pw_hash,
+                is_admin=admin or user_id in self._admins,
+                now_ms=now_ms(),
                 displayname=localpart,
             )
         except UserExists as e:
@@ -122,7 +125,9 @@ class AccountService:
     async def create_session(
         self, user_id: UserID, device_id: str | None, display_name: str | None
     ) -> LoginResult:
-        device_id = device_id or secrets.token_urlsafe(8).upper().replace("-", "A").replace("_", "B")
+        device_id = device_id or secrets.token_urlsafe(8).upper().replace("-", "A").replace(
+            "_", "B"
+        )
         token = "hs_" + secrets.token_urlsafe(32)
         await self._store.add_device_and_token(
             user_id, device_id, display_name, hash_token(token), now_ms()

@@ -52,8 +52,10 @@ def ensure_tls_certificate(cert_path: Path, key_path: Path, host: str) -> None:
     from cryptography.x509.oid import NameOID
 
     key = ec.generate_private_key(ec.SECP256R1())
-    names: list[x509.GeneralName] = [x509.DNSName("localhost"),
-                                     x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    names: list[x509.GeneralName] = [
+        x509.DNSName("localhost"),
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+    ]
     try:
         names.append(x509.IPAddress(ipaddress.ip_address(host.strip("[]"))))
     except ValueError:

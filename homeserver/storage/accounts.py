@@ -41,7 +41,12 @@ class AccountStore:
         self._db = db
 
     async def create_user(
-        self, user_id: str, password_hash: str | None, *, is_admin: bool, now_ms: int,
+        self,
+        user_id: str,
+        password_hash: str | None,
+        *,
+        is_admin: bool,
+        now_ms: int,
         displayname: str | None,
     ) -> None:
         try:
@@ -49,11 +54,15 @@ class AccountStore:
                 await conn.execute(
                     "INSERT INTO users (user_id, password_hash, is_admin, created_ts) "
                     "VALUES ($1, $2, $3, $4)",
-                    user_id, password_hash, is_admin, now_ms,
+                    user_id,
+                    password_hash,
+                    is_admin,
+                    now_ms,
                 )
                 await conn.execute(
                     "INSERT INTO profiles (user_id, displayname) VALUES ($1, $2)",
-                    user_id, displayname,
+                    user_id,
+                    displayname,
                 )
         except asyncpg.UniqueViolationError as e:
             raise UserExists(user_id) from e
@@ -70,7 +79,9 @@ class AccountStore:
         return bool(await self._db.fetchval("SELECT 1 FROM users WHERE user_id = $1", user_id))
 
     async def set_admin(self, user_id: str, is_admin: bool) -> None:
-        await self._db.execute("UPDATE users SET is_admin = $2 WHERE user_id = $1", user_id, is_admin)
+        await self._db.execute(
+            "UPDATE users SET is_admin = $2 WHERE user_id = $1", user_id, is_admin
+        )
 
     async def set_password_hash(self, user_id: str, password_hash: str) -> None:
         await self._db.execute(
@@ -78,7 +89,11 @@ class AccountStore:
         )
 
     async def add_device_and_token(
-        self, user_id: str, device_id: str, display_name: str | None, token_hash: bytes,
+        self,
+        user_id: str,
+        device_id: str,
+        display_name: str | None,
+        token_hash: bytes,
         now_ms: int,
     ) -> None:
         """A login: the device (kept if it exists) and a fresh token for it.
@@ -89,16 +104,23 @@ class AccountStore:
                 "VALUES ($1, $2, $3, $4, $4) ON CONFLICT (user_id, device_id) DO UPDATE "
                 "SET last_seen_ts = EXCLUDED.last_seen_ts, "
                 "display_name = COALESCE(EXCLUDED.display_name, devices.display_name)",
-                user_id, device_id, display_name, now_ms,
+                user_id,
+                device_id,
+                display_name,
+                now_ms,
             )
             await conn.execute(
                 "DELETE FROM access_tokens WHERE user_id = $1 AND device_id = $2",
-                user_id, device_id,
+                user_id,
+                device_id,
             )
             await conn.execute(
                 "INSERT INTO access_tokens (token_hash, user_id, device_id, created_ts) "
                 "VALUES ($1, $2, $3, $4)",
-                token_hash, user_id, device_id, now_ms,
+                token_hash,
+                user_id,
+                device_id,
+                now_ms,
             )
 
     async def token_owner(self, token_hash: bytes) -> TokenOwner | None:
@@ -113,7 +135,8 @@ class AccountStore:
         async with self._db.transaction() as conn:
             await conn.execute(
                 "DELETE FROM access_tokens WHERE user_id = $1 AND device_id = $2",
-                user_id, device_id,
+                user_id,
+                device_id,
             )
             await conn.execute(
                 "DELETE FROM devices WHERE user_id = $1 AND device_id = $2", user_id, device_id

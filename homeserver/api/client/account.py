@@ -55,9 +55,7 @@ async def register(request: web.Request) -> web.Response:
         if auth is None or auth.get("type") != "m.login.dummy":
             session = (auth or {}).get("session") or secrets.token_urlsafe(12)
             return json_response(_uia_flows(str(session)), 401)
-        user_id = await accounts.register(
-            username.lower() if username else None, password
-        )
+        user_id = await accounts.register(username.lower() if username else None, password)
     except AccountError as e:
         raise _account_error(e) from e
     out: dict[str, Any] = {"user_id": user_id, "home_server": cfg.server_name}
@@ -112,13 +110,15 @@ async def login(request: web.Request) -> web.Response:
         v.get(body, "device_id", str, None),
         v.get(body, "initial_device_display_name", str, None),
     )
-    return json_response({
-        "user_id": session.user_id,
-        "access_token": session.access_token,
-        "device_id": session.device_id,
-        "home_server": accounts.server_name,
-        "well_known": {"m.homeserver": {"base_url": f"{request.scheme}://{request.host}"}},
-    })
+    return json_response(
+        {
+            "user_id": session.user_id,
+            "access_token": session.access_token,
+            "device_id": session.device_id,
+            "home_server": accounts.server_name,
+            "well_known": {"m.homeserver": {"base_url": f"{request.scheme}://{request.host}"}},
+        }
+    )
 
 
 @routes.post(P + "/logout")
@@ -138,5 +138,6 @@ async def logout_all(request: web.Request) -> web.Response:
 @routes.get(P + "/account/whoami")
 async def whoami(request: web.Request) -> web.Response:
     requester = await require_user(request)
-    return json_response({"user_id": requester.user_id, "device_id": requester.device_id,
-                          "is_guest": False})
+    return json_response(
+        {"user_id": requester.user_id, "device_id": requester.device_id, "is_guest": False}
+    )

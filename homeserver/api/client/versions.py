@@ -21,8 +21,9 @@ async def versions(request: web.Request) -> web.Response:
 async def well_known_client(request: web.Request) -> web.Response:
     cfg = request.app[CONFIG]
     base = f"{request.scheme}://{request.host}"
-    return json_response({"m.homeserver": {"base_url": base}, "io.homeserver": {
-        "server_name": cfg.server_name}})
+    return json_response(
+        {"m.homeserver": {"base_url": base}, "io.homeserver": {"server_name": cfg.server_name}}
+    )
 
 
 @routes.get("/.well-known/matrix/server")
@@ -30,3 +31,25 @@ async def well_known_server(request: web.Request) -> web.Response:
     cfg = request.app[CONFIG]
     host = cfg.server_name.host
     return json_response({"m.server": f"{host}:{cfg.listen.federation_port}"})
+
+
+@routes.get("/_matrix/client/{version:(?:v3|r0)}/capabilities")
+async def capabilities(request: web.Request) -> web.Response:
+    from homeserver.api.auth import require_user
+    from homeserver.core.room_versions import DEFAULT_ROOM_VERSION, KNOWN_ROOM_VERSIONS
+
+    await require_user(request)
+    return json_response(
+        {
+            "capabilities": {
+                "m.room_versions": {
+                    "default": DEFAULT_ROOM_VERSION.identifier,
+                    "available": {k: "stable" for k in KNOWN_ROOM_VERSIONS},
+                },
+                "m.change_password": {"enabled": False},
+                "m.set_displayname": {"enabled": True},
+                "m.set_avatar_url": {"enabled": True},
+                "m.3pid_changes": {"enabled": False},
+            }
+        }
+    )

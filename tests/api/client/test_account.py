@@ -23,14 +23,27 @@ async def test_register_login_whoami_logout(client: MatrixClient) -> None:
     assert who["user_id"] == alice.user_id and who["device_id"] == alice.device_id
 
     # login by localpart and by full id
-    r = await client.call("POST", f"{CS}/login", {
-        "type": "m.login.password", "identifier": {"type": "m.id.user", "user": "alice"},
-        "password": "secret"})
+    r = await client.call(
+        "POST",
+        f"{CS}/login",
+        {
+            "type": "m.login.password",
+            "identifier": {"type": "m.id.user", "user": "alice"},
+            "password": "secret",
+        },
+    )
     assert r["user_id"] == alice.user_id
     token2 = r["access_token"]
-    r = await client.call("POST", f"{CS}/login", {
-        "type": "m.login.password", "identifier": {"type": "m.id.user", "user": "@alice:hs.test"},
-        "password": "secret", "device_id": "PHONE"})
+    r = await client.call(
+        "POST",
+        f"{CS}/login",
+        {
+            "type": "m.login.password",
+            "identifier": {"type": "m.id.user", "user": "@alice:hs.test"},
+            "password": "secret",
+            "device_id": "PHONE",
+        },
+    )
     assert r["device_id"] == "PHONE"
 
     # logout invalidates exactly that token
@@ -47,13 +60,27 @@ async def test_register_login_whoami_logout(client: MatrixClient) -> None:
 
 async def test_wrong_password_is_forbidden(client: MatrixClient) -> None:
     await client.register("bob", "right")
-    r = await client.call("POST", f"{CS}/login", {
-        "type": "m.login.password", "identifier": {"type": "m.id.user", "user": "bob"},
-        "password": "wrong"}, expect=403)
+    r = await client.call(
+        "POST",
+        f"{CS}/login",
+        {
+            "type": "m.login.password",
+            "identifier": {"type": "m.id.user", "user": "bob"},
+            "password": "wrong",
+        },
+        expect=403,
+    )
     assert r["errcode"] == "M_FORBIDDEN"
-    r = await client.call("POST", f"{CS}/login", {
-        "type": "m.login.password", "identifier": {"type": "m.id.user", "user": "nobody"},
-        "password": "x"}, expect=403)
+    r = await client.call(
+        "POST",
+        f"{CS}/login",
+        {
+            "type": "m.login.password",
+            "identifier": {"type": "m.id.user", "user": "nobody"},
+            "password": "x",
+        },
+        expect=403,
+    )
     assert r["errcode"] == "M_FORBIDDEN"
     r = await client.call("GET", f"{CS}/login")
     assert {"type": "m.login.password"} in r["flows"]
@@ -61,23 +88,32 @@ async def test_wrong_password_is_forbidden(client: MatrixClient) -> None:
 
 async def test_register_errors(client: MatrixClient) -> None:
     await client.register("carol")
-    r = await client.call("POST", f"{CS}/register", {
-        "username": "carol", "password": "x", "auth": {"type": "m.login.dummy"}}, expect=400)
+    r = await client.call(
+        "POST",
+        f"{CS}/register",
+        {"username": "carol", "password": "x", "auth": {"type": "m.login.dummy"}},
+        expect=400,
+    )
     assert r["errcode"] == "M_USER_IN_USE"
-    r = await client.call("POST", f"{CS}/register", {
-        "username": "Bad Name!", "password": "x", "auth": {"type": "m.login.dummy"}},
-        expect=400)
+    r = await client.call(
+        "POST",
+        f"{CS}/register",
+        {"username": "Bad Name!", "password": "x", "auth": {"type": "m.login.dummy"}},
+        expect=400,
+    )
     assert r["errcode"] == "M_INVALID_USERNAME"
     # without auth: the user-interactive 401 with the dummy flow
-    r = await client.call("POST", f"{CS}/register", {"username": "dave", "password": "x"},
-                          expect=401)
+    r = await client.call(
+        "POST", f"{CS}/register", {"username": "dave", "password": "x"}, expect=401
+    )
     assert r["flows"] == [{"stages": ["m.login.dummy"]}] and r["session"]
     r = await client.call("GET", f"{CS}/register/available?username=dave")
     assert r["available"] is True
     r = await client.call("GET", f"{CS}/register/available?username=carol", expect=400)
     assert r["errcode"] == "M_USER_IN_USE"
-    r = await client.call("POST", f"{CS}/register", {"username": 5, "auth": {
-        "type": "m.login.dummy"}}, expect=400)
+    r = await client.call(
+        "POST", f"{CS}/register", {"username": 5, "auth": {"type": "m.login.dummy"}}, expect=400
+    )
     assert r["errcode"] == "M_BAD_JSON"
 
 
@@ -98,14 +134,17 @@ async def test_error_middleware_codes(client: MatrixClient) -> None:
     assert r["errcode"] == "M_MISSING_TOKEN"
     r = await client.call("GET", f"{CS}/account/whoami", token="nonsense", expect=401)
     assert r["errcode"] == "M_UNKNOWN_TOKEN"
-    r = await client.call("POST", f"{CS}/login", raw=b'{"x":"' + b"a" * (2 * 1024 * 1024) + b'"}',
-                          expect=413)
+    r = await client.call(
+        "POST", f"{CS}/login", raw=b'{"x":"' + b"a" * (2 * 1024 * 1024) + b'"}', expect=413
+    )
     assert r["errcode"] == "M_TOO_LARGE"
 
 
 async def test_cors_headers(client: MatrixClient) -> None:
-    resp = await client.http.options("/_matrix/client/v3/login", headers={
-        "Origin": "http://example.org", "Access-Control-Request-Method": "POST"})
+    resp = await client.http.options(
+        "/_matrix/client/v3/login",
+        headers={"Origin": "http://example.org", "Access-Control-Request-Method": "POST"},
+    )
     assert resp.status in (200, 204)
     assert resp.headers["Access-Control-Allow-Origin"] == "*"
     resp = await client.http.get("/_matrix/client/versions")
@@ -121,6 +160,6 @@ async def test_server_key_is_signed(client: MatrixClient) -> None:
 
     r = await client.call("GET", "/_matrix/key/v2/server")
     assert r["server_name"] == "hs.test"
-    (key_id, key), = r["verify_keys"].items()
+    ((key_id, key),) = r["verify_keys"].items()
     verify_key = signedjson.key.decode_verify_key_bytes(key_id, decode_base64(key["key"]))
     signedjson.sign.verify_signed_json(r, "hs.test", verify_key)

@@ -1,0 +1,79 @@
+"""Event filters (Client-Server API "Filtering") as predicates."""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from typing import Any
+
+from homeserver.api.errors import MatrixError
+from homeserver.core.events import Event
+
+
+def _str_list(raw: dict[str, Any], key: str) -> tuple[str, ...] | None:
+    value = raw.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+        raise MatrixError(400, "M_BAD_JSON", f"filter {key} must be an array of strings")
+    return tuple(value)
+
+
+def _match(patterns: tuple[str, ...], value: str) -> bool:
+    return any(fnmatch.fnmatchcase(value, p) if "*" in p else p == value for p in patterns)
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    types: tuple[str, ...] | None = None
+    not_types: tuple[str, ...] = ()
+    senders: tuple[str, ...] | None = None
+    not_senders: tuple[str, ...] = ()
+    rooms: tuple[str, ...] | None = None
+    not_rooms: tuple[str, ...] = ()
+    limit: int | None = None
+    lazy_load_members: bool = False
+    include_redundant_members: bool = False
+    contains_url: bool | None = None
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> EventFilter:
+        limit = raw.get("limit")
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool)):
+            raise MatrixError(400, "M_BAD_JSON", "filter limit must be an integer")
+        return cls(
+            types=_str_list(raw, "types"),
+            not_types=_str_list(raw, "not_types") or (),
+            senders=_str_list(raw, "senders"),
+            not_senders=_str_list(raw, "not_senders") or (),
+            rooms=_str_list(raw, "rooms"),
+            not_rooms=_str_list(raw, "not_rooms") or (),
+            limit=limit,
+            lazy_load_members=raw.get("lazy_load_members") is True,
+            include_redundant_members=raw.get("include_redundant_members") is True,
+            contains_url=raw.get("contains_url")
+            if isinstance(raw.get("contains_url"), bool)
+            else None,
+        )
+
+    def __call__(self, ev: Event) -> bool:
+        if self.types is not None and not _match(self.types, ev.type):
+            return False
+        if self.not_types and _match(self.not_types, ev.type):
+            return False
+        if self.senders is not None and ev.sender not in self.senders:
+            return False
+        if ev.sender in self.not_senders:
+            return False
+        if self.rooms is not None and ev.room_id not in self.rooms:
+            return False
+        if ev.room_id in self.not_rooms:
+            return False
+        if self.contains_url is not None and ("url" in ev.content) != self.contains_url:
+            return False
+        return True
+
+    def allows_room(self, room_id: str) -> bool:
+        if self.rooms is not None and room_id not in self.rooms:
+            return False
+        return room_id not in self.not_rooms

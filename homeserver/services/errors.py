@@ -1,0 +1,47 @@
+"""The one error type: ``MatrixError(status, errcode, message, **extra)``.
+
+It lives here, free of aiohttp, so services can raise it (DESIGN rule 1);
+``api/errors.py`` re-exports it and its middleware renders it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class MatrixError(Exception):
+    """An error with a Matrix errcode; ``extra`` keys are merged into the body."""
+
+    def __init__(self, status: int, errcode: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.errcode = errcode
+        self.message = message
+        self.extra = extra
+
+    def to_json(self) -> dict[str, Any]:
+        return {"errcode": self.errcode, "error": self.message, **self.extra}
+
+
+def forbidden(message: str) -> MatrixError:
+    return MatrixError(403, "M_FORBIDDEN", message)
+
+
+def not_found(message: str) -> MatrixError:
+    return MatrixError(404, "M_NOT_FOUND", message)
+
+
+def bad_state(message: str) -> MatrixError:
+    return MatrixError(403, "M_BAD_STATE", message)
+
+
+def bad_json(message: str) -> MatrixError:
+    return MatrixError(400, "M_BAD_JSON", message)
+
+
+def invalid_param(message: str) -> MatrixError:
+    return MatrixError(400, "M_INVALID_PARAM", message)
+
+
+def missing_param(message: str) -> MatrixError:
+    return MatrixError(400, "M_MISSING_PARAM", message)

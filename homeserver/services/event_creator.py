@@ -1,0 +1,288 @@
+"""Creating local events: build, authorise, persist — one room at a time.
+
+Each room has a queue served by one writer task in this process. The writer
+takes every request waiting, holds the room's lock (so other processes wait),
+builds the events on top of the room's forward extremities, checks each
+against the authorization rules, and commits the whole batch in one
+transaction. Many concurrent sends into one room thus cost one fsync, and a
+request's events (createRoom's dozen) are all-or-nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from homeserver.core.auth import AuthError, check_auth
+from homeserver.core.events import Event, StateKey, auth_types_for_event, build_event
+from homeserver.core.room_versions import RoomVersion
+from homeserver.services.clock import now_ms
+from homeserver.services.persister import Pending, Persister, RoomChange
+from homeserver.services.server_keys import ServerKeys
+from homeserver.storage.database import Database
+from homeserver.storage.events import EventStore
+
+log = logging.getLogger(__name__)
+
+MAX_DEPTH = 2**53 - 1
+MAX_PREV_EVENTS = 10
+MAX_BATCH = 200
+
+
+@dataclass(frozen=True, slots=True)
+class Draft:
+    """What a local user wants to append."""
+
+    type: str
+    sender: str
+    content: Mapping[str, Any]
+    state_key: str | None = None
+    redacts: str | None = None
+    txn: tuple[str, str, str] | None = None  # (user_id, device_id, txn_id)
+
+
+class RoomNotFound(Exception):
+    pass
+
+
+@dataclass
+class _Request:
+    drafts: list[Draft]
+    future: asyncio.Future[list[Event]]
+
+
+@dataclass
+class _Context:
+    """The room's head while a batch is built."""
+
+    room_version: RoomVersion
+    state: Mapping[StateKey, str]
+    group: int | None
+    extremities: list[str]
+    depth: int
+    events: dict[str, Event] = field(default_factory=dict)
+
+
+class EventCreator:
+    def __init__(
+        self, db: Database, store: EventStore, persister: Persister, keys: ServerKeys
+    ) -> None:
+        self._db = db
+        self._store = store
+        self._persister = persister
+        self._keys = keys
+        self._queues: dict[str, list[_Request]] = {}
+        self._writers: dict[str, asyncio.Task[None]] = {}
+
+    @property
+    def store(self) -> EventStore:
+        return self._store
+
+    # ------------------------------------------------------------ public
+    async def send(self, room_id: str, drafts: list[Draft]) -> list[Event]:
+        """Append ``drafts`` to ``room_id`` atomically; raises AuthError."""
+        fut: asyncio.Future[list[Event]] = asyncio.get_running_loop().create_future()
+        self._queues.setdefault(room_id, []).append(_Request(drafts, fut))
+        if room_id not in self._writers:
+            self._writers[room_id] = asyncio.create_task(self._writer(room_id))
+        return await fut
+
+    async def create_room(self, rv: RoomVersion, drafts: list[Draft]) -> tuple[str, list[Event]]:
+        """Write a new room: ``drafts[0]`` is its m.room.create."""
+        room_id = None
+        if not rv.room_id_is_create_event_hash:
+            room_id = f"!{secrets.token_urlsafe(18)}:{self._keys.server_name}"
+        ctx = _Context(rv, {}, None, [], 0)
+        entries, events = await self._build_request(ctx, room_id, drafts)
+        room_id = events[0].room_id
+        async with self._db.pool.acquire() as conn:
+            await self._persister.lock_room(conn, room_id)
+            try:
+                await self._persister.commit(
+                    conn,
+                    room_id,
+                    entries,
+                    RoomChange(
+                        state_delta=self._state_delta({}, ctx),
+                        extremities_removed=[],
+                        extremities_added=ctx.extremities,
+                        new_room=(rv.identifier, drafts[0].sender, events[0].origin_server_ts),
+                    ),
+                )
+            finally:
+                await self._persister.unlock_room(conn, room_id)
+        return room_id, events
+
+    # ------------------------------------------------------------ writer
+    async def _writer(self, room_id: str) -> None:
+        try:
+            while self._queues.get(room_id):
+                batch = self._queues[room_id][:MAX_BATCH]
+                del self._queues[room_id][:MAX_BATCH]
+                try:
+                    await self._run_batch(room_id, batch)
+                except Exception as e:
+                    log.exception("batch for %s failed", room_id)
+                    for r in batch:
+                        if not r.future.done():
+                            r.future.set_exception(e)
+        finally:
+            self._writers.pop(room_id, None)
+            if not self._queues.get(room_id):
+                self._queues.pop(room_id, None)
+            else:  # raced with a new request after the loop ended
+                self._writers[room_id] = asyncio.create_task(self._writer(room_id))
+
+    async def _run_batch(self, room_id: str, batch: list[_Request]) -> None:
+        async with self._db.pool.acquire() as conn:
+            await self._persister.lock_room(conn, room_id)
+            try:
+                ctx = await self._load_context(room_id)
+                if ctx is None:
+                    for r in batch:
+                        r.future.set_exception(RoomNotFound(room_id))
+                    return
+                seen_txns = await self._existing_txns(batch)
+                old_state, old_ext = ctx.state, list(ctx.extremities)
+                entries: list[Pending] = []
+                done: list[tuple[_Request, list[Event] | str | BaseException]] = []
+                for r in batch:
+                    txn = r.drafts[0].txn if len(r.drafts) == 1 else None
+                    if txn is not None and txn in seen_txns:
+                        done.append((r, seen_txns[txn]))
+                        continue
+                    snapshot = (ctx.state, ctx.group, list(ctx.extremities), ctx.depth)
+                    try:
+                        new, events = await self._build_request(
+                            ctx, room_id, r.drafts, chained=bool(entries)
+                        )
+                    except (AuthError, ValueError) as e:
+                        ctx.state, ctx.group, ctx.extremities, ctx.depth = snapshot
+                        done.append((r, e))
+                        continue
+                    entries.extend(new)
+                    if txn is not None:
+                        seen_txns[txn] = events[0].event_id
+                    done.append((r, events))
+                if entries:
+                    await self._persister.commit(
+                        conn,
+                        room_id,
+                        entries,
+                        RoomChange(
+                            state_delta=self._state_delta(old_state, ctx),
+                            extremities_removed=old_ext,
+                            extremities_added=ctx.extremities,
+                        ),
+                    )
+            finally:
+                await self._persister.unlock_room(conn, room_id)
+        for r, result in done:
+            if isinstance(result, BaseException):
+                r.future.set_exception(result)
+            elif isinstance(result, str):
+                existing = await self._store.get_event(result)
+                assert existing is not None
+                r.future.set_result([existing.event])
+            else:
+                r.future.set_result(result)
+
+    async def _existing_txns(self, batch: list[_Request]) -> dict[tuple[str, str, str], str]:
+        txns = [r.drafts[0].txn for r in batch if len(r.drafts) == 1 and r.drafts[0].txn]
+        out: dict[tuple[str, str, str], str] = {}
+        for t in txns:
+            assert t is not None
+            eid = await self._store.event_by_txn(*t)
+            if eid is not None:
+                out[t] = eid
+        return out
+
+    async def _load_context(self, room_id: str) -> _Context | None:
+        rv = await self._store.room_version(room_id)
+        if rv is None:
+            return None
+        ext_ids = await self._store.forward_extremities(room_id)
+        exts = await self._store.get_events(ext_ids)
+        if len(exts) == 1:
+            (only,) = exts.values()
+            state = await self._store.state_at_group(only.state_group)
+            group = only.state_group
+        else:
+            from homeserver.storage.projections import Projections
+
+            state = await Projections(self._db, self._keys.server_name).current_state_ids(room_id)
+            group = None
+        ordered = sorted(exts.values(), key=lambda s: -s.event.depth)[:MAX_PREV_EVENTS]
+        return _Context(
+            room_version=rv,
+            state=state,
+            group=group,
+            extremities=[s.event.event_id for s in ordered],
+            depth=max((s.event.depth for s in ordered), default=0),
+        )
+
+    async def _build_request(
+        self, ctx: _Context, room_id: str | None, drafts: list[Draft], *, chained: bool = False
+    ) -> tuple[list[Pending], list[Event]]:
+        """Build and authorise each draft on top of ``ctx``, advancing it."""
+        entries: list[Pending] = []
+        events: list[Event] = []
+        for d in drafts:
+            types = auth_types_for_event(ctx.room_version, d.type, d.state_key, d.sender, d.content)
+            auth_ids = [ctx.state[k] for k in types if k in ctx.state]
+            missing = [a for a in auth_ids if a not in ctx.events]
+            if missing:
+                ctx.events.update(await self._store.get_event_objs(missing))
+            ev = build_event(
+                ctx.room_version,
+                room_id=room_id,
+                sender=d.sender,
+                type=d.type,
+                content=dict(d.content),
+                state_key=d.state_key,
+                prev_events=list(ctx.extremities),
+                auth_events=auth_ids,
+                depth=min(ctx.depth + 1, MAX_DEPTH),
+                origin_server_ts=now_ms(),
+                server_name=self._keys.server_name,
+                signing_key=self._keys.signing_key,
+                redacts=d.redacts,
+            )
+            room_id = ev.room_id
+            auth_map = {k: self._event(ctx, ctx.state[k]) for k in types if k in ctx.state}
+            check_auth(ev, auth_map)
+            ctx.events[ev.event_id] = ev
+            entries.append(
+                Pending(
+                    event=ev,
+                    state_before=ctx.state,
+                    before_group=ctx.group,
+                    chain_previous=chained or bool(entries),
+                    txn=d.txn,
+                )
+            )
+            if ev.is_state:
+                new_state = dict(ctx.state)
+                new_state[ev.state_tuple] = ev.event_id
+                ctx.state, ctx.group = new_state, None
+            ctx.extremities = [ev.event_id]
+            ctx.depth = ev.depth
+            events.append(ev)
+        return entries, events
+
+    def _event(self, ctx: _Context, event_id: str) -> Event:
+        ev = ctx.events.get(event_id)
+        if ev is None:
+            raise LookupError(event_id)
+        return ev
+
+    def _state_delta(
+        self, old: Mapping[StateKey, str], ctx: _Context
+    ) -> dict[StateKey, Event | None]:
+        if old is ctx.state:
+            return {}
+        return {k: ctx.events[v] for k, v in ctx.state.items() if old.get(k) != v}

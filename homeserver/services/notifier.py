@@ -1,0 +1,117 @@
+"""Wakes readers when the stream moves, in this process and in others.
+
+Writers call ``pg_notify`` inside their transaction (PostgreSQL delivers it
+only on commit) and ``local_notify`` right after commit. Every process keeps
+one connection LISTENing on the channel, so a long-poll in process A wakes for
+an event written through process B. Waiters register the rooms and users they
+care about; a notification names the room and the users it concerns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import asyncpg
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "hs_stream"
+
+
+def payload(position: int, room_id: str | None, users: Iterable[str] = ()) -> str:
+    """``pos room_or_dash user…``: what ``pg_notify`` carries (8000 bytes max)."""
+    text = " ".join([str(position), room_id or "-", *users])
+    return text[:7900]
+
+
+class Waiter:
+    def __init__(self, rooms: set[str], users: set[str]) -> None:
+        self.rooms = rooms
+        self.users = users
+        self.event = asyncio.Event()
+
+
+class Notifier:
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._conn: asyncpg.Connection | None = None
+        self._by_room: dict[str, set[Waiter]] = defaultdict(set)
+        self._by_user: dict[str, set[Waiter]] = defaultdict(set)
+        self._listeners: list[Callable[[int, str | None, list[str]], None]] = []
+        self.position = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._conn = await asyncpg.connect(self._url)
+        await self._conn.add_listener(CHANNEL, self._on_notify)
+
+    async def stop(self) -> None:
+        if self._conn is not None:
+            try:
+                await self._conn.remove_listener(CHANNEL, self._on_notify)
+            finally:
+                await self._conn.close()
+            self._conn = None
+        for ws in list(self._by_user.values()) + list(self._by_room.values()):
+            for w in ws:
+                w.event.set()
+
+    def add_listener(self, fn: Callable[[int, str | None, list[str]], None]) -> None:
+        """Called for every stream movement (cache invalidation, etc.)."""
+        self._listeners.append(fn)
+
+    def _on_notify(self, _conn: Any, _pid: int, _channel: str, data: str) -> None:
+        parts = data.split(" ")
+        try:
+            pos = int(parts[0])
+        except ValueError:
+            return
+        room = None if parts[1] == "-" else parts[1]
+        self.local_notify(pos, room, parts[2:])
+
+    def local_notify(self, position: int, room_id: str | None, users: Iterable[str] = ()) -> None:
+        users = list(users)
+        self.position = max(self.position, position)
+        for fn in self._listeners:
+            try:
+                fn(position, room_id, users)
+            except Exception:
+                log.exception("stream listener failed")
+        woken: set[Waiter] = set()
+        if room_id is not None:
+            woken |= self._by_room.get(room_id, set())
+        for u in users:
+            woken |= self._by_user.get(u, set())
+        for w in woken:
+            w.event.set()
+
+    async def wait(self, rooms: Iterable[str], users: Iterable[str], timeout: float) -> bool:
+        """Block until something concerning ``rooms`` or ``users`` happens, or
+        ``timeout`` seconds pass. True when woken."""
+        w = Waiter(set(rooms), set(users))
+        for r in w.rooms:
+            self._by_room[r].add(w)
+        for u in w.users:
+            self._by_user[u].add(w)
+        try:
+            await asyncio.wait_for(w.event.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            for r in w.rooms:
+                s = self._by_room.get(r)
+                if s is not None:
+                    s.discard(w)
+                    if not s:
+                        del self._by_room[r]
+            for u in w.users:
+                s = self._by_user.get(u)
+                if s is not None:
+                    s.discard(w)
+                    if not s:
+                        del self._by_user[u]

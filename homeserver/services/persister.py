@@ -1,0 +1,196 @@
+"""The one path by which events enter the log.
+
+Whoever decided what an event is (the local event creator, or federation
+ingest after its receipt checks) hands ``Pending`` entries for one room to
+``commit``, which in ONE transaction: stores the events and their edges,
+their state snapshots (deltas), updates every projection, queues the
+notification; commits; then wakes local readers (DESIGN rules 7-9).
+
+Stream positions are reserved before the transaction and released inside
+it, so a reader's "current position" never runs past an uncommitted event.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+
+from homeserver.core.events import Event, StateKey
+from homeserver.services.clock import now_ms
+from homeserver.services.notifier import CHANNEL, Notifier, payload
+from homeserver.storage.events import EventStore, NewEvent
+from homeserver.storage.projections import Accepted, Projections
+
+log = logging.getLogger(__name__)
+
+_ROOM_LOCK_NS = 0x6873  # advisory lock namespace: writers of one room
+
+
+@dataclass(slots=True)
+class Pending:
+    """One event ready to be written, with the state before it.
+
+    ``before_group`` is the state group equal to ``state_before`` when one
+    exists (None: the state before was resolved from several branches and
+    gets a snapshot of its own). ``chain_previous`` says the state before is
+    the state after the previous entry of the same batch.
+    """
+
+    event: Event
+    state_before: Mapping[StateKey, str] | None
+    before_group: int | None = None
+    chain_previous: bool = False
+    rejected_reason: str | None = None
+    soft_failed: bool = False
+    outlier: bool = False
+    txn: tuple[str, str, str] | None = None
+    redacted_pdu: Mapping[str, Any] | None = None
+    # Filled by commit:
+    stream_ordering: int = 0
+    state_group: int | None = None
+    state_after: Mapping[StateKey, str] | None = field(default=None, repr=False)
+
+    @property
+    def accepted(self) -> bool:
+        return self.rejected_reason is None and not self.soft_failed and not self.outlier
+
+
+@dataclass(frozen=True, slots=True)
+class RoomChange:
+    """How the room's current view moves with a batch."""
+
+    state_delta: Mapping[StateKey, Event | None]
+    extremities_removed: Sequence[str]
+    extremities_added: Sequence[str]
+    new_room: tuple[str, str, int] | None = None  # (room version, creator, ts)
+
+
+def room_lock_key(room_id: str) -> tuple[int, str]:
+    return (_ROOM_LOCK_NS, room_id)
+
+
+class Persister:
+    def __init__(self, store: EventStore, projections: Projections, notifier: Notifier) -> None:
+        self._store = store
+        self._proj = projections
+        self._notifier = notifier
+
+    async def lock_room(self, conn: asyncpg.Connection, room_id: str) -> None:
+        """Serialise writers of one room across processes (session lock)."""
+        await conn.execute("SELECT pg_advisory_lock($1, hashtext($2))", _ROOM_LOCK_NS, room_id)
+
+    async def unlock_room(self, conn: asyncpg.Connection, room_id: str) -> None:
+        await conn.execute("SELECT pg_advisory_unlock($1, hashtext($2))", _ROOM_LOCK_NS, room_id)
+
+    async def commit(
+        self,
+        conn: asyncpg.Connection,
+        room_id: str,
+        entries: Sequence[Pending],
+        change: RoomChange,
+    ) -> int:
+        """Write ``entries`` (in order) and ``change`` atomically; returns the
+        last stream position. ``conn`` must hold the room lock."""
+        if not entries:
+            return 0
+        positions = await self._store.reserve_positions(conn, len(entries))
+        for p, pos in zip(entries, positions, strict=True):
+            p.stream_ordering = pos
+        now = now_ms()
+        try:
+            async with conn.transaction():
+                rv = entries[0].event.room_version
+                if change.new_room is not None:
+                    await self._store.create_room_row(
+                        conn, room_id, rv, change.new_room[1], change.new_room[2]
+                    )
+                await self._assign_state_groups(conn, room_id, entries)
+                await self._store.insert_events(
+                    conn,
+                    [
+                        NewEvent(
+                            event=p.event,
+                            stream_ordering=p.stream_ordering,
+                            state_group=p.state_group,
+                            rejected_reason=p.rejected_reason,
+                            soft_failed=p.soft_failed,
+                            outlier=p.outlier,
+                            received_ts=now,
+                            txn=p.txn,
+                            redacted_pdu=p.redacted_pdu,
+                        )
+                        for p in entries
+                    ],
+                )
+                await self._proj.apply(
+                    conn,
+                    room_id,
+                    [Accepted(p.event, p.stream_ordering) for p in entries if p.accepted],
+                    change.state_delta,
+                    change.extremities_removed,
+                    change.extremities_added,
+                )
+                await self._store.release_positions(conn, positions[0])
+                users = sorted(
+                    {
+                        p.event.state_key
+                        for p in entries
+                        if p.event.type == "m.room.member" and p.event.state_key
+                    }
+                )
+                await conn.execute(
+                    "SELECT pg_notify($1, $2)", CHANNEL, payload(positions[-1], room_id, users)
+                )
+        except BaseException:
+            try:
+                await self._store.abandon_positions(conn, positions[0])
+            except Exception:
+                log.exception("could not release stream positions %s", positions)
+            raise
+        users = [
+            p.event.state_key
+            for p in entries
+            if p.event.type == "m.room.member" and p.event.state_key
+        ]
+        self._notifier.local_notify(positions[-1], room_id, users)
+        return positions[-1]
+
+    async def _assign_state_groups(
+        self, conn: asyncpg.Connection, room_id: str, entries: Sequence[Pending]
+    ) -> None:
+        prev: Pending | None = None
+        for p in entries:
+            if p.outlier:
+                prev = None
+                continue
+            if p.chain_previous:
+                assert prev is not None and prev.state_after is not None
+                before, before_group = prev.state_after, prev.state_group
+            else:
+                assert p.state_before is not None
+                before, before_group = p.state_before, p.before_group
+            ev = p.event
+            changes = (
+                ev.is_state
+                and p.rejected_reason is None
+                and before.get(ev.state_tuple) != ev.event_id
+            )
+            if not changes and before_group is not None:
+                p.state_group, p.state_after = before_group, before
+            elif not changes:
+                p.state_after = before
+                p.state_group = await self._store.create_state_group(
+                    conn, room_id, None, {}, before
+                )
+            else:
+                after = dict(before)
+                after[ev.state_tuple] = ev.event_id
+                p.state_after = after
+                p.state_group = await self._store.create_state_group(
+                    conn, room_id, before_group, {ev.state_tuple: ev.event_id}, after
+                )
+            prev = p

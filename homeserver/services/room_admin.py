@@ -1,0 +1,244 @@
+"""Deleting rooms (operators and room owners) and the operator's view of rooms.
+
+Deleting a room: remove its aliases and directory entry, kick every local
+member with a reason, block it so nobody on this server can rejoin, and
+optionally purge its history.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from homeserver.core.auth import AuthError, get_user_power_level
+from homeserver.services.clock import now_ms
+from homeserver.services.errors import MatrixError, forbidden, not_found
+from homeserver.services.event_creator import Draft, EventCreator
+from homeserver.services.room_state import RoomState
+from homeserver.storage.database import Database
+from homeserver.storage.purge import purge_room
+from homeserver.storage.rooms import RoomStore
+
+log = logging.getLogger(__name__)
+
+
+class RoomAdminService:
+    def __init__(
+        self,
+        db: Database,
+        creator: EventCreator,
+        state: RoomState,
+        rooms: RoomStore,
+        server_name: str,
+    ) -> None:
+        self._db = db
+        self._creator = creator
+        self._state = state
+        self._rooms = rooms
+        self._server_name = server_name
+
+    async def check_owner(self, room_id: str, user_id: str) -> None:
+        """The caller must be joined and hold the room's highest power."""
+        await self._state.require_joined(room_id, user_id)
+        pl = await self._state.event(room_id, "m.room.power_levels")
+        create = await self._state.event(room_id, "m.room.create")
+        mine = get_user_power_level(user_id, pl, create)
+        members = await self._state.projections.members(room_id, ["join"])
+        top = max(get_user_power_level(m["user_id"], pl, create) for m in members)
+        if mine < top:
+            raise forbidden("Only a member with the room's highest power level may delete it")
+
+    async def delete_room(
+        self,
+        room_id: str,
+        by: str,
+        *,
+        reason: str | None = None,
+        purge: bool = False,
+        block: bool = True,
+    ) -> dict[str, Any]:
+        if not await self._state.store.room_exists(room_id):
+            raise not_found("Unknown room")
+        log.info("room %s deleted by %s (purge=%s, block=%s)", room_id, by, purge, block)
+        if block:
+            await self._rooms.block(room_id, by, now_ms())
+        aliases = await self._rooms.delete_room_aliases(room_id)
+        await self._rooms.set_visibility(room_id, "private")
+        kicked = []
+        why = reason or "This room has been deleted"
+        members = await self._state.projections.members(room_id, ["join", "invite", "knock"])
+        local = [m["user_id"] for m in members if m["user_id"].endswith(":" + self._server_name)]
+        # Kick others first, using the deleter's power if they are a member;
+        # members we cannot kick leave on their own (the server acts for them).
+        for user in local:
+            if user == by:
+                continue
+            try:
+                await self._creator.send(
+                    room_id,
+                    [
+                        Draft(
+                            "m.room.member",
+                            by,
+                            {"membership": "leave", "reason": why},
+                            state_key=user,
+                        )
+                    ],
+                )
+            except (AuthError, MatrixError):
+                try:
+                    await self._creator.send(
+                        room_id,
+                        [
+                            Draft(
+                                "m.room.member",
+                                user,
+                                {"membership": "leave", "reason": why},
+                                state_key=user,
+                            )
+                        ],
+                    )
+                except (AuthError, MatrixError):
+                    log.warning("could not remove %s from %s", user, room_id)
+                    continue
+            kicked.append(user)
+        if by in local:
+            try:
+                await self._creator.send(
+                    room_id,
+                    [
+                        Draft(
+                            "m.room.member",
+                            by,
+                            {"membership": "leave", "reason": why},
+                            state_key=by,
+                        )
+                    ],
+                )
+                kicked.append(by)
+            except AuthError:
+                log.warning("could not remove %s from %s", by, room_id)
+        purged = 0
+        if purge:
+            purged = await purge_room(self._db, room_id, by=by, reason=reason, now_ms=now_ms())
+        return {
+            "kicked_users": kicked,
+            "removed_aliases": aliases,
+            "purged_events": purged,
+            "blocked": block,
+        }
+
+    async def list_rooms(
+        self, *, search: str | None, order_by: str, direction: str, offset: int, limit: int
+    ) -> dict[str, Any]:
+        columns = {
+            "name": "s.name",
+            "joined_members": "s.joined_members",
+            "last_activity": "s.last_event_ts",
+            "room_id": "r.room_id",
+            "created": "r.created_ts",
+        }
+        if order_by not in columns:
+            raise MatrixError(400, "M_INVALID_PARAM", f"order_by must be one of {sorted(columns)}")
+        if direction not in ("f", "b"):
+            raise MatrixError(400, "M_INVALID_PARAM", "dir must be f or b")
+        rows, total = await self._rooms_page(
+            search, columns[order_by], "ASC" if direction == "f" else "DESC", offset, limit
+        )
+        out: dict[str, Any] = {"rooms": rows, "offset": offset, "total_rooms": total}
+        if offset + len(rows) < total:
+            out["next_batch"] = offset + len(rows)
+        return out
+
+    async def _rooms_page(
+        self, search: str | None, col: str, order: str, offset: int, limit: int
+    ) -> tuple[list[dict[str, Any]], int]:
+        args: list[Any] = []
+        where = "TRUE"
+        if search:
+            args.append(f"%{search.lower()}%")
+            where = (
+                "(lower(coalesce(s.name,'')) LIKE $1 OR lower(r.room_id) LIKE $1 "
+                "OR lower(coalesce(s.canonical_alias,'')) LIKE $1)"
+            )
+        total = await self._db.fetchval(
+            f"SELECT count(*) FROM rooms r LEFT JOIN room_stats s USING (room_id) WHERE {where}",
+            *args,
+        )
+        n = len(args)
+        rows = await self._db.fetch(
+            "SELECT r.room_id, r.room_version, r.creator, r.created_ts, s.name, s.topic, "
+            "s.canonical_alias, s.join_rule, s.kind, s.joined_members, s.invited_members, "
+            "s.local_joined, s.last_event_ts, (b.room_id IS NOT NULL) AS blocked, "
+            "coalesce(d.visibility, 'private') AS visibility "
+            "FROM rooms r LEFT JOIN room_stats s USING (room_id) "
+            "LEFT JOIN blocked_rooms b USING (room_id) LEFT JOIN room_directory d USING (room_id) "
+            f"WHERE {where} ORDER BY {col} {order} NULLS LAST, r.room_id "
+            f"LIMIT ${n + 1} OFFSET ${n + 2}",
+            *args,
+            limit,
+            offset,
+        )
+        return [dict(r) for r in rows], int(total or 0)
+
+    async def room_details(self, room_id: str) -> dict[str, Any]:
+        row = await self._db.fetchrow(
+            "SELECT r.room_id, r.room_version, r.creator, r.created_ts, s.*, "
+            "(b.room_id IS NOT NULL) AS blocked FROM rooms r "
+            "LEFT JOIN room_stats s USING (room_id) LEFT JOIN blocked_rooms b USING (room_id) "
+            "WHERE r.room_id = $1",
+            room_id,
+        )
+        if row is None:
+            raise not_found("Unknown room")
+        out = dict(row)
+        out["aliases"] = await self._rooms.aliases_for_room(room_id)
+        return out
+
+    async def members(self, room_id: str) -> list[dict[str, Any]]:
+        await self._state.require_room(room_id)
+        rows = await self._state.projections.members(room_id)
+        return [
+            {
+                "user_id": r["user_id"],
+                "membership": r["membership"],
+                "displayname": r["displayname"],
+            }
+            for r in rows
+        ]
+
+    async def state(self, room_id: str) -> list[dict[str, Any]]:
+        await self._state.require_room(room_id)
+        return [e.client_dict() for e in await self._state.all_events(room_id)]
+
+    async def add_user(self, room_id: str, user_id: str, by: str) -> None:
+        """Operator action: put a local user into a local room (an invite from
+        a member with invite power, then the join; public rooms join directly)."""
+        await self._state.require_room(room_id)
+        if await self._state.membership(room_id, user_id) == "join":
+            return
+        jr = await self._state.content(room_id, "m.room.join_rules")
+        if jr.get("join_rule") != "public":
+            pl = await self._state.event(room_id, "m.room.power_levels")
+            create = await self._state.event(room_id, "m.room.create")
+            members = await self._state.projections.members(room_id, ["join"])
+            local = [
+                m["user_id"] for m in members if m["user_id"].endswith(":" + self._server_name)
+            ]
+            if not local:
+                raise MatrixError(400, "M_UNKNOWN", "No local member can invite into this room")
+            inviter = max(local, key=lambda u: get_user_power_level(u, pl, create))
+            await self._creator.send(
+                room_id,
+                [
+                    Draft(
+                        "m.room.member",
+                        inviter,
+                        {"membership": "invite", "reason": f"added by {by}"},
+                        state_key=user_id,
+                    )
+                ],
+            )
+        await self._creator.send(
+            room_id, [Draft("m.room.member", user_id, {"membership": "join"}, state_key=user_id)]
+        )

@@ -1,0 +1,94 @@
+"""Events as clients see them: the ClientEvent form with ``unsigned``
+(age, transaction_id for the sender's device, prev_content, redacted_because)
+and redactions applied."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from homeserver.core.canonical import redact
+from homeserver.core.events import Event
+from homeserver.services.clock import now_ms
+from homeserver.storage.events import EventStore, StoredEvent
+from homeserver.storage.projections import Projections
+
+
+class EventSerializer:
+    def __init__(self, store: EventStore, projections: Projections) -> None:
+        self._store = store
+        self._proj = projections
+
+    async def serialize(
+        self,
+        events: Sequence[StoredEvent],
+        *,
+        viewer: tuple[str, str] | None = None,
+        prev_content: bool = True,
+    ) -> list[dict[str, Any]]:
+        if not events:
+            return []
+        redactions = await self._proj.redactions_of([e.event.event_id for e in events])
+        redaction_events = await self._store.get_events(
+            r for ids in redactions.values() for r in ids
+        )
+        now = now_ms()
+        out = []
+        for se in events:
+            ev = se.event
+            d = ev.client_dict()
+            unsigned: dict[str, Any] = {"age": max(0, now - ev.origin_server_ts)}
+            applied = self._valid_redaction(ev, redactions.get(ev.event_id, []), redaction_events)
+            if applied is not None:
+                pruned = redact(dict(ev.pdu), ev.room_version)
+                d["content"] = pruned.get("content", {})
+                red = applied.event.client_dict()
+                unsigned["redacted_because"] = red
+            if (
+                viewer is not None
+                and se.txn_id
+                and ev.sender == viewer[0]
+                and se.txn_device_id == viewer[1]
+            ):
+                unsigned["transaction_id"] = se.txn_id
+            if prev_content and ev.is_state:
+                prev = await self._prev_state(se)
+                if prev is not None:
+                    unsigned["replaces_state"] = prev.event_id
+                    unsigned["prev_content"] = dict(prev.content)
+                    unsigned["prev_sender"] = prev.sender
+            d["unsigned"] = unsigned
+            out.append(d)
+        return out
+
+    async def serialize_one(
+        self, se: StoredEvent, viewer: tuple[str, str] | None = None
+    ) -> dict[str, Any]:
+        return (await self.serialize([se], viewer=viewer))[0]
+
+    def _valid_redaction(
+        self, ev: Event, redaction_ids: list[str], events: dict[str, StoredEvent]
+    ) -> StoredEvent | None:
+        """The first redaction that applies: same sender, or sender on the
+        same server (the redact power was checked when it was accepted)."""
+        for rid in redaction_ids:
+            r = events.get(rid)
+            if r is None or r.rejected_reason or r.soft_failed:
+                continue
+            return r
+        return None
+
+    async def _prev_state(self, se: StoredEvent) -> Event | None:
+        ev = se.event
+        if not ev.prev_events:
+            return None
+        prevs = await self._store.get_events(ev.prev_events)
+        for p in prevs.values():
+            if p.state_group is None:
+                continue
+            state = await self._store.state_at_group(p.state_group)
+            eid = state.get(ev.state_tuple)
+            if eid is not None and eid != ev.event_id:
+                got = await self._store.get_event(eid)
+                return got.event if got else None
+        return None

@@ -1,0 +1,484 @@
+"""The room DAG: events, edges, state groups, and reads over them.
+
+Tables owned: events, event_edges, event_auth, state_groups,
+state_group_entries, rooms, stream_inflight, stream_counter. Projections are
+in ``projections.py``; the write path that ties them together is
+``services/persister.py``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from homeserver.core.events import Event, StateKey
+from homeserver.core.room_versions import RoomVersion, get_room_version
+from homeserver.storage.database import Database
+
+# A state group chain longer than this is cut by a full snapshot, so reading
+# the state at any event walks at most this many deltas.
+MAX_STATE_CHAIN = 50
+
+StateMap = dict[StateKey, str]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """An event with what the server decided about it at receipt."""
+
+    event: Event
+    stream_ordering: int
+    rejected_reason: str | None
+    soft_failed: bool
+    outlier: bool
+    state_group: int | None
+    txn_id: str | None = None
+    txn_device_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """One event to append, with its place in the log already decided."""
+
+    event: Event
+    stream_ordering: int
+    state_group: int | None
+    rejected_reason: str | None = None
+    soft_failed: bool = False
+    outlier: bool = False
+    received_ts: int = 0
+    txn: tuple[str, str, str] | None = None  # (user_id, device_id, txn_id)
+    redacted_pdu: Mapping[str, Any] | None = None
+
+
+class _LRU(OrderedDict[Any, Any]):
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self._size = size
+
+    def get_(self, key: Any) -> Any:
+        v = self.get(key)
+        if v is not None:
+            self.move_to_end(key)
+        return v
+
+    def put(self, key: Any, value: Any) -> None:
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > self._size:
+            self.popitem(last=False)
+
+
+_EVENT_COLS = (
+    "e.stream_ordering, e.event_id, e.json, e.redacted_json, e.rejected_reason, "
+    "e.soft_failed, e.outlier, e.state_group, e.txn_id, e.txn_device_id, r.room_version"
+)
+
+
+class EventStore:
+    """Reads and writes of the log. Events and state groups never change once
+    written, so both are cached in memory without invalidation."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._events: _LRU = _LRU(50_000)
+        self._groups: _LRU = _LRU(2_000)
+        self._room_versions: dict[str, RoomVersion] = {}
+
+    @property
+    def db(self) -> Database:
+        return self._db
+
+    # ---------------------------------------------------------------- rooms
+    async def create_room_row(
+        self,
+        conn: asyncpg.Connection,
+        room_id: str,
+        version: RoomVersion,
+        creator: str,
+        ts: int,
+    ) -> None:
+        await conn.execute(
+            "INSERT INTO rooms (room_id, room_version, creator, created_ts) VALUES ($1,$2,$3,$4) "
+            "ON CONFLICT (room_id) DO NOTHING",
+            room_id,
+            version.identifier,
+            creator,
+            ts,
+        )
+        self._room_versions[room_id] = version
+
+    async def room_version(self, room_id: str) -> RoomVersion | None:
+        rv = self._room_versions.get(room_id)
+        if rv is None:
+            ident = await self._db.fetchval(
+                "SELECT room_version FROM rooms WHERE room_id = $1", room_id
+            )
+            if ident is None:
+                return None
+            rv = get_room_version(ident)
+            self._room_versions[room_id] = rv
+        return rv
+
+    async def room_exists(self, room_id: str) -> bool:
+        return await self.room_version(room_id) is not None
+
+    # --------------------------------------------------------------- stream
+    async def reserve_positions(self, conn: asyncpg.Connection, n: int) -> list[int]:
+        """Allocate ``n`` stream positions and mark them in flight.
+
+        Runs in its own short transaction on ``conn`` (both tables are
+        unlogged: no fsync). The caller must call ``release_positions`` in its
+        event transaction, or ``abandon_positions`` if that fails.
+        """
+        rows = await conn.fetch(
+            "WITH seed AS (INSERT INTO stream_counter (id, pos) "
+            "  SELECT 1, COALESCE(max(stream_ordering), 0) FROM events "
+            "  ON CONFLICT (id) DO NOTHING), "
+            "bump AS (UPDATE stream_counter SET pos = pos + $1 WHERE id = 1 RETURNING pos), "
+            "ins AS (INSERT INTO stream_inflight (pos, backend_pid) "
+            "  SELECT pos - $1 + 1, pg_backend_pid() FROM bump RETURNING pos) "
+            "SELECT pos FROM ins",
+            n,
+        )
+        if not rows:  # the counter row was missing (first use / after a crash)
+            return await self.reserve_positions(conn, n)
+        first = int(rows[0]["pos"])
+        return list(range(first, first + n))
+
+    async def release_positions(self, conn: asyncpg.Connection, first: int) -> None:
+        await conn.execute("DELETE FROM stream_inflight WHERE pos = $1", first)
+
+    async def abandon_positions(self, conn: asyncpg.Connection, first: int) -> None:
+        await conn.execute("DELETE FROM stream_inflight WHERE pos = $1", first)
+
+    async def current_position(self) -> int:
+        """The highest position P such that every event at or below P that
+        will ever exist is already visible."""
+        v = await self._db.fetchval(
+            "SELECT COALESCE((SELECT min(pos) - 1 FROM stream_inflight), "
+            "(SELECT pos FROM stream_counter WHERE id = 1), "
+            "(SELECT max(stream_ordering) FROM events), 0)"
+        )
+        return int(v)
+
+    async def clear_stale_inflight(self) -> int:
+        """Positions reserved by sessions that died before committing."""
+        r = await self._db.execute(
+            "DELETE FROM stream_inflight WHERE backend_pid NOT IN "
+            "(SELECT pid FROM pg_stat_activity WHERE pid IS NOT NULL)"
+        )
+        return int(r.split()[-1])
+
+    # --------------------------------------------------------------- writes
+    async def insert_events(self, conn: asyncpg.Connection, items: Sequence[NewEvent]) -> None:
+        ev_rows = []
+        edge_rows = []
+        auth_rows = []
+        for it in items:
+            e = it.event
+            txn = it.txn or (None, None, None)
+            ev_rows.append(
+                (
+                    it.stream_ordering,
+                    e.event_id,
+                    e.room_id,
+                    e.type,
+                    e.state_key,
+                    e.sender,
+                    e.depth,
+                    e.origin_server_ts,
+                    it.received_ts,
+                    json.dumps(e.pdu),
+                    json.dumps(it.redacted_pdu) if it.redacted_pdu is not None else None,
+                    it.rejected_reason,
+                    it.soft_failed,
+                    it.outlier,
+                    it.state_group,
+                    txn[0],
+                    txn[1],
+                    txn[2],
+                )
+            )
+            edge_rows.extend((e.event_id, p, e.room_id) for p in e.prev_events)
+            auth_rows.extend((e.event_id, a, e.room_id) for a in e.auth_events)
+        await conn.executemany(
+            "INSERT INTO events (stream_ordering, event_id, room_id, type, state_key, sender, "
+            "depth, origin_server_ts, received_ts, json, redacted_json, rejected_reason, "
+            "soft_failed, outlier, state_group, txn_user_id, txn_device_id, txn_id) "
+            "VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18)",
+            ev_rows,
+        )
+        if edge_rows:
+            await conn.executemany(
+                "INSERT INTO event_edges (event_id, prev_event_id, room_id) VALUES ($1,$2,$3) "
+                "ON CONFLICT DO NOTHING",
+                edge_rows,
+            )
+        if auth_rows:
+            await conn.executemany(
+                "INSERT INTO event_auth (event_id, auth_id, room_id) VALUES ($1,$2,$3) "
+                "ON CONFLICT DO NOTHING",
+                auth_rows,
+            )
+        for it in items:
+            self._events.put(
+                it.event.event_id,
+                StoredEvent(
+                    it.event,
+                    it.stream_ordering,
+                    it.rejected_reason,
+                    it.soft_failed,
+                    it.outlier,
+                    it.state_group,
+                    it.txn[2] if it.txn else None,
+                    it.txn[1] if it.txn else None,
+                ),
+            )
+
+    async def create_state_group(
+        self,
+        conn: asyncpg.Connection,
+        room_id: str,
+        prev_group: int | None,
+        delta: Mapping[StateKey, str | None],
+        full_state: Mapping[StateKey, str],
+    ) -> int:
+        """A new state group equal to ``full_state``: stored as ``delta``
+        against ``prev_group`` unless the chain is too long (then in full)."""
+        chain = 0
+        if prev_group is not None:
+            chain = int(
+                await conn.fetchval(
+                    "SELECT chain_length FROM state_groups WHERE group_id = $1", prev_group
+                )
+                or 0
+            )
+        group_id = int(await conn.fetchval("SELECT nextval('state_group_seq')"))
+        if prev_group is None or chain + 1 > MAX_STATE_CHAIN:
+            prev_group, chain = None, 0
+            entries: Iterable[tuple[StateKey, str | None]] = full_state.items()
+        else:
+            chain += 1
+            entries = delta.items()
+        await conn.execute(
+            "INSERT INTO state_groups (group_id, room_id, prev_group, chain_length) "
+            "VALUES ($1,$2,$3,$4)",
+            group_id,
+            room_id,
+            prev_group,
+            chain,
+        )
+        await conn.copy_records_to_table(
+            "state_group_entries",
+            records=[(group_id, room_id, t, sk, ev) for (t, sk), ev in entries],
+            columns=["group_id", "room_id", "type", "state_key", "event_id"],
+        )
+        self._groups.put(group_id, dict(full_state))
+        return group_id
+
+    # ---------------------------------------------------------------- reads
+    def _row_to_stored(self, row: asyncpg.Record) -> StoredEvent:
+        rv = get_room_version(row["room_version"])
+        pdu = json.loads(row["redacted_json"] or row["json"])
+        ev = Event.from_pdu(pdu, rv, event_id=row["event_id"])
+        return StoredEvent(
+            ev,
+            row["stream_ordering"],
+            row["rejected_reason"],
+            row["soft_failed"],
+            row["outlier"],
+            row["state_group"],
+            row["txn_id"],
+            row["txn_device_id"],
+        )
+
+    async def get_event(self, event_id: str) -> StoredEvent | None:
+        got = await self.get_events([event_id])
+        return got.get(event_id)
+
+    async def get_events(self, event_ids: Iterable[str]) -> dict[str, StoredEvent]:
+        out: dict[str, StoredEvent] = {}
+        missing = []
+        for eid in event_ids:
+            hit = self._events.get_(eid)
+            if hit is not None:
+                out[eid] = hit
+            else:
+                missing.append(eid)
+        if missing:
+            rows = await self._db.fetch(
+                f"SELECT {_EVENT_COLS} FROM events e JOIN rooms r USING (room_id) "
+                "WHERE e.event_id = ANY($1::text[])",
+                missing,
+            )
+            for row in rows:
+                se = self._row_to_stored(row)
+                self._events.put(se.event.event_id, se)
+                out[se.event.event_id] = se
+        return out
+
+    async def get_event_objs(self, event_ids: Iterable[str]) -> dict[str, Event]:
+        return {k: v.event for k, v in (await self.get_events(event_ids)).items()}
+
+    async def have_events(self, event_ids: Iterable[str]) -> set[str]:
+        ids = list(event_ids)
+        known = {e for e in ids if e in self._events}
+        rest = [e for e in ids if e not in known]
+        if rest:
+            rows = await self._db.fetch(
+                "SELECT event_id FROM events WHERE event_id = ANY($1::text[])", rest
+            )
+            known.update(r["event_id"] for r in rows)
+        return known
+
+    async def events_by_stream(
+        self,
+        room_ids: Sequence[str],
+        after: int,
+        upto: int,
+        limit: int | None = None,
+        *,
+        newest_first: bool = False,
+    ) -> list[StoredEvent]:
+        """Non-outlier, non-rejected, non-soft-failed events in a stream range."""
+        order = "DESC" if newest_first else "ASC"
+        rows = await self._db.fetch(
+            f"SELECT {_EVENT_COLS} FROM events e JOIN rooms r USING (room_id) "
+            "WHERE e.room_id = ANY($1::text[]) AND e.stream_ordering > $2 "
+            "AND e.stream_ordering <= $3 AND NOT e.outlier AND NOT e.soft_failed "
+            "AND e.rejected_reason IS NULL "
+            f"ORDER BY e.stream_ordering {order} LIMIT $4",
+            list(room_ids),
+            after,
+            upto,
+            limit,
+        )
+        return [self._cached(row) for row in rows]
+
+    def _cached(self, row: asyncpg.Record) -> StoredEvent:
+        hit = self._events.get_(row["event_id"])
+        if hit is None:
+            hit = self._row_to_stored(row)
+            self._events.put(row["event_id"], hit)
+        return hit  # type: ignore[no-any-return]
+
+    async def rooms_with_events_after(
+        self, room_ids: Sequence[str], after: int, upto: int
+    ) -> set[str]:
+        rows = await self._db.fetch(
+            "SELECT DISTINCT room_id FROM events WHERE room_id = ANY($1::text[]) "
+            "AND stream_ordering > $2 AND stream_ordering <= $3 AND NOT outlier",
+            list(room_ids),
+            after,
+            upto,
+        )
+        return {r["room_id"] for r in rows}
+
+    async def paginate(
+        self,
+        room_id: str,
+        *,
+        before: int | None,
+        after: int | None,
+        limit: int,
+        backwards: bool,
+    ) -> list[StoredEvent]:
+        """Timeline in stream order (which, within a room, follows the DAG's
+        topological order for events we appended), for /messages."""
+        lo = after if after is not None else 0
+        hi = before if before is not None else 2**62
+        order = "DESC" if backwards else "ASC"
+        rows = await self._db.fetch(
+            f"SELECT {_EVENT_COLS} FROM events e JOIN rooms r USING (room_id) "
+            "WHERE e.room_id = $1 AND e.stream_ordering > $2 AND e.stream_ordering < $3 "
+            "AND NOT e.outlier AND NOT e.soft_failed AND e.rejected_reason IS NULL "
+            f"ORDER BY e.stream_ordering {order} LIMIT $4",
+            room_id,
+            lo,
+            hi,
+            limit,
+        )
+        return [self._cached(row) for row in rows]
+
+    async def event_by_txn(self, user_id: str, device_id: str, txn_id: str) -> str | None:
+        return await self._db.fetchval(
+            "SELECT event_id FROM events WHERE txn_user_id = $1 AND txn_device_id = $2 "
+            "AND txn_id = $3",
+            user_id,
+            device_id,
+            txn_id,
+        )
+
+    async def state_at_group(self, group_id: int | None) -> Mapping[StateKey, str]:
+        """The state of a group. The mapping is shared with the cache: callers
+        must copy it before changing it."""
+        if group_id is None:
+            return {}
+        hit = self._groups.get_(group_id)
+        if hit is not None:
+            return hit  # type: ignore[no-any-return]
+        rows = await self._db.fetch(
+            "WITH RECURSIVE chain(group_id, prev_group, lvl) AS ("
+            "  SELECT group_id, prev_group, 0 FROM state_groups WHERE group_id = $1"
+            "  UNION ALL"
+            "  SELECT g.group_id, g.prev_group, c.lvl + 1 FROM state_groups g"
+            "  JOIN chain c ON g.group_id = c.prev_group) "
+            "SELECT DISTINCT ON (s.type, s.state_key) s.type, s.state_key, s.event_id "
+            "FROM state_group_entries s JOIN chain c USING (group_id) "
+            "ORDER BY s.type, s.state_key, c.lvl",
+            group_id,
+        )
+        state = {(r["type"], r["state_key"]): r["event_id"] for r in rows if r["event_id"]}
+        self._groups.put(group_id, state)
+        return state
+
+    async def state_after_event(self, event_id: str) -> Mapping[StateKey, str] | None:
+        se = await self.get_event(event_id)
+        if se is None or se.outlier:
+            return None
+        return await self.state_at_group(se.state_group)
+
+    async def auth_chain_ids(self, event_ids: Iterable[str]) -> set[str]:
+        """Every event reachable through auth_events from ``event_ids``
+        (excluding the starting events themselves unless reachable)."""
+        rows = await self._db.fetch(
+            "WITH RECURSIVE chain(event_id) AS ("
+            "  SELECT auth_id FROM event_auth WHERE event_id = ANY($1::text[])"
+            "  UNION"
+            "  SELECT a.auth_id FROM event_auth a JOIN chain c ON a.event_id = c.event_id) "
+            "SELECT event_id FROM chain",
+            list(event_ids),
+        )
+        return {r["event_id"] for r in rows}
+
+    async def forward_extremities(self, room_id: str) -> list[str]:
+        rows = await self._db.fetch(
+            "SELECT event_id FROM forward_extremities WHERE room_id = $1", room_id
+        )
+        return [r["event_id"] for r in rows]
+
+    async def room_head(self, room_id: str) -> tuple[int, int] | None:
+        """(last stream position, greatest depth) of a room."""
+        row = await self._db.fetchrow(
+            "SELECT stream_ordering, max_depth FROM room_heads WHERE room_id = $1", room_id
+        )
+        return (row[0], row[1]) if row else None
+
+    async def max_depth(self, event_ids: Sequence[str]) -> int:
+        evs = await self.get_events(event_ids)
+        return max((e.event.depth for e in evs.values()), default=0)
+
+    async def count_events(self, room_id: str) -> int:
+        return int(
+            await self._db.fetchval("SELECT count(*) FROM events WHERE room_id = $1", room_id) or 0
+        )
+
+    async def stream_ordering_of(self, event_id: str) -> int | None:
+        se = await self.get_event(event_id)
+        return se.stream_ordering if se else None

@@ -1,0 +1,362 @@
+"""Projections of the log: current state, memberships, forward extremities,
+room heads, room stats, the per-user membership stream and redactions.
+
+Tables owned: current_state, room_members, forward_extremities, room_heads,
+room_stats, user_membership_stream, event_redactions. Every row here can be
+derived from the event log; ``apply`` keeps them current inside the append
+transaction and the rebuild service recomputes them from scratch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from homeserver.core.events import Event, StateKey
+from homeserver.storage.database import Database
+
+PROJECTION_TABLES = (
+    "current_state",
+    "room_members",
+    "forward_extremities",
+    "room_heads",
+    "room_stats",
+    "user_membership_stream",
+    "event_redactions",
+)
+
+# State event types that feed room_stats, and the content key each one sets.
+_STATS_FIELDS: dict[str, tuple[str, str]] = {
+    "m.room.name": ("name", "name"),
+    "m.room.topic": ("topic", "topic"),
+    "m.room.canonical_alias": ("canonical_alias", "alias"),
+    "m.room.avatar": ("avatar_url", "url"),
+    "m.room.join_rules": ("join_rule", "join_rule"),
+    "m.room.history_visibility": ("history_visibility", "history_visibility"),
+    "m.room.guest_access": ("guest_access", "guest_access"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """An event accepted into the room (not rejected, not soft-failed)."""
+
+    event: Event
+    stream_ordering: int
+
+
+def _str_or_none(v: Any) -> str | None:
+    return v if isinstance(v, str) else None
+
+
+def member_row(ev: Event, stream_ordering: int) -> tuple[Any, ...]:
+    c = ev.content
+    return (
+        ev.room_id,
+        ev.state_key,
+        c.get("membership"),
+        ev.event_id,
+        ev.sender,
+        stream_ordering,
+        _str_or_none(c.get("displayname")),
+        _str_or_none(c.get("avatar_url")),
+        c.get("is_direct") is True,
+    )
+
+
+def is_local(user_id: str, server_name: str) -> bool:
+    return user_id.endswith(":" + server_name)
+
+
+class Projections:
+    def __init__(self, db: Database, server_name: str) -> None:
+        self._db = db
+        self._server_name = server_name
+
+    async def apply(
+        self,
+        conn: asyncpg.Connection,
+        room_id: str,
+        accepted: Sequence[Accepted],
+        state_delta: Mapping[StateKey, Event | None],
+        extremities_removed: Iterable[str],
+        extremities_added: Iterable[str],
+    ) -> None:
+        """Bring every projection of ``room_id`` up to date with an append.
+
+        ``accepted`` are the new events that became part of the room's
+        history; ``state_delta`` the keys of the current state that changed
+        (None: key removed) with their new event.
+        """
+        # Forward extremities.
+        removed = list(extremities_removed)
+        if removed:
+            await conn.execute(
+                "DELETE FROM forward_extremities WHERE room_id = $1 AND event_id = ANY($2::text[])",
+                room_id,
+                removed,
+            )
+        added = list(extremities_added)
+        if added:
+            await conn.executemany(
+                "INSERT INTO forward_extremities (room_id, event_id) VALUES ($1, $2) "
+                "ON CONFLICT DO NOTHING",
+                [(room_id, e) for e in added],
+            )
+        if accepted:
+            last = max(a.stream_ordering for a in accepted)
+            depth = max(a.event.depth for a in accepted)
+            await conn.execute(
+                "INSERT INTO room_heads (room_id, stream_ordering, max_depth) VALUES ($1,$2,$3) "
+                "ON CONFLICT (room_id) DO UPDATE SET "
+                "stream_ordering = GREATEST(room_heads.stream_ordering, EXCLUDED.stream_ordering), "
+                "max_depth = GREATEST(room_heads.max_depth, EXCLUDED.max_depth)",
+                room_id,
+                last,
+                depth,
+            )
+        # Per-user membership stream and redactions: every accepted event.
+        ums = [
+            (
+                a.event.state_key,
+                room_id,
+                a.stream_ordering,
+                a.event.content.get("membership"),
+                a.event.event_id,
+            )
+            for a in accepted
+            if a.event.type == "m.room.member"
+            and a.event.state_key is not None
+            and isinstance(a.event.content.get("membership"), str)
+        ]
+        if ums:
+            await conn.executemany(
+                "INSERT INTO user_membership_stream (user_id, room_id, stream_ordering, "
+                "membership, event_id) VALUES ($1,$2,$3,$4,$5)",
+                ums,
+            )
+        reds = [
+            (a.event.redacts, a.event.event_id, room_id)
+            for a in accepted
+            if a.event.type == "m.room.redaction" and a.event.redacts
+        ]
+        if reds:
+            await conn.executemany(
+                "INSERT INTO event_redactions (redacted_id, redaction_id, room_id) "
+                "VALUES ($1,$2,$3) ON CONFLICT DO NOTHING",
+                reds,
+            )
+        # Current state and what derives from it.
+        stream_of = {a.event.event_id: a.stream_ordering for a in accepted}
+        await self._apply_state(conn, room_id, state_delta, stream_of)
+        if accepted:
+            await conn.execute(
+                "UPDATE room_stats SET last_event_ts = GREATEST(COALESCE(last_event_ts, 0), $2) "
+                "WHERE room_id = $1",
+                room_id,
+                max(a.event.origin_server_ts for a in accepted),
+            )
+
+    async def _apply_state(
+        self,
+        conn: asyncpg.Connection,
+        room_id: str,
+        delta: Mapping[StateKey, Event | None],
+        stream_of: Mapping[str, int],
+    ) -> None:
+        if not delta:
+            return
+        upserts = [(room_id, t, sk, ev.event_id) for (t, sk), ev in delta.items() if ev]
+        removals = [(room_id, t, sk) for (t, sk), ev in delta.items() if ev is None]
+        if upserts:
+            await conn.executemany(
+                "INSERT INTO current_state (room_id, type, state_key, event_id) "
+                "VALUES ($1,$2,$3,$4) ON CONFLICT (room_id, type, state_key) "
+                "DO UPDATE SET event_id = EXCLUDED.event_id",
+                upserts,
+            )
+        if removals:
+            await conn.executemany(
+                "DELETE FROM current_state WHERE room_id = $1 AND type = $2 AND state_key = $3",
+                removals,
+            )
+        # Room stats row exists from the create event on.
+        create = delta.get(("m.room.create", ""))
+        if create is not None:
+            kind = create.content.get("io.homeserver.kind")
+            await conn.execute(
+                "INSERT INTO room_stats (room_id, room_type, kind) VALUES ($1,$2,$3) "
+                "ON CONFLICT (room_id) DO NOTHING",
+                room_id,
+                _str_or_none(create.content.get("type")),
+                _str_or_none(kind),
+            )
+        for (t, sk), ev in delta.items():
+            if t in _STATS_FIELDS and sk == "":
+                col, key = _STATS_FIELDS[t]
+                value = _str_or_none(ev.content.get(key)) if ev else None
+                await conn.execute(
+                    f"UPDATE room_stats SET {col} = $2 WHERE room_id = $1", room_id, value
+                )
+        # Memberships.
+        members = {sk: ev for (t, sk), ev in delta.items() if t == "m.room.member"}
+        if not members:
+            return
+        old = {
+            r["user_id"]: r["membership"]
+            for r in await conn.fetch(
+                "SELECT user_id, membership FROM room_members WHERE room_id = $1 "
+                "AND user_id = ANY($2::text[])",
+                room_id,
+                list(members),
+            )
+        }
+        rows = []
+        d_join = d_invite = d_local = 0
+        for user, ev in members.items():
+            new = ev.membership if ev else None
+            was = old.get(user)
+            d_join += (new == "join") - (was == "join")
+            d_invite += (new == "invite") - (was == "invite")
+            if is_local(user, self._server_name):
+                d_local += (new == "join") - (was == "join")
+            if ev is not None:
+                rows.append(member_row(ev, stream_of.get(ev.event_id, 0)))
+            else:
+                await conn.execute(
+                    "DELETE FROM room_members WHERE room_id = $1 AND user_id = $2", room_id, user
+                )
+        if rows:
+            await conn.executemany(
+                "INSERT INTO room_members (room_id, user_id, membership, event_id, sender, "
+                "stream_ordering, displayname, avatar_url, is_direct) "
+                "VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9) ON CONFLICT (room_id, user_id) DO UPDATE SET "
+                "membership = EXCLUDED.membership, event_id = EXCLUDED.event_id, "
+                "sender = EXCLUDED.sender, stream_ordering = EXCLUDED.stream_ordering, "
+                "displayname = EXCLUDED.displayname, avatar_url = EXCLUDED.avatar_url, "
+                "is_direct = EXCLUDED.is_direct",
+                rows,
+            )
+        if d_join or d_invite or d_local:
+            await conn.execute(
+                "UPDATE room_stats SET joined_members = joined_members + $2, "
+                "invited_members = invited_members + $3, local_joined = local_joined + $4 "
+                "WHERE room_id = $1",
+                room_id,
+                d_join,
+                d_invite,
+                d_local,
+            )
+
+    # -------------------------------------------------------------- reads
+    async def current_state_ids(self, room_id: str) -> dict[StateKey, str]:
+        rows = await self._db.fetch(
+            "SELECT type, state_key, event_id FROM current_state WHERE room_id = $1", room_id
+        )
+        return {(r["type"], r["state_key"]): r["event_id"] for r in rows}
+
+    async def current_state_event_id(self, room_id: str, type: str, state_key: str) -> str | None:
+        return await self._db.fetchval(
+            "SELECT event_id FROM current_state WHERE room_id = $1 AND type = $2 "
+            "AND state_key = $3",
+            room_id,
+            type,
+            state_key,
+        )
+
+    async def membership(self, room_id: str, user_id: str) -> tuple[str, str] | None:
+        """(membership, event id) of a user in a room, from current state."""
+        row = await self._db.fetchrow(
+            "SELECT membership, event_id FROM room_members WHERE room_id = $1 AND user_id = $2",
+            room_id,
+            user_id,
+        )
+        return (row["membership"], row["event_id"]) if row else None
+
+    async def rooms_for_user(self, user_id: str, memberships: Sequence[str]) -> dict[str, str]:
+        """room id → membership, for the given memberships."""
+        rows = await self._db.fetch(
+            "SELECT room_id, membership FROM room_members WHERE user_id = $1 "
+            "AND membership = ANY($2::text[])",
+            user_id,
+            list(memberships),
+        )
+        return {r["room_id"]: r["membership"] for r in rows}
+
+    async def members(
+        self, room_id: str, memberships: Sequence[str] | None = None
+    ) -> list[asyncpg.Record]:
+        if memberships is None:
+            return await self._db.fetch(
+                "SELECT user_id, membership, event_id, displayname, avatar_url, is_direct, sender "
+                "FROM room_members WHERE room_id = $1 ORDER BY user_id",
+                room_id,
+            )
+        return await self._db.fetch(
+            "SELECT user_id, membership, event_id, displayname, avatar_url, is_direct, sender "
+            "FROM room_members WHERE room_id = $1 AND membership = ANY($2::text[]) "
+            "ORDER BY user_id",
+            room_id,
+            list(memberships),
+        )
+
+    async def room_stats(self, room_id: str) -> dict[str, Any] | None:
+        row = await self._db.fetchrow("SELECT * FROM room_stats WHERE room_id = $1", room_id)
+        return dict(row) if row else None
+
+    async def membership_changes(self, user_id: str, after: int, upto: int) -> list[asyncpg.Record]:
+        return await self._db.fetch(
+            "SELECT room_id, stream_ordering, membership, event_id FROM user_membership_stream "
+            "WHERE user_id = $1 AND stream_ordering > $2 AND stream_ordering <= $3 "
+            "ORDER BY stream_ordering",
+            user_id,
+            after,
+            upto,
+        )
+
+    async def redactions_of(self, event_ids: Sequence[str]) -> dict[str, list[str]]:
+        rows = await self._db.fetch(
+            "SELECT redacted_id, redaction_id FROM event_redactions "
+            "WHERE redacted_id = ANY($1::text[])",
+            list(event_ids),
+        )
+        out: dict[str, list[str]] = {}
+        for r in rows:
+            out.setdefault(r["redacted_id"], []).append(r["redaction_id"])
+        return out
+
+    async def shared_rooms_users(self, user_id: str) -> set[str]:
+        rows = await self._db.fetch(
+            "SELECT DISTINCT m2.user_id FROM room_members m1 JOIN room_members m2 "
+            "USING (room_id) WHERE m1.user_id = $1 AND m1.membership = 'join' "
+            "AND m2.membership = 'join'",
+            user_id,
+        )
+        return {r["user_id"] for r in rows}
+
+    async def room_servers(self, room_id: str) -> set[str]:
+        """Servers with at least one joined member."""
+        rows = await self._db.fetch(
+            "SELECT user_id FROM room_members WHERE room_id = $1 AND membership = 'join'",
+            room_id,
+        )
+        return {r["user_id"].split(":", 1)[1] for r in rows}
+
+    async def direct_rooms_between(self, user_id: str, partner: str) -> list[str]:
+        """Rooms where one invited the other with ``is_direct`` and both are
+        still joined or invited."""
+        rows = await self._db.fetch(
+            "SELECT a.room_id FROM room_members a JOIN room_members b USING (room_id) "
+            "WHERE a.user_id = $1 AND b.user_id = $2 "
+            "AND a.membership IN ('join', 'invite') AND b.membership IN ('join', 'invite') "
+            "AND EXISTS (SELECT 1 FROM events e WHERE e.room_id = a.room_id "
+            "  AND e.type = 'm.room.member' AND e.state_key IN ($1, $2) "
+            "  AND e.json::jsonb -> 'content' ->> 'is_direct' = 'true') "
+            "ORDER BY a.room_id",
+            user_id,
+            partner,
+        )
+        return [r["room_id"] for r in rows]
