@@ -275,3 +275,43 @@ CREATE TABLE IF NOT EXISTS account_data (
     stream_ordering  bigint NOT NULL,
     PRIMARY KEY (user_id, room_id, type)
 );
+
+-- ---------------------------------------------------- sync and ephemeral data
+CREATE TABLE IF NOT EXISTS user_filters (
+    user_id    text NOT NULL,
+    filter_id  bigserial,
+    filter     jsonb NOT NULL,
+    PRIMARY KEY (user_id, filter_id)
+);
+
+-- Read receipts (m.read, m.read.private), one row per (room, type, user, thread).
+CREATE TABLE IF NOT EXISTS receipts (
+    room_id          text NOT NULL,
+    receipt_type     text NOT NULL,
+    user_id          text NOT NULL,
+    thread_id        text NOT NULL DEFAULT '',
+    event_id         text NOT NULL,
+    ts               bigint NOT NULL,
+    stream_ordering  bigint NOT NULL,
+    PRIMARY KEY (room_id, receipt_type, user_id, thread_id)
+);
+CREATE INDEX IF NOT EXISTS receipts_stream ON receipts (room_id, stream_ordering);
+
+-- Typing notifications: ephemeral, so unlogged; shared by every process.
+CREATE UNLOGGED TABLE IF NOT EXISTS typing (
+    room_id          text NOT NULL,
+    user_id          text NOT NULL,
+    expires_ts       bigint NOT NULL,
+    stream_ordering  bigint NOT NULL,
+    PRIMARY KEY (room_id, user_id)
+);
+CREATE INDEX IF NOT EXISTS typing_stream ON typing (room_id, stream_ordering);
+
+-- Stripped state shown with invites and knocks to rooms this server is not
+-- in (filled from federation's invite_room_state).
+CREATE TABLE IF NOT EXISTS invite_room_state (
+    room_id   text NOT NULL,
+    user_id   text NOT NULL,
+    events    jsonb NOT NULL,
+    PRIMARY KEY (room_id, user_id)
+);

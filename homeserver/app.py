@@ -30,6 +30,7 @@ from homeserver.config import Config, redact_url
 from homeserver.services.account_data import AccountDataService
 from homeserver.services.accounts import AccountService
 from homeserver.services.directory import DirectoryService
+from homeserver.services.ephemeral import EphemeralService
 from homeserver.services.event_creator import EventCreator
 from homeserver.services.membership import MembershipService
 from homeserver.services.messages import MessageService
@@ -45,11 +46,13 @@ from homeserver.services.server_keys import (
     ensure_tls_certificate,
     load_or_create_signing_key,
 )
+from homeserver.services.sync import SyncService
 from homeserver.services.timeline import TimelineService, Visibility
 from homeserver.storage.account_data import AccountDataStore
 from homeserver.storage.accounts import AccountStore
 from homeserver.storage.database import Database
 from homeserver.storage.embedded import EmbeddedPostgres
+from homeserver.storage.ephemeral import EphemeralStore
 from homeserver.storage.events import EventStore
 from homeserver.storage.projections import Projections
 from homeserver.storage.rooms import RoomStore
@@ -93,6 +96,18 @@ def create_app(
     serializer = EventSerializer(event_store, projections)
     timeline = TimelineService(room_state, serializer, Visibility(event_store, projections))
     room_admin = RoomAdminService(db, creator, room_state, room_store, name)
+    ephemeral_store = EphemeralStore(db, event_store)
+    ephemeral = EphemeralService(ephemeral_store, room_state, account_data)
+    sync = SyncService(
+        event_store,
+        projections,
+        ephemeral_store,
+        account_data_store,
+        room_store,
+        serializer,
+        Visibility(event_store, projections),
+        notifier,
+    )
 
     app[appkeys.CONFIG] = config
     app[appkeys.SERVER_KEYS] = server_keys
@@ -105,6 +120,9 @@ def create_app(
     app[appkeys.PROFILES] = profiles
     app[appkeys.ACCOUNT_DATA] = account_data
     app[appkeys.ROOM_ADMIN] = room_admin
+    app[appkeys.SYNC] = sync
+    app[appkeys.EPHEMERAL] = ephemeral
+    app[appkeys.FILTERS] = ephemeral_store
 
     async def background(app: web.Application) -> AsyncIterator[None]:
         await notifier.start()

@@ -22,8 +22,14 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--database-url", dest="database_url")
 
 
-_OVERRIDE_KEYS = ("data_dir", "server_name", "listen.bind", "listen.client_port",
-                  "listen.federation_port", "database_url")
+_OVERRIDE_KEYS = (
+    "data_dir",
+    "server_name",
+    "listen.bind",
+    "listen.client_port",
+    "listen.federation_port",
+    "database_url",
+)
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -46,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
         argv = ["serve", *argv]
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -360,3 +360,23 @@ class Projections:
             partner,
         )
         return [r["room_id"] for r in rows]
+
+    async def membership_before(self, user_id: str, room_id: str, pos: int) -> str | None:
+        """The user's membership in the room just before stream position ``pos``."""
+        return await self._db.fetchval(
+            "SELECT membership FROM user_membership_stream WHERE user_id = $1 AND room_id = $2 "
+            "AND stream_ordering < $3 ORDER BY stream_ordering DESC LIMIT 1",
+            user_id,
+            room_id,
+            pos,
+        )
+
+    async def heroes(self, room_id: str, user_id: str, n: int) -> list[str]:
+        rows = await self._db.fetch(
+            "SELECT user_id FROM room_members WHERE room_id = $1 AND user_id <> $2 "
+            "AND membership IN ('join', 'invite') ORDER BY stream_ordering LIMIT $3",
+            room_id,
+            user_id,
+            n,
+        )
+        return [r["user_id"] for r in rows]

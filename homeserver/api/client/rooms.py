@@ -12,7 +12,7 @@ from homeserver.api import validate as v
 from homeserver.api.appkeys import MESSAGES, ROOM_CREATION, TIMELINE
 from homeserver.api.auth import require_user
 from homeserver.api.errors import MatrixError, json_response
-from homeserver.api.filters import EventFilter
+from homeserver.services.filters import EventFilter
 from homeserver.services.timeline import check_direction
 
 routes = web.RouteTableDef()

@@ -6,8 +6,8 @@ import fnmatch
 from dataclasses import dataclass
 from typing import Any
 
-from homeserver.api.errors import MatrixError
 from homeserver.core.events import Event
+from homeserver.services.errors import MatrixError
 
 
 def _str_list(raw: dict[str, Any], key: str) -> tuple[str, ...] | None:
@@ -69,9 +69,7 @@ class EventFilter:
             return False
         if ev.room_id in self.not_rooms:
             return False
-        if self.contains_url is not None and ("url" in ev.content) != self.contains_url:
-            return False
-        return True
+        return not (self.contains_url is not None and ("url" in ev.content) != self.contains_url)
 
     def allows_room(self, room_id: str) -> bool:
         if self.rooms is not None and room_id not in self.rooms:

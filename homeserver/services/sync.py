@@ -1,0 +1,420 @@
+"""``GET /sync``: what changed for a user since a token, waiting if nothing did.
+
+A token is one stream position (``s<pos>``): events, membership changes,
+account data, receipts and typing all take positions from the same counter,
+so "everything up to N" is one number. The reader's upper bound comes from
+``EventStore.current_position``, which never runs past an uncommitted write,
+so nothing is skipped. Long-polls wait on the notifier, which wakes them for
+writes from this process and, through LISTEN/NOTIFY, from any other.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from homeserver.core.events import StateKey
+from homeserver.services.clock import now_ms
+from homeserver.services.filters import EventFilter
+from homeserver.services.notifier import Notifier
+from homeserver.services.serialize import EventSerializer
+from homeserver.services.timeline import Visibility, make_token
+from homeserver.storage.account_data import AccountDataStore
+from homeserver.storage.ephemeral import EphemeralStore
+from homeserver.storage.events import EventStore, StoredEvent
+from homeserver.storage.projections import Projections
+from homeserver.storage.rooms import RoomStore
+
+# Stripped state given with invites and knocks (Client-Server API "Stripped state").
+STRIPPED_TYPES = (
+    "m.room.create",
+    "m.room.join_rules",
+    "m.room.name",
+    "m.room.avatar",
+    "m.room.canonical_alias",
+    "m.room.encryption",
+    "m.room.topic",
+)
+
+
+@dataclass(frozen=True)
+class SyncFilter:
+    timeline: EventFilter = field(default_factory=EventFilter)
+    state: EventFilter = field(default_factory=EventFilter)
+    ephemeral: EventFilter = field(default_factory=EventFilter)
+    room_account_data: EventFilter = field(default_factory=EventFilter)
+    account_data: EventFilter = field(default_factory=EventFilter)
+    rooms: tuple[str, ...] | None = None
+    not_rooms: tuple[str, ...] = ()
+    include_leave: bool = False
+
+    @property
+    def timeline_limit(self) -> int:
+        lim = self.timeline.limit
+        return max(1, min(lim, 500)) if lim is not None else 10
+
+    def allows_room(self, room_id: str) -> bool:
+        if self.rooms is not None and room_id not in self.rooms:
+            return False
+        return room_id not in self.not_rooms
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> SyncFilter:
+        room = raw.get("room") or {}
+        if not isinstance(room, dict):
+            room = {}
+
+        def sub(d: Any) -> EventFilter:
+            return EventFilter.from_json(d) if isinstance(d, dict) else EventFilter()
+
+        rooms = room.get("rooms")
+        return cls(
+            timeline=sub(room.get("timeline")),
+            state=sub(room.get("state")),
+            ephemeral=sub(room.get("ephemeral")),
+            room_account_data=sub(room.get("account_data")),
+            account_data=sub(raw.get("account_data")),
+            rooms=tuple(rooms) if isinstance(rooms, list) else None,
+            not_rooms=tuple(room.get("not_rooms") or ()),
+            include_leave=room.get("include_leave") is True,
+        )
+
+
+def stripped(ev_dict: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: ev_dict[k] for k in ("type", "state_key", "content", "sender") if k in ev_dict}
+
+
+class SyncService:
+    def __init__(
+        self,
+        store: EventStore,
+        projections: Projections,
+        ephemeral: EphemeralStore,
+        account_data: AccountDataStore,
+        rooms: RoomStore,
+        serializer: EventSerializer,
+        visibility: Visibility,
+        notifier: Notifier,
+    ) -> None:
+        self._store = store
+        self._proj = projections
+        self._eph = ephemeral
+        self._ad = account_data
+        self._rooms = rooms
+        self._ser = serializer
+        self._vis = visibility
+        self._notifier = notifier
+
+    async def sync(
+        self,
+        user_id: str,
+        device_id: str,
+        since: int | None,
+        timeout_ms: int,
+        full_state: bool,
+        flt: SyncFilter,
+    ) -> dict[str, Any]:
+        upto = await self._store.current_position()
+        result = await self._compute(user_id, device_id, since, upto, full_state, flt)
+        if since is None or full_state or timeout_ms <= 0 or _has_content(result):
+            return result
+        deadline = time.monotonic() + min(timeout_ms, 300_000) / 1000
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return result
+            joined = await self._proj.rooms_for_user(user_id, ["join"])
+            # Re-check after registering interest would race; instead wait,
+            # then recompute: a wake that found nothing new just waits again.
+            woken = await self._notifier.wait(joined.keys(), [user_id], remaining)
+            new_upto = await self._store.current_position()
+            if new_upto > upto or not woken:
+                upto = max(upto, new_upto)
+                result = await self._compute(user_id, device_id, since, upto, False, flt)
+                if _has_content(result) or not woken:
+                    return result
+
+    async def _compute(
+        self,
+        user_id: str,
+        device_id: str,
+        since: int | None,
+        upto: int,
+        full_state: bool,
+        flt: SyncFilter,
+    ) -> dict[str, Any]:
+        forgotten = await self._rooms.forgotten(user_id)
+        memberships = await self._proj.rooms_for_user(
+            user_id, ["join", "invite", "knock", "leave", "ban"]
+        )
+        joined_out: dict[str, Any] = {}
+        invite_out: dict[str, Any] = {}
+        leave_out: dict[str, Any] = {}
+        knock_out: dict[str, Any] = {}
+        newly_joined: set[str] = set()
+        left_at: dict[str, int] = {}
+
+        if since is None:
+            targets = [r for r, m in memberships.items() if m == "join"]
+            for r, m in memberships.items():
+                if m == "invite":
+                    invite_out[r] = await self._invite_entry(r, user_id)
+                elif m == "knock":
+                    knock_out[r] = {"knock_state": {"events": await self._stripped(r, user_id)}}
+                elif m in ("leave", "ban") and flt.include_leave and r not in forgotten:
+                    se = await self._member_event(r, user_id)
+                    if se:
+                        left_at[r] = se.stream_ordering
+        else:
+            changes = await self._proj.membership_changes(user_id, since, upto)
+            last: dict[str, str] = {}
+            last_pos: dict[str, int] = {}
+            first_pos: dict[str, int] = {}
+            for c in changes:
+                last[c["room_id"]] = c["membership"]
+                last_pos[c["room_id"]] = c["stream_ordering"]
+                first_pos.setdefault(c["room_id"], c["stream_ordering"])
+            for r, m in last.items():
+                if m == "join":
+                    before = await self._proj.membership_before(user_id, r, first_pos[r])
+                    if before != "join":
+                        newly_joined.add(r)
+                elif m == "invite":
+                    invite_out[r] = await self._invite_entry(r, user_id)
+                elif m == "knock":
+                    knock_out[r] = {"knock_state": {"events": await self._stripped(r, user_id)}}
+                elif m in ("leave", "ban") and r not in forgotten:
+                    left_at[r] = last_pos[r]
+            joined_now = [r for r, m in memberships.items() if m == "join"]
+            changed = await self._store.rooms_with_events_after(joined_now, since, upto)
+            changed |= await self._eph.typing_changed(joined_now, since, upto)
+            changed |= {rc["room_id"] for rc in await self._eph.receipts(joined_now, since, upto)}
+            room_ad = await self._ad.changed(user_id, since, upto)
+            changed |= {r for r, _, _ in room_ad if r and r in memberships}
+            targets = [r for r in joined_now if r in changed or r in newly_joined]
+
+        for r in targets:
+            if not flt.allows_room(r):
+                continue
+            fresh = since is None or r in newly_joined
+            joined_out[r] = await self._joined_entry(
+                r, user_id, device_id, None if fresh else since, upto, full_state or fresh, flt
+            )
+        for r, pos in left_at.items():
+            if flt.allows_room(r):
+                leave_out[r] = await self._left_entry(r, user_id, device_id, since, pos, flt)
+
+        account_data = [
+            {"type": t, "content": c}
+            for r, t, c in await self._ad.changed(user_id, since or 0, upto)
+            if r == "" and flt.account_data(_Typed(t))
+        ]
+        return {
+            "next_batch": make_token(upto),
+            "rooms": {
+                "join": joined_out,
+                "invite": invite_out,
+                "leave": leave_out,
+                "knock": knock_out,
+            },
+            "account_data": {"events": account_data},
+            "presence": {"events": []},
+            "to_device": {"events": []},
+            "device_lists": {"changed": [], "left": []},
+            "device_one_time_keys_count": {},
+        }
+
+    # ------------------------------------------------------------ room parts
+    async def _member_event(self, room_id: str, user_id: str) -> StoredEvent | None:
+        m = await self._proj.membership(room_id, user_id)
+        return await self._store.get_event(m[1]) if m else None
+
+    async def _state_at_position(self, room_id: str, pos: int) -> Mapping[StateKey, str]:
+        evs = await self._store.paginate(
+            room_id, before=pos + 1, after=None, limit=1, backwards=True
+        )
+        return await self._store.state_at_group(evs[0].state_group) if evs else {}
+
+    async def _timeline(
+        self, room_id: str, user_id: str, device_id: str, lower: int, upper: int, flt: SyncFilter
+    ) -> tuple[list[StoredEvent], bool, int]:
+        limit = flt.timeline_limit
+        evs = await self._store.events_by_stream(
+            [room_id], lower, upper, limit + 1, newest_first=True
+        )
+        limited = len(evs) > limit
+        evs = list(reversed(evs[:limit]))
+        start = evs[0].stream_ordering - 1 if evs else upper
+        evs = await self._vis.filter(user_id, evs)
+        evs = [e for e in evs if flt.timeline(e.event)]
+        return evs, limited, start
+
+    async def _joined_entry(
+        self,
+        room_id: str,
+        user_id: str,
+        device_id: str,
+        since: int | None,
+        upto: int,
+        full_state: bool,
+        flt: SyncFilter,
+    ) -> dict[str, Any]:
+        timeline, limited, start = await self._timeline(
+            room_id, user_id, device_id, since or 0, upto, flt
+        )
+        state_ids: Mapping[StateKey, str] = {}
+        if full_state:
+            state_ids = await self._state_at_position(room_id, start)
+        elif limited and since is not None:
+            at_since = await self._state_at_position(room_id, since)
+            at_start = await self._state_at_position(room_id, start)
+            state_ids = {k: v for k, v in at_start.items() if at_since.get(k) != v}
+        if flt.state.lazy_load_members:
+            senders = {e.event.sender for e in timeline} | {user_id}
+            state_ids = {
+                k: v for k, v in state_ids.items() if k[0] != "m.room.member" or k[1] in senders
+            }
+        state_evs = list((await self._store.get_events(state_ids.values())).values())
+        state_evs = [e for e in state_evs if flt.state(e.event)]
+        entry: dict[str, Any] = {
+            "timeline": {
+                "events": await self._ser.serialize(timeline, viewer=(user_id, device_id)),
+                "limited": limited,
+                "prev_batch": make_token(start),
+            },
+            "state": {"events": await self._ser.serialize(state_evs, prev_content=False)},
+            "account_data": {
+                "events": [
+                    {"type": t, "content": c}
+                    for r, t, c in await self._ad.changed(user_id, since or 0, upto)
+                    if r == room_id and flt.room_account_data(_Typed(t))
+                ]
+            },
+            "ephemeral": {"events": await self._ephemeral(room_id, user_id, since, upto)},
+            "summary": await self._summary(room_id, user_id),
+            "unread_notifications": await self._unread(room_id, user_id),
+        }
+        return entry
+
+    async def _left_entry(
+        self,
+        room_id: str,
+        user_id: str,
+        device_id: str,
+        since: int | None,
+        left_pos: int,
+        flt: SyncFilter,
+    ) -> dict[str, Any]:
+        timeline, limited, start = await self._timeline(
+            room_id, user_id, device_id, since or 0, left_pos, flt
+        )
+        state_evs: list[StoredEvent] = []
+        if since is None or limited:
+            ids = await self._state_at_position(room_id, start)
+            state_evs = list((await self._store.get_events(ids.values())).values())
+        return {
+            "timeline": {
+                "events": await self._ser.serialize(timeline, viewer=(user_id, device_id)),
+                "limited": limited,
+                "prev_batch": make_token(start),
+            },
+            "state": {"events": await self._ser.serialize(state_evs, prev_content=False)},
+            "account_data": {"events": []},
+        }
+
+    async def _stripped(self, room_id: str, user_id: str) -> list[dict[str, Any]]:
+        stored = await self._eph.invite_state(room_id, user_id)
+        local = await self._proj.current_state_ids(room_id)
+        if not local and stored is not None:
+            return list(stored)
+        keys = [(t, "") for t in STRIPPED_TYPES]
+        member = local.get(("m.room.member", user_id))
+        ids = [local[k] for k in keys if k in local]
+        if member:
+            ids.append(member)
+            me = await self._store.get_event(member)
+            if me is not None and me.event.sender != user_id:
+                inviter = local.get(("m.room.member", me.event.sender))
+                if inviter:
+                    ids.append(inviter)
+        evs = await self._store.get_events(ids)
+        out = [stripped(evs[i].event.client_dict()) for i in ids if i in evs]
+        if stored:
+            have = {(e.get("type"), e.get("state_key")) for e in out}
+            out += [e for e in stored if (e.get("type"), e.get("state_key")) not in have]
+        return out
+
+    async def _invite_entry(self, room_id: str, user_id: str) -> dict[str, Any]:
+        return {"invite_state": {"events": await self._stripped(room_id, user_id)}}
+
+    async def _ephemeral(
+        self, room_id: str, user_id: str, since: int | None, upto: int
+    ) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        typing_changed = since is None or room_id in await self._eph.typing_changed(
+            [room_id], since, upto
+        )
+        if typing_changed:
+            users = await self._eph.typing_users(room_id, now_ms())
+            if users or since is not None:
+                out.append({"type": "m.typing", "content": {"user_ids": users}})
+        receipts = await self._eph.receipts([room_id], since or 0, upto)
+        content: dict[str, Any] = {}
+        for rc in receipts:
+            if rc["receipt_type"] == "m.read.private" and rc["user_id"] != user_id:
+                continue
+            data: dict[str, Any] = {"ts": rc["ts"]}
+            if rc["thread_id"]:
+                data["thread_id"] = rc["thread_id"]
+            content.setdefault(rc["event_id"], {}).setdefault(rc["receipt_type"], {})[
+                rc["user_id"]
+            ] = data
+        if content:
+            out.append({"type": "m.receipt", "content": content})
+        return out
+
+    async def _summary(self, room_id: str, user_id: str) -> dict[str, Any]:
+        stats = await self._proj.room_stats(room_id) or {}
+        summary: dict[str, Any] = {
+            "m.joined_member_count": stats.get("joined_members", 0),
+            "m.invited_member_count": stats.get("invited_members", 0),
+        }
+        if not stats.get("name") and not stats.get("canonical_alias"):
+            summary["m.heroes"] = await self._proj.heroes(room_id, user_id, 5)
+        return summary
+
+    async def _unread(self, room_id: str, user_id: str) -> dict[str, int]:
+        read = await self._eph.receipt_of(room_id, user_id, "m.read")
+        after = 0
+        if read is not None:
+            after = await self._store.stream_ordering_of(read) or 0
+        else:
+            me = await self._member_event(room_id, user_id)
+            after = me.stream_ordering if me else 0
+        return {
+            "notification_count": await self._eph.unread_count(room_id, user_id, after),
+            "highlight_count": 0,
+        }
+
+
+@dataclass(frozen=True)
+class _Typed:
+    """Enough of an event for a type filter over account data."""
+
+    type: str
+    sender: str = ""
+    room_id: str = ""
+    content: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _has_content(result: Mapping[str, Any]) -> bool:
+    rooms = result["rooms"]
+    return bool(
+        rooms["join"]
+        or rooms["invite"]
+        or rooms["leave"]
+        or rooms["knock"]
+        or result["account_data"]["events"]
+    )
