@@ -47,6 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("name", help="localpart or full user id")
     reg.add_argument("--password", required=False)
     reg.add_argument("--admin", action="store_true")
+    ver = sub.add_parser("verify", help="recompute projections from the log and report drift")
+    _add_config_flags(ver)
+    ver.add_argument("--room", help="only this room")
+    reb = sub.add_parser("rebuild", help="rewrite the projections from the log")
+    _add_config_flags(reb)
+    reb.add_argument("--room", help="only this room")
     return parser
 
 
@@ -102,7 +108,39 @@ async def _register_user(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _progress(done: int, total: int) -> None:
+    width = 30
+    filled = width * done // max(total, 1)
+    sys.stderr.write(f"\r[{'#' * filled}{' ' * (width - filled)}] {done}/{total} rooms")
+    if done == total:
+        sys.stderr.write("\n")
+    sys.stderr.flush()
+
+
+async def _verify(config: Config, args: argparse.Namespace) -> int:
+    from homeserver.tools import operator_context
+
+    async with operator_context(config) as ctx:
+        drifts = await ctx.rebuilder.verify_all(args.room, _progress)
+    for d in drifts:
+        for table, (missing, unexpected) in sorted(d.tables.items()):
+            print(f"{d.room_id}: {table}: {missing} rows missing, {unexpected} rows unexpected")
+    print("no drift" if not drifts else f"drift in {len(drifts)} room(s)")
+    return 1 if drifts else 0
+
+
+async def _rebuild(config: Config, args: argparse.Namespace) -> int:
+    from homeserver.tools import operator_context
+
+    async with operator_context(config) as ctx:
+        n = await ctx.rebuilder.rebuild_all(args.room, _progress)
+    print(f"rebuilt projections of {n} room(s)")
+    return 0
+
+
 COMMANDS: dict[str | None, Any] = {
+    "verify": _verify,
+    "rebuild": _rebuild,
     None: _serve,
     "serve": _serve,
     "register-user": _register_user,

@@ -10,15 +10,19 @@ from dataclasses import dataclass
 
 from homeserver.config import Config
 from homeserver.services.accounts import AccountService
+from homeserver.services.projection_rebuild import ProjectionRebuilder
 from homeserver.storage.accounts import AccountStore
 from homeserver.storage.database import Database
 from homeserver.storage.embedded import EmbeddedPostgres
+from homeserver.storage.events import EventStore
+from homeserver.storage.projections import Projections
 
 
 @dataclass
 class OperatorContext:
     db: Database
     accounts: AccountService
+    rebuilder: ProjectionRebuilder
 
 
 @asynccontextmanager
@@ -31,8 +35,11 @@ async def operator_context(config: Config) -> AsyncIterator[OperatorContext]:
     db = await Database.connect(url, min_size=1, max_size=4)
     try:
         await db.apply_schema()
+        store = EventStore(db)
         yield OperatorContext(
-            db, AccountService(AccountStore(db), config.server_name, config.admins)
+            db,
+            AccountService(AccountStore(db), config.server_name, config.admins),
+            ProjectionRebuilder(db, store, Projections(db, config.server_name)),
         )
     finally:
         await db.close()

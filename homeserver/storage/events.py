@@ -482,3 +482,21 @@ class EventStore:
     async def stream_ordering_of(self, event_id: str) -> int | None:
         se = await self.get_event(event_id)
         return se.stream_ordering if se else None
+
+
+async def accepted_events(
+    store: EventStore, conn: asyncpg.Connection, room_id: str
+) -> list[StoredEvent]:
+    """Every accepted (non-outlier, non-rejected, non-soft-failed) event of a
+    room in stream order — the input of a projection rebuild."""
+    rows = await conn.fetch(
+        f"SELECT {_EVENT_COLS} FROM events e JOIN rooms r USING (room_id) "
+        "WHERE e.room_id = $1 AND NOT e.outlier AND NOT e.soft_failed "
+        "AND e.rejected_reason IS NULL ORDER BY e.stream_ordering",
+        room_id,
+    )
+    return [store._cached(r) for r in rows]
+
+
+async def all_room_ids(db: Database) -> list[str]:
+    return [r["room_id"] for r in await db.fetch("SELECT room_id FROM rooms ORDER BY room_id")]

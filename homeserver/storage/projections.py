@@ -380,3 +380,30 @@ class Projections:
             n,
         )
         return [r["user_id"] for r in rows]
+
+    # ------------------------------------------------------ rebuild support
+    async def snapshot(
+        self, conn: asyncpg.Connection, room_id: str
+    ) -> dict[str, set[tuple[Any, ...]]]:
+        """Every projection row of a room, as comparable tuples."""
+        out: dict[str, set[tuple[Any, ...]]] = {}
+        for table in PROJECTION_TABLES:
+            rows = await conn.fetch(f"SELECT * FROM {table} WHERE room_id = $1", room_id)
+            out[table] = {tuple(sorted(dict(r).items())) for r in rows}
+        return out
+
+    async def clear(self, conn: asyncpg.Connection, room_id: str) -> None:
+        for table in PROJECTION_TABLES:
+            await conn.execute(f"DELETE FROM {table} WHERE room_id = $1", room_id)
+
+    async def computed_extremities(self, conn: asyncpg.Connection, room_id: str) -> list[str]:
+        """Accepted events of the room that no accepted event points back to."""
+        rows = await conn.fetch(
+            "SELECT e.event_id FROM events e WHERE e.room_id = $1 AND NOT e.outlier "
+            "AND NOT e.soft_failed AND e.rejected_reason IS NULL AND NOT EXISTS ("
+            "  SELECT 1 FROM event_edges x JOIN events c ON c.event_id = x.event_id "
+            "  WHERE x.prev_event_id = e.event_id AND NOT c.outlier AND NOT c.soft_failed "
+            "  AND c.rejected_reason IS NULL) ORDER BY e.stream_ordering",
+            room_id,
+        )
+        return [r["event_id"] for r in rows]
