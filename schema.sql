@@ -315,3 +315,33 @@ CREATE TABLE IF NOT EXISTS invite_room_state (
     events    jsonb NOT NULL,
     PRIMARY KEY (room_id, user_id)
 );
+
+-- ------------------------------------------- room kinds and lifecycle (local)
+-- One one-to-one room per pair of users (user_a < user_b).
+CREATE TABLE IF NOT EXISTS dm_pairs (
+    user_a   text NOT NULL,
+    user_b   text NOT NULL,
+    room_id  text NOT NULL,
+    PRIMARY KEY (user_a, user_b)
+);
+
+-- Invites that the server withdraws when they expire.
+CREATE TABLE IF NOT EXISTS invite_expiry (
+    room_id     text NOT NULL,
+    user_id     text NOT NULL,
+    inviter     text NOT NULL,
+    event_id    text NOT NULL,
+    expires_ts  bigint NOT NULL,
+    PRIMARY KEY (room_id, user_id)
+);
+CREATE INDEX IF NOT EXISTS invite_expiry_due ON invite_expiry (expires_ts);
+
+-- Every operator action, for the record.
+CREATE TABLE IF NOT EXISTS admin_audit (
+    id        bigserial PRIMARY KEY,
+    ts        bigint NOT NULL,
+    admin     text NOT NULL,
+    action    text NOT NULL,
+    target    text,
+    details   jsonb NOT NULL DEFAULT '{}'
+);

@@ -29,6 +29,7 @@ from homeserver.api.federation import keys
 from homeserver.config import Config, redact_url
 from homeserver.services.account_data import AccountDataService
 from homeserver.services.accounts import AccountService
+from homeserver.services.direct_messages import DirectMessageService
 from homeserver.services.directory import DirectoryService
 from homeserver.services.ephemeral import EphemeralService
 from homeserver.services.event_creator import EventCreator
@@ -39,6 +40,7 @@ from homeserver.services.persister import Persister
 from homeserver.services.profile import ProfileService
 from homeserver.services.room_admin import RoomAdminService
 from homeserver.services.room_creation import RoomCreationService
+from homeserver.services.room_lifecycle import RoomLifecycleService
 from homeserver.services.room_state import RoomState
 from homeserver.services.serialize import EventSerializer
 from homeserver.services.server_keys import (
@@ -54,6 +56,7 @@ from homeserver.storage.database import Database
 from homeserver.storage.embedded import EmbeddedPostgres
 from homeserver.storage.ephemeral import EphemeralStore
 from homeserver.storage.events import EventStore
+from homeserver.storage.lifecycle import LifecycleStore
 from homeserver.storage.projections import Projections
 from homeserver.storage.rooms import RoomStore
 
@@ -95,7 +98,8 @@ def create_app(
     messages = MessageService(creator, room_state)
     serializer = EventSerializer(event_store, projections)
     timeline = TimelineService(room_state, serializer, Visibility(event_store, projections))
-    room_admin = RoomAdminService(db, creator, room_state, room_store, name)
+    lifecycle_store = LifecycleStore(db)
+    room_admin = RoomAdminService(db, creator, room_state, room_store, name, lifecycle_store)
     ephemeral_store = EphemeralStore(db, event_store)
     ephemeral = EphemeralService(ephemeral_store, room_state, account_data)
     sync = SyncService(
@@ -120,6 +124,28 @@ def create_app(
     app[appkeys.PROFILES] = profiles
     app[appkeys.ACCOUNT_DATA] = account_data
     app[appkeys.ROOM_ADMIN] = room_admin
+    lifecycle = RoomLifecycleService(
+        db,
+        lifecycle_store,
+        creator,
+        membership,
+        room_state,
+        room_store,
+        config.rooms.transient_purge_after_ms,
+    )
+    dms = DirectMessageService(
+        db,
+        lifecycle_store,
+        room_creation,
+        membership,
+        messages,
+        room_state,
+        account_data,
+        profiles,
+        name,
+    )
+    app[appkeys.LIFECYCLE] = lifecycle
+    app[appkeys.DMS] = dms
     app[appkeys.SYNC] = sync
     app[appkeys.EPHEMERAL] = ephemeral
     app[appkeys.FILTERS] = ephemeral_store
@@ -127,7 +153,11 @@ def create_app(
     async def background(app: web.Application) -> AsyncIterator[None]:
         await notifier.start()
         await event_store.clear_stale_inflight()
+        stop = asyncio.Event()
+        lifecycle_task = asyncio.create_task(lifecycle.run(stop))
         yield
+        stop.set()
+        await lifecycle_task
         await notifier.stop()
 
     app.cleanup_ctx.append(background)

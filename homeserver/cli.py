@@ -53,6 +53,35 @@ def build_parser() -> argparse.ArgumentParser:
     reb = sub.add_parser("rebuild", help="rewrite the projections from the log")
     _add_config_flags(reb)
     reb.add_argument("--room", help="only this room")
+    adm = sub.add_parser("admin", help="operator tools for rooms")
+    _add_config_flags(adm)
+    adm.add_argument(
+        "--as",
+        dest="admin_user",
+        default="@server:operator",
+        help="who is acting (recorded in the audit log)",
+    )
+    asub = adm.add_subparsers(dest="admin_command", required=True)
+    lr = asub.add_parser("rooms", help="list rooms")
+    lr.add_argument("--search")
+    lr.add_argument(
+        "--order-by",
+        default="name",
+        choices=["name", "joined_members", "last_activity", "room_id", "created"],
+    )
+    lr.add_argument("--dir", default="f", choices=["f", "b"])
+    lr.add_argument("--from", dest="offset", type=int, default=0)
+    lr.add_argument("--limit", type=int, default=100)
+    for name in ("members", "state", "show"):
+        p = asub.add_parser(name, help=f"a room's {name}")
+        p.add_argument("room")
+    au = asub.add_parser("add-user", help="put a local user into a local room")
+    au.add_argument("room")
+    au.add_argument("user")
+    dr = asub.add_parser("delete", help="delete a room (kick local members, block)")
+    dr.add_argument("room")
+    dr.add_argument("--purge", action="store_true", help="also delete its history")
+    dr.add_argument("--reason")
     return parser
 
 
@@ -138,7 +167,47 @@ async def _rebuild(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _admin(config: Config, args: argparse.Namespace) -> int:
+    import json
+
+    from homeserver.services.errors import MatrixError
+    from homeserver.tools import operator_context
+
+    async with operator_context(config) as ctx:
+        rooms = ctx.rooms
+        who = args.admin_user
+        cmd = args.admin_command
+        target = getattr(args, "room", None)
+        await rooms.audit(who, f"cli:{cmd}", target)
+        try:
+            if cmd == "rooms":
+                out = await rooms.list_rooms(
+                    search=args.search,
+                    order_by=args.order_by,
+                    direction=args.dir,
+                    offset=args.offset,
+                    limit=args.limit,
+                )
+            elif cmd == "members":
+                out = await rooms.members(args.room)
+            elif cmd == "state":
+                out = await rooms.state(args.room)
+            elif cmd == "show":
+                out = await rooms.room_details(args.room)
+            elif cmd == "add-user":
+                await rooms.add_user(args.room, args.user, who)
+                out = {"added": args.user}
+            else:
+                out = await rooms.delete_room(args.room, who, reason=args.reason, purge=args.purge)
+        except MatrixError as e:
+            print(f"homeserver: {e.errcode}: {e.message}", file=sys.stderr)
+            return 1
+    print(json.dumps(out, indent=2, default=str))
+    return 0
+
+
 COMMANDS: dict[str | None, Any] = {
+    "admin": _admin,
     "verify": _verify,
     "rebuild": _rebuild,
     None: _serve,

@@ -1,5 +1,6 @@
 """Shared set-up for operator commands that run beside (or without) a server:
-connect to the configured database (starting the embedded one if needed)."""
+connect to the configured database (starting the embedded one if needed) and
+build the same services the server uses, without listeners."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+from homeserver.api import appkeys
 from homeserver.config import Config
 from homeserver.services.accounts import AccountService
 from homeserver.services.projection_rebuild import ProjectionRebuilder
-from homeserver.storage.accounts import AccountStore
+from homeserver.services.room_admin import RoomAdminService
 from homeserver.storage.database import Database
 from homeserver.storage.embedded import EmbeddedPostgres
 from homeserver.storage.events import EventStore
@@ -23,10 +25,13 @@ class OperatorContext:
     db: Database
     accounts: AccountService
     rebuilder: ProjectionRebuilder
+    rooms: RoomAdminService
 
 
 @asynccontextmanager
 async def operator_context(config: Config) -> AsyncIterator[OperatorContext]:
+    from homeserver.app import create_app
+
     pg = None
     url = config.database_url
     if url is None:
@@ -35,11 +40,13 @@ async def operator_context(config: Config) -> AsyncIterator[OperatorContext]:
     db = await Database.connect(url, min_size=1, max_size=4)
     try:
         await db.apply_schema()
+        app = create_app(config, db)
         store = EventStore(db)
         yield OperatorContext(
             db,
-            AccountService(AccountStore(db), config.server_name, config.admins),
+            app[appkeys.ACCOUNTS],
             ProjectionRebuilder(db, store, Projections(db, config.server_name)),
+            app[appkeys.ROOM_ADMIN],
         )
     finally:
         await db.close()

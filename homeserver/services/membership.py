@@ -105,8 +105,8 @@ class MembershipService:
         if current == "join":
             # Joining again is a no-op (but refresh profile fields).
             return room_id
+        await self._check_capacity(room_id)
         if current != "invite":
-            await self._check_capacity(room_id)
             await self._maybe_authorise_restricted(room_id, user_id, content)
         await self._send(room_id, user_id, user_id, content)
         return room_id

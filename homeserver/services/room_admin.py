@@ -16,6 +16,7 @@ from homeserver.services.errors import MatrixError, forbidden, not_found
 from homeserver.services.event_creator import Draft, EventCreator
 from homeserver.services.room_state import RoomState
 from homeserver.storage.database import Database
+from homeserver.storage.lifecycle import LifecycleStore
 from homeserver.storage.purge import purge_room
 from homeserver.storage.rooms import RoomStore
 
@@ -30,12 +31,21 @@ class RoomAdminService:
         state: RoomState,
         rooms: RoomStore,
         server_name: str,
+        audit: LifecycleStore,
     ) -> None:
+        self._audit_store = audit
         self._db = db
         self._creator = creator
         self._state = state
         self._rooms = rooms
         self._server_name = server_name
+
+    async def audit(
+        self, admin: str, action: str, target: str | None = None, **details: Any
+    ) -> None:
+        """Record an operator action (table admin_audit) and log it."""
+        log.info("admin %s: %s %s %s", admin, action, target or "", details or "")
+        await self._audit_store.audit(now_ms(), admin, action, target, details)
 
     async def check_owner(self, room_id: str, user_id: str) -> None:
         """The caller must be joined and hold the room's highest power."""

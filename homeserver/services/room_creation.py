@@ -105,7 +105,12 @@ class RoomCreationService:
 
     async def create_room(self, user_id: str, body: Mapping[str, Any]) -> str:
         # -- validate the whole request before writing anything
-        visibility = body.get("visibility", "private")
+        creation_content = _obj(body, "creation_content")
+        kind = creation_content.get("io.homeserver.kind")
+        if kind is not None and kind not in ("transient", "persistent", "public"):
+            raise bad_json("io.homeserver.kind must be transient, persistent or public")
+        # A "public" room kind is findable: published and public by default.
+        visibility = body.get("visibility", "public" if kind == "public" else "private")
         if visibility not in ("public", "private"):
             raise bad_json("visibility must be 'public' or 'private'")
         preset_name = body.get("preset")
@@ -125,7 +130,6 @@ class RoomCreationService:
                 "M_UNSUPPORTED_ROOM_VERSION",
                 f"Your homeserver does not support room version {version}",
             ) from e
-        creation_content = _obj(body, "creation_content")
         pl_override = _obj(body, "power_level_content_override")
         invites = body.get("invite", [])
         if not isinstance(invites, list) or not all(isinstance(u, str) for u in invites):

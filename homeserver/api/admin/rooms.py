@@ -15,8 +15,9 @@ P = "/_homeserver/admin/v1"
 
 @routes.get(P + "/rooms")
 async def list_rooms(request: web.Request) -> web.Response:
-    await require_admin(request)
+    requester = await require_admin(request)
     q = request.query
+    await request.app[ROOM_ADMIN].audit(requester.user_id, "list_rooms", None, **dict(q))
     out = await request.app[ROOM_ADMIN].list_rooms(
         search=q.get("search_term"),
         order_by=q.get("order_by", "name"),
@@ -29,23 +30,26 @@ async def list_rooms(request: web.Request) -> web.Response:
 
 @routes.get(P + "/rooms/{room_id}")
 async def room_details(request: web.Request) -> web.Response:
-    await require_admin(request)
+    requester = await require_admin(request)
     room_id = v.room_id(request.match_info["room_id"])
+    await request.app[ROOM_ADMIN].audit(requester.user_id, "inspect_room", room_id)
     return json_response(await request.app[ROOM_ADMIN].room_details(room_id))
 
 
 @routes.get(P + "/rooms/{room_id}/members")
 async def room_members(request: web.Request) -> web.Response:
-    await require_admin(request)
+    requester = await require_admin(request)
     room_id = v.room_id(request.match_info["room_id"])
+    await request.app[ROOM_ADMIN].audit(requester.user_id, "list_members", room_id)
     members = await request.app[ROOM_ADMIN].members(room_id)
     return json_response({"members": members, "total": len(members)})
 
 
 @routes.get(P + "/rooms/{room_id}/state")
 async def room_state(request: web.Request) -> web.Response:
-    await require_admin(request)
+    requester = await require_admin(request)
     room_id = v.room_id(request.match_info["room_id"])
+    await request.app[ROOM_ADMIN].audit(requester.user_id, "show_state", room_id)
     return json_response({"state": await request.app[ROOM_ADMIN].state(room_id)})
 
 
@@ -55,6 +59,7 @@ async def add_member(request: web.Request) -> web.Response:
     room_id = v.room_id(request.match_info["room_id"])
     body = await v.read_json(request)
     user_id = v.user_id(v.get(body, "user_id", str))
+    await request.app[ROOM_ADMIN].audit(requester.user_id, "add_user", room_id, user_id=user_id)
     await request.app[ROOM_ADMIN].add_user(room_id, user_id, requester.user_id)
     return json_response({})
 
@@ -64,6 +69,7 @@ async def delete_room(request: web.Request) -> web.Response:
     requester = await require_admin(request)
     room_id = v.room_id(request.match_info["room_id"])
     body = await v.read_json(request, allow_empty=True)
+    await request.app[ROOM_ADMIN].audit(requester.user_id, "delete_room", room_id, **body)
     out = await request.app[ROOM_ADMIN].delete_room(
         room_id,
         requester.user_id,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from homeserver.api import validate as v
-from homeserver.api.appkeys import DIRECTORY, MEMBERSHIP
+from homeserver.api.appkeys import DIRECTORY, LIFECYCLE, MEMBERSHIP
 from homeserver.api.auth import require_user
 from homeserver.api.errors import MatrixError, json_response
 from homeserver.core.ids import RoomAlias
@@ -90,7 +90,8 @@ async def invite(request: web.Request) -> web.Response:
     if "user_id" not in body and "id_server" in body:
         raise MatrixError(400, "M_UNKNOWN", "Third-party invites are not supported")
     target = v.user_id(v.get(body, "user_id", str))
-    await request.app[MEMBERSHIP].invite(requester.user_id, room_id, target, _reason(body))
+    expires = v.get(body, "expires_in_ms", int, None)
+    await request.app[LIFECYCLE].invite(requester.user_id, room_id, target, _reason(body), expires)
     return json_response({})
 
 
