@@ -56,6 +56,10 @@ class MembershipService:
         # Called after a local user is invited (DM bookkeeping, expiry, ...).
         self.invite_hooks: list[Callable[[Event], Awaitable[None]]] = []
 
+    @property
+    def room_state(self) -> RoomState:
+        return self._state
+
     def is_local(self, user_id: str) -> bool:
         return UserID(user_id).server_name == self._server_name
 

@@ -103,6 +103,10 @@ class RoomCreationService:
         self._profiles = profiles
         self._server_name = server_name
 
+    async def _is_public_kind(self, room_id: str) -> bool:
+        create = await self._membership.room_state.content(room_id, "m.room.create")
+        return _kind_of(create) == "public"
+
     async def create_room(self, user_id: str, body: Mapping[str, Any]) -> str:
         # -- validate the whole request before writing anything
         creation_content = _obj(body, "creation_content")
@@ -170,7 +174,12 @@ class RoomCreationService:
                 alias = RoomAlias.parse(f"#{alias_name}:{self._server_name}")
             except InvalidID as e:
                 raise invalid_param(str(e)) from e
-            if await self._directory.resolve_local(alias) is not None:
+            existing = await self._directory.resolve_local(alias)
+            if existing is not None:
+                # A public room is reopened by its alias rather than duplicated.
+                if kind == "public" and await self._is_public_kind(existing):
+                    await self._membership.join(user_id, existing)
+                    return existing
                 raise MatrixError(400, "M_ROOM_IN_USE", "Room alias already taken")
 
         # -- the events, in order
@@ -252,6 +261,11 @@ class RoomCreationService:
             room_id, [e for e in events if e.membership == "invite"]
         )
         return room_id
+
+
+def _kind_of(create_content: Mapping[str, Any]) -> str | None:
+    kind = create_content.get("io.homeserver.kind")
+    return kind if isinstance(kind, str) else None
 
 
 def _obj(body: Mapping[str, Any], key: str) -> dict[str, Any]:
