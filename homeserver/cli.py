@@ -179,6 +179,7 @@ async def _admin(config: Config, args: argparse.Namespace) -> int:
         cmd = args.admin_command
         target = getattr(args, "room", None)
         await rooms.audit(who, f"cli:{cmd}", target)
+        out: Any
         try:
             if cmd == "rooms":
                 out = await rooms.list_rooms(

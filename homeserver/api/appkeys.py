@@ -5,26 +5,38 @@ Handlers read ``request.app[KEY]``; nothing is global (DESIGN rule 2).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from aiohttp import web
 
-if TYPE_CHECKING:
-    pass
+from homeserver.config import Config
+from homeserver.services.account_data import AccountDataService
+from homeserver.services.accounts import AccountService
+from homeserver.services.direct_messages import DirectMessageService
+from homeserver.services.directory import DirectoryService
+from homeserver.services.ephemeral import EphemeralService
+from homeserver.services.membership import MembershipService
+from homeserver.services.messages import MessageService
+from homeserver.services.profile import ProfileService
+from homeserver.services.room_admin import RoomAdminService
+from homeserver.services.room_creation import RoomCreationService
+from homeserver.services.room_lifecycle import RoomLifecycleService
+from homeserver.services.server_keys import ServerKeys
+from homeserver.services.sync import SyncService
+from homeserver.services.timeline import TimelineService
+from homeserver.storage.ephemeral import EphemeralStore
 
-CONFIG = web.AppKey["Config"]("config")
-ACCOUNTS = web.AppKey["AccountService"]("accounts")
-SERVER_KEYS = web.AppKey["ServerKeys"]("server_keys")
-ROOM_CREATION = web.AppKey["RoomCreationService"]("room_creation")
-MEMBERSHIP = web.AppKey["MembershipService"]("membership")
-MESSAGES = web.AppKey["MessageService"]("messages")
-TIMELINE = web.AppKey["TimelineService"]("timeline")
-DIRECTORY = web.AppKey["DirectoryService"]("directory")
-PROFILES = web.AppKey["ProfileService"]("profiles")
-ACCOUNT_DATA = web.AppKey["AccountDataService"]("account_data")
-ROOM_ADMIN = web.AppKey["RoomAdminService"]("room_admin")
-SYNC = web.AppKey["SyncService"]("sync")
-EPHEMERAL = web.AppKey["EphemeralService"]("ephemeral")
-FILTERS = web.AppKey["EphemeralStore"]("filters")
-LIFECYCLE = web.AppKey["RoomLifecycleService"]("lifecycle")
-DMS = web.AppKey["DirectMessageService"]("dms")
+CONFIG = web.AppKey("config", Config)
+ACCOUNTS = web.AppKey("accounts", AccountService)
+SERVER_KEYS = web.AppKey("server_keys", ServerKeys)
+ROOM_CREATION = web.AppKey("room_creation", RoomCreationService)
+MEMBERSHIP = web.AppKey("membership", MembershipService)
+MESSAGES = web.AppKey("messages", MessageService)
+TIMELINE = web.AppKey("timeline", TimelineService)
+DIRECTORY = web.AppKey("directory", DirectoryService)
+PROFILES = web.AppKey("profiles", ProfileService)
+ACCOUNT_DATA = web.AppKey("account_data", AccountDataService)
+ROOM_ADMIN = web.AppKey("room_admin", RoomAdminService)
+SYNC = web.AppKey("sync", SyncService)
+EPHEMERAL = web.AppKey("ephemeral", EphemeralService)
+FILTERS = web.AppKey("filters", EphemeralStore)
+LIFECYCLE = web.AppKey("lifecycle", RoomLifecycleService)
+DMS = web.AppKey("dms", DirectMessageService)

@@ -9,6 +9,7 @@ calls from both sides end with one room. A persistent one-to-one is reopened
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from homeserver.core.ids import UserID

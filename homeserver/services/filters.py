@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from homeserver.core.events import Event
 from homeserver.services.errors import MatrixError
+
+
+class Filterable(Protocol):
+    """What a filter looks at: events, and account data entries."""
+
+    @property
+    def type(self) -> str: ...
+    @property
+    def sender(self) -> str: ...
+    @property
+    def room_id(self) -> str: ...
+    @property
+    def content(self) -> Mapping[str, Any]: ...
 
 
 def _str_list(raw: dict[str, Any], key: str) -> tuple[str, ...] | None:
@@ -56,7 +69,7 @@ class EventFilter:
             else None,
         )
 
-    def __call__(self, ev: Event) -> bool:
+    def __call__(self, ev: Filterable) -> bool:
         if self.types is not None and not _match(self.types, ev.type):
             return False
         if self.not_types and _match(self.not_types, ev.type):

@@ -56,7 +56,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def default_power_levels(
-    rv: RoomVersion, creator: str, preset: Mapping[str, Any], invitees: list[str]
+    rv: RoomVersion, creator: str, preset: Mapping[str, Any], invitees: Sequence[str]
 ) -> dict[str, Any]:
     users: dict[str, int] = {}
     if not rv.privileged_creators:

@@ -168,7 +168,9 @@ class RoomLifecycleService:
         hv = await self._state.content(room_id, "m.room.history_visibility")
         join_rule = jr.get("join_rule", "invite")
         users_default = _int(pl.get("users_default"), 0)
-        events = pl.get("events") if isinstance(pl.get("events"), dict) else {}
+        events: dict[str, Any] = pl.get("events") or {}
+        if not isinstance(events, dict):
+            events = {}
         speak = _int(events.get("m.room.message"), _int(pl.get("events_default"), 0))
         kind = create.get("io.homeserver.kind") or "persistent"
         return {

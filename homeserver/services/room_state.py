@@ -4,6 +4,7 @@ what a user may do (the authorization rules still have the last word)."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from homeserver.core.events import Event, StateKey
 from homeserver.services.errors import MatrixError, forbidden, not_found
@@ -50,7 +51,7 @@ class RoomState:
                 raise forbidden("You are not in this room (or it does not exist)")
             raise forbidden(f"User {user_id} not in room {room_id}")
 
-    async def content(self, room_id: str, type: str, state_key: str = "") -> Mapping[str, object]:
+    async def content(self, room_id: str, type: str, state_key: str = "") -> Mapping[str, Any]:
         ev = await self.event(room_id, type, state_key)
         return ev.content if ev else {}
 

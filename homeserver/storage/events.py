@@ -178,8 +178,8 @@ class EventStore:
     # --------------------------------------------------------------- writes
     async def insert_events(self, conn: asyncpg.Connection, items: Sequence[NewEvent]) -> None:
         ev_rows = []
-        edge_rows = []
-        auth_rows = []
+        edge_rows: list[tuple[str, str, str]] = []
+        auth_rows: list[tuple[str, str, str]] = []
         for it in items:
             e = it.event
             txn = it.txn or (None, None, None)

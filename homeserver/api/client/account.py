@@ -47,10 +47,9 @@ async def register(request: web.Request) -> web.Response:
     if password is not None and len(password) > 512:
         raise MatrixError(400, "M_INVALID_PARAM", "Password too long")
     try:
-        if username is not None:
-            # Check the name before asking for auth, as the spec's flow does.
-            if not await accounts.is_available(username.lower()):
-                raise AccountError("M_USER_IN_USE", "User ID already taken.")
+        # Check the name before asking for auth, as the spec's flow does.
+        if username is not None and not await accounts.is_available(username.lower()):
+            raise AccountError("M_USER_IN_USE", "User ID already taken.")
         # User-interactive auth: the only stage is m.login.dummy.
         if auth is None or auth.get("type") != "m.login.dummy":
             session = (auth or {}).get("session") or secrets.token_urlsafe(12)

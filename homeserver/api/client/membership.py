@@ -48,10 +48,10 @@ async def join(request: web.Request) -> web.Response:
     requester = await require_user(request)
     body = await v.read_json(request, allow_empty=True)
     room_id = v.room_id(request.match_info["room_id"])
-    room_id = await request.app[MEMBERSHIP].join(
+    joined = await request.app[MEMBERSHIP].join(
         requester.user_id, room_id, _via(request), _reason(body)
     )
-    return json_response({"room_id": room_id})
+    return json_response({"room_id": joined})
 
 
 @routes.post(P + "/knock/{room}")
