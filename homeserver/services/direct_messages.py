@@ -109,7 +109,7 @@ class DirectMessageService:
         self,
         user_id: str,
         room_id: str,
-        invite: list[str],
+        invite: Sequence[str],
         copy_history: int,
         name: str | None = None,
     ) -> dict[str, Any]:
