@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from homeserver.api import appkeys
+from homeserver.api import appkeys, static
 from homeserver.api.admin import rooms as admin_rooms
 from homeserver.api.client import account, homeserver_ext, rooms, versions
 from homeserver.api.client import account_data as account_data_api
@@ -172,6 +172,7 @@ def create_app(
         account_data_api,
         homeserver_ext,
         admin_rooms,
+        static,
     ):
         app.router.add_routes(module.routes)
     return app
