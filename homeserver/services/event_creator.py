@@ -234,7 +234,11 @@ class EventCreator:
         for d in drafts:
             types = auth_types_for_event(ctx.room_version, d.type, d.state_key, d.sender, d.content)
             auth_ids = [ctx.state[k] for k in types if k in ctx.state]
-            missing = [a for a in auth_ids if a not in ctx.events]
+            # The rules consult the create event even where it is not cited (v12).
+            consult = [*types, ("m.room.create", "")]
+            missing = [
+                ctx.state[k] for k in consult if k in ctx.state and ctx.state[k] not in ctx.events
+            ]
             if missing:
                 ctx.events.update(await self._store.get_event_objs(missing))
             ev = build_event(
@@ -253,7 +257,7 @@ class EventCreator:
                 redacts=d.redacts,
             )
             room_id = ev.room_id
-            auth_map = {k: self._event(ctx, ctx.state[k]) for k in types if k in ctx.state}
+            auth_map = {k: self._event(ctx, ctx.state[k]) for k in consult if k in ctx.state}
             check_auth(ev, auth_map)
             ctx.events[ev.event_id] = ev
             entries.append(

@@ -1,0 +1,176 @@
+"""Canonical JSON, content and reference hashes, event ids, and redaction.
+
+Canonical JSON (Appendices, "Canonical JSON"): sorted keys, no insignificant
+whitespace, UTF-8, integers only in [-(2**53)+1, 2**53-1], no floats. The
+content hash covers the event without ``unsigned``, ``signatures`` and
+``hashes``; the reference hash covers the *redacted* event without
+``signatures``, ``unsigned`` (and ``age_ts``); event ids since room v4 are
+``$`` + URL-safe unpadded base64 of the reference hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from typing import Any
+
+import canonicaljson
+from unpaddedbase64 import encode_base64
+
+from homeserver.core.room_versions import RoomVersion
+
+MAX_SAFE_INT = 2**53 - 1
+
+
+class CanonicalJSONError(ValueError):
+    """A value canonical JSON cannot carry (floats, out-of-range integers)."""
+
+
+def _check(value: Any, path: str = "") -> None:
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return
+    if isinstance(value, int):
+        if not -MAX_SAFE_INT <= value <= MAX_SAFE_INT:
+            raise CanonicalJSONError(f"integer out of range at {path or '/'}")
+        return
+    if isinstance(value, float):
+        raise CanonicalJSONError(f"floats are not allowed in events (at {path or '/'})")
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise CanonicalJSONError(f"object keys must be strings (at {path or '/'})")
+            _check(v, f"{path}/{k}")
+        return
+    if isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            _check(v, f"{path}/{i}")
+        return
+    raise CanonicalJSONError(f"unsupported JSON value {type(value).__name__} at {path or '/'}")
+
+
+def encode_canonical_json(obj: Any) -> bytes:
+    _check(obj)
+    return canonicaljson.encode_canonical_json(obj)  # type: ignore[no-any-return]
+
+
+def content_hash(pdu: Mapping[str, Any]) -> str:
+    """The sha256 content hash (unpadded standard base64) of an event."""
+    d = {k: v for k, v in pdu.items() if k not in ("unsigned", "signatures", "hashes")}
+    return encode_base64(hashlib.sha256(encode_canonical_json(d)).digest())
+
+
+def check_content_hash(pdu: Mapping[str, Any]) -> bool:
+    hashes = pdu.get("hashes")
+    if not isinstance(hashes, Mapping) or not isinstance(hashes.get("sha256"), str):
+        return False
+    try:
+        return hashes["sha256"] == content_hash(pdu)
+    except CanonicalJSONError:
+        return False
+
+
+def reference_hash(pdu: Mapping[str, Any], rv: RoomVersion) -> bytes:
+    d = redact(pdu, rv)
+    for k in ("signatures", "unsigned", "age_ts"):
+        d.pop(k, None)
+    return hashlib.sha256(encode_canonical_json(d)).digest()
+
+
+def compute_event_id(pdu: Mapping[str, Any], rv: RoomVersion) -> str:
+    return "$" + encode_base64(reference_hash(pdu, rv), urlsafe=True)
+
+
+def compute_room_id_v12(create_pdu: Mapping[str, Any], rv: RoomVersion) -> str:
+    """Room v12: the room id is "!" + the create event's reference hash."""
+    return "!" + encode_base64(reference_hash(create_pdu, rv), urlsafe=True)
+
+
+# Redaction algorithm (room versions 10, 11 / 12).
+_TOP_LEVEL_V10 = (
+    "event_id",
+    "type",
+    "room_id",
+    "sender",
+    "state_key",
+    "content",
+    "hashes",
+    "signatures",
+    "depth",
+    "prev_events",
+    "auth_events",
+    "origin_server_ts",
+    "origin",
+    "membership",
+    "prev_state",
+)
+_TOP_LEVEL_V11 = (
+    "event_id",
+    "type",
+    "room_id",
+    "sender",
+    "state_key",
+    "content",
+    "hashes",
+    "signatures",
+    "depth",
+    "prev_events",
+    "auth_events",
+    "origin_server_ts",
+)
+
+
+def _content_keys(event_type: str, rv: RoomVersion) -> tuple[str, ...] | None:
+    """Keys of content kept for a type; None means keep everything."""
+    if event_type == "m.room.member":
+        return (
+            ("membership", "join_authorised_via_users_server", "third_party_invite")
+            if rv.updated_redaction_rules
+            else ("membership", "join_authorised_via_users_server")
+        )
+    if event_type == "m.room.create":
+        return None if rv.updated_redaction_rules else ("creator",)
+    if event_type == "m.room.join_rules":
+        return ("join_rule", "allow")
+    if event_type == "m.room.power_levels":
+        base = (
+            "ban",
+            "events",
+            "events_default",
+            "kick",
+            "redact",
+            "state_default",
+            "users",
+            "users_default",
+        )
+        return (*base, "invite") if rv.updated_redaction_rules else base
+    if event_type == "m.room.history_visibility":
+        return ("history_visibility",)
+    if event_type == "m.room.redaction" and rv.updated_redaction_rules:
+        return ("redacts",)
+    return ()
+
+
+def redact(pdu: Mapping[str, Any], rv: RoomVersion) -> dict[str, Any]:
+    """The event with everything but the protected keys removed."""
+    keep = _TOP_LEVEL_V11 if rv.updated_redaction_rules else _TOP_LEVEL_V10
+    out = {k: v for k, v in pdu.items() if k in keep}
+    content = pdu.get("content")
+    content = content if isinstance(content, Mapping) else {}
+    keys = _content_keys(str(pdu.get("type")), rv)
+    if keys is None:
+        new_content = dict(content)
+    else:
+        new_content = {k: content[k] for k in keys if k in content}
+    if (
+        pdu.get("type") == "m.room.member"
+        and rv.updated_redaction_rules
+        and isinstance(new_content.get("third_party_invite"), Mapping)
+    ):
+        tpi = new_content["third_party_invite"]
+        new_content["third_party_invite"] = {"signed": tpi["signed"]} if "signed" in tpi else {}
+        if not new_content["third_party_invite"]:
+            del new_content["third_party_invite"]
+    elif pdu.get("type") == "m.room.member":
+        new_content.pop("third_party_invite", None)
+    out["content"] = new_content
+    return out
