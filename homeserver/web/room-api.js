@@ -271,14 +271,19 @@ export class RoomApi {
       if (o.deviceName) body.initial_device_display_name = o.deviceName;
       let out;
       try {
-        out = await request(base, "POST", `${CS}/register`, { body, fetchImpl: o.fetch });
-      } catch (err) {
-        // 401 opens user-interactive auth: answer its m.login.dummy stage.
-        if (!(err instanceof RoomApiError) || err.httpStatus !== 401 || !err.data) throw err;
-        const auth = { type: "m.login.dummy" };
-        if (err.data.session) auth.session = err.data.session;
+        // The only user-interactive auth stage offered is m.login.dummy:
+        // answer it at once.
         out = await request(base, "POST", `${CS}/register`, {
-          body: { ...body, auth },
+          body: { ...body, auth: { type: "m.login.dummy" } },
+          fetchImpl: o.fetch,
+        });
+      } catch (err) {
+        // A server that wants the stage within its own session answers 401
+        // with a session id: complete the stage in that session.
+        if (!(err instanceof RoomApiError) || err.httpStatus !== 401 || !err.data) throw err;
+        if (!err.data.session) throw err;
+        out = await request(base, "POST", `${CS}/register`, {
+          body: { ...body, auth: { type: "m.login.dummy", session: err.data.session } },
           fetchImpl: o.fetch,
         });
       }
