@@ -98,9 +98,7 @@ def test_node_suite() -> None:
     )
     out = proc.stdout + proc.stderr
     summary = dict(re.findall(r"^# (tests|pass|fail|skipped|cancelled) (\d+)$", out, re.M))
-    failures = "\n".join(
-        line for line in out.splitlines() if re.match(r"^\s*not ok \d+", line)
-    )
+    failures = "\n".join(line for line in out.splitlines() if re.match(r"^\s*not ok \d+", line))
     assert proc.returncode == 0, (
         f"node --test tests/js/ failed ({summary}):\n{failures}\n\n--- output (tail) ---\n"
         + out[-20000:]
