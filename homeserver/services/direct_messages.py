@@ -8,6 +8,7 @@ calls from both sides end with one room. A persistent one-to-one is reopened
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -21,7 +22,7 @@ from homeserver.services.profile import ProfileService
 from homeserver.services.room_creation import RoomCreationService
 from homeserver.services.room_state import RoomState
 from homeserver.storage.database import Database
-from homeserver.storage.lifecycle import LifecycleStore
+from homeserver.storage.lifecycle import LifecycleStore, pair
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ class DirectMessageService:
         self._account_data = account_data
         self._profiles = profiles
         self._server_name = server_name
+        self._pair_locks: dict[tuple[str, str], asyncio.Lock] = {}
 
     def _local(self, user_id: str) -> bool:
         return UserID(user_id).server_name == self._server_name
@@ -57,7 +59,11 @@ class DirectMessageService:
             raise MatrixError(400, "M_INVALID_PARAM", "Cannot open a DM with yourself")
         if self._local(partner) and not await self._profiles.exists(partner):
             raise not_found(f"Unknown user {partner}")
-        async with self._db.transaction() as conn:
+        key = pair(user_id, partner)
+        local = self._pair_locks.setdefault(key, asyncio.Lock())
+        # In-process first (so waiting requests hold no database connection),
+        # then across processes with the advisory lock.
+        async with local, self._db.transaction() as conn:
             await self._store.lock_pair(conn, user_id, partner)
             room_id = await self._store.dm_room(conn, user_id, partner)
             created = False
@@ -78,6 +84,8 @@ class DirectMessageService:
                 )
                 created = True
                 await self._store.set_dm_room(conn, user_id, partner, room_id)
+        if not local.locked() and self._pair_locks.get(key) is local:
+            del self._pair_locks[key]
         await self._account_data.add_direct(user_id, partner, room_id)
         if self._local(partner):
             await self._account_data.add_direct(partner, user_id, room_id)
