@@ -64,7 +64,8 @@ async function openPage(label, problems) {
   page.on("console", (msg) => {
     if (msg.type() === "error") problems.push(`${label} console: ${msg.text()}`);
   });
-  await page.goto(`${server.baseUrl}/`);
+  // A short long-poll, so that the server stops quickly after the test.
+  await page.goto(`${server.baseUrl}/?timeout=2000`);
   return page;
 }
 

@@ -84,8 +84,20 @@ export async function startServer() {
       res(exited);
     });
   });
+  // A killed server leaves its embedded PostgreSQL running: stop that too.
+  const killPostgres = () => {
+    try {
+      const pid = Number(readFileSync(join(dataDir, "postgres", "postmaster.pid"), "utf8").split("\n")[0]);
+      if (pid > 0) process.kill(pid, "SIGTERM");
+    } catch {
+      // not started, or already gone
+    }
+  };
   const killOnExit = () => {
-    if (exited === null) child.kill("SIGKILL");
+    if (exited === null) {
+      child.kill("SIGKILL");
+      killPostgres();
+    }
   };
   process.on("exit", killOnExit);
 
@@ -93,6 +105,7 @@ export async function startServer() {
   const deadline = Date.now() + 90_000;
   for (;;) {
     if (exited !== null) {
+      killPostgres();
       rmSync(dataDir, { recursive: true, force: true });
       throw new Error(`homeserver exited early (${JSON.stringify(exited)}):\n${output}`);
     }
@@ -104,17 +117,26 @@ export async function startServer() {
     }
     if (Date.now() > deadline) {
       child.kill("SIGKILL");
+      killPostgres();
       throw new Error(`homeserver did not start within 90 s:\n${output}`);
     }
     await sleep(200);
   }
 
+  // SIGTERM; the server finishes in-flight requests first (an open /sync
+  // long poll may hold it up to that poll's timeout), so wait a while before
+  // SIGKILL (and then stop its PostgreSQL ourselves).
   async function stop() {
     if (exited === null) {
       child.kill("SIGTERM");
-      const timer = setTimeout(() => child.kill("SIGKILL"), 20_000);
+      let killed = false;
+      const timer = setTimeout(() => {
+        killed = true;
+        child.kill("SIGKILL");
+      }, 45_000);
       await exitPromise;
       clearTimeout(timer);
+      if (killed) killPostgres();
     }
     process.off("exit", killOnExit);
     rmSync(dataDir, { recursive: true, force: true });
