@@ -23,6 +23,7 @@ from homeserver.api.client import account_data as account_data_api
 from homeserver.api.client import directory as directory_api
 from homeserver.api.client import membership as membership_api
 from homeserver.api.client import profile as profile_api
+from homeserver.api.client import sync as sync_api
 from homeserver.api.cors import cors_middleware
 from homeserver.api.errors import error_middleware
 from homeserver.api.federation import keys
@@ -172,6 +173,7 @@ def create_app(
         account_data_api,
         homeserver_ext,
         admin_rooms,
+        sync_api,
         static,
     ):
         app.router.add_routes(module.routes)

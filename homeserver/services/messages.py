@@ -29,8 +29,9 @@ class MessageService:
         except RoomNotFound as e:
             raise not_found("Unknown room") from e
         except ValueError as e:
+            too_large = "too large" in str(e).lower()
             raise MatrixError(
-                400, "M_TOO_LARGE" if "large" in str(e).lower() else "M_BAD_JSON", str(e)
+                413 if too_large else 400, "M_TOO_LARGE" if too_large else "M_BAD_JSON", str(e)
             ) from e
         return ev
 

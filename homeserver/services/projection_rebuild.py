@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from homeserver.core.events import Event, StateKey
-from homeserver.core.state_res import resolve_state
 from homeserver.storage.database import Database
 from homeserver.storage.events import EventStore, accepted_events, all_room_ids
 from homeserver.storage.projections import Accepted, Projections
@@ -51,6 +50,8 @@ class ProjectionRebuilder:
         ]
         if len(states) == 1:
             return states[0]
+        from homeserver.core.state_res import resolve_state
+
         rv = next(iter(evs.values())).event.room_version
         ids = {i for s in states for i in s.values()}
         chains = []

@@ -127,14 +127,16 @@ class TimelineService:
         d = await self._ser.serialize_one(se)
         return d if full else d["content"]
 
-    async def event(self, room_id: str, user_id: str, event_id: str) -> dict[str, Any]:
+    async def event(
+        self, room_id: str, user_id: str, event_id: str, device_id: str | None = None
+    ) -> dict[str, Any]:
         await self._state.require_room(room_id)
         se = await self._store.get_event(event_id)
         if se is None or se.event.room_id != room_id or se.outlier or se.rejected_reason:
             raise not_found("Event not found")
         if not await self._vis.filter(user_id, [se]):
             raise not_found("Event not found")
-        return await self._ser.serialize_one(se)
+        return await self._ser.serialize_one(se, (user_id, device_id) if device_id else None)
 
     async def members(
         self,

@@ -89,7 +89,9 @@ async def get_event(request: web.Request) -> web.Response:
     requester = await require_user(request)
     room_id = v.room_id(request.match_info["room_id"])
     event_id = v.event_id(request.match_info["event_id"])
-    return json_response(await request.app[TIMELINE].event(room_id, requester.user_id, event_id))
+    return json_response(
+        await request.app[TIMELINE].event(room_id, requester.user_id, event_id, requester.device_id)
+    )
 
 
 @routes.put(P + "/rooms/{room_id}/redact/{event_id}/{txn_id}")
