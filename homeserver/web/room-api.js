@@ -229,7 +229,8 @@ export class RoomApi {
     this._listeners = new Map(EVENT_NAMES.map((n) => [n, new Set()]));
     this._rooms = new Map(); // roomId -> {roomId, membership, name, ..., prevBatch}
     this._history = new Map(); // roomId -> {from, done}
-    this._sync = null; // {controller, since, running}
+    this._sync = null; // {controller, timeout, filter, first} while start()ed
+    this._since = undefined; // next_batch of the last sync processed
   }
 
   // ---------------------------------------------------- sign in / sign up
@@ -661,8 +662,9 @@ export class RoomApi {
 
   /** start(opts, callback): begin the /sync loop. Resolves (and calls back)
    * once the first sync was processed, i.e. after the `new` events for every
-   * room the user is in or invited to. opts {timeout (ms, long-poll, default
-   * 30000), timelineLimit (default 20)}. */
+   * room the user is in or invited to. After a stop(), start() resumes where
+   * the last sync ended: what happened meanwhile arrives, nothing twice.
+   * opts {timeout (ms, long-poll, default 30000), timelineLimit (default 20)}. */
   start(opts, callback) {
     [opts, callback] = splitArgs(arguments, 1);
     return settle(callback, async () => {
@@ -670,7 +672,6 @@ export class RoomApi {
       const o = opts || {};
       const state = {
         controller: new AbortController(),
-        since: undefined,
         timeout: o.timeout === undefined ? 30000 : o.timeout,
         filter: JSON.stringify({
           room: { timeline: { limit: o.timelineLimit === undefined ? 20 : o.timelineLimit } },
@@ -712,15 +713,15 @@ export class RoomApi {
       try {
         const out = await this._call("GET", `${CS}/sync`, undefined, {
           query: {
-            since: state.since,
+            since: this._since,
             timeout: first ? 0 : state.timeout,
             filter: state.filter,
           },
           signal: state.controller.signal,
         });
         if (this._sync !== state) break;
-        this._process(out, first);
-        state.since = out.next_batch;
+        this._process(out, this._since === undefined);
+        this._since = out.next_batch;
         backoff = 500;
         if (first) {
           first = false;
