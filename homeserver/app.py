@@ -161,7 +161,11 @@ def create_app(
         await lifecycle_task
         await notifier.stop()
 
+    async def shutting_down(app: web.Application) -> None:
+        notifier.close_waiters()
+
     app.cleanup_ctx.append(background)
+    app.on_shutdown.append(shutting_down)
     for module in (
         versions,
         account,
@@ -200,7 +204,9 @@ class Server:
         await self._db.apply_schema()
         ensure_tls_certificate(cfg.certificate_path, cfg.private_key_path, cfg.server_name.host)
         app = create_app(cfg, self._db)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, shutdown_timeout=5.0
+        )
         await self._runner.setup()
         ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ssl_ctx.load_cert_chain(cfg.certificate_path, cfg.private_key_path)

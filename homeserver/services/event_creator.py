@@ -43,10 +43,16 @@ class Draft:
     state_key: str | None = None
     redacts: str | None = None
     txn: tuple[str, str, str] | None = None  # (user_id, device_id, txn_id)
+    # Checked under the room lock: (user, membership) the user must have now.
+    require_membership: tuple[str, str] | None = None
 
 
 class RoomNotFound(Exception):
     pass
+
+
+class PreconditionFailed(AuthError):
+    """A draft's ``require_membership`` did not hold when it was built."""
 
 
 @dataclass
@@ -232,6 +238,8 @@ class EventCreator:
         entries: list[Pending] = []
         events: list[Event] = []
         for d in drafts:
+            if d.require_membership is not None:
+                await self._check_membership(ctx, *d.require_membership)
             types = auth_types_for_event(ctx.room_version, d.type, d.state_key, d.sender, d.content)
             auth_ids = [ctx.state[k] for k in types if k in ctx.state]
             # The rules consult the create event even where it is not cited (v12).
@@ -277,6 +285,14 @@ class EventCreator:
             ctx.depth = ev.depth
             events.append(ev)
         return entries, events
+
+    async def _check_membership(self, ctx: _Context, user_id: str, expected: str) -> None:
+        eid = ctx.state.get(("m.room.member", user_id))
+        if eid is not None and eid not in ctx.events:
+            ctx.events.update(await self._store.get_event_objs([eid]))
+        current = ctx.events[eid].membership if eid is not None else None
+        if current != expected:
+            raise PreconditionFailed(f"{user_id} is not in state {expected!r} (but {current!r})")
 
     def _event(self, ctx: _Context, event_id: str) -> Event:
         ev = ctx.events.get(event_id)

@@ -16,7 +16,12 @@ from homeserver.core.auth import AuthError
 from homeserver.core.events import Event
 from homeserver.core.ids import ServerName, UserID
 from homeserver.services.errors import MatrixError, forbidden, not_found
-from homeserver.services.event_creator import Draft, EventCreator, RoomNotFound
+from homeserver.services.event_creator import (
+    Draft,
+    EventCreator,
+    PreconditionFailed,
+    RoomNotFound,
+)
 from homeserver.services.profile import ProfileService
 from homeserver.services.room_state import RoomState
 from homeserver.storage.rooms import RoomStore
@@ -79,11 +84,29 @@ class MembershipService:
             content.update(extra)
         return content
 
-    async def _send(self, room_id: str, sender: str, target: str, content: dict[str, Any]) -> Event:
+    async def _send(
+        self,
+        room_id: str,
+        sender: str,
+        target: str,
+        content: dict[str, Any],
+        require: tuple[str, str] | None = None,
+    ) -> Event:
         try:
             (ev,) = await self._creator.send(
-                room_id, [Draft("m.room.member", sender, content, state_key=target)]
+                room_id,
+                [
+                    Draft(
+                        "m.room.member",
+                        sender,
+                        content,
+                        state_key=target,
+                        require_membership=require,
+                    )
+                ],
             )
+        except PreconditionFailed as e:
+            raise MatrixError(403, "M_BAD_STATE", str(e)) from e
         except AuthError as e:
             raise forbidden(str(e)) from e
         except RoomNotFound as e:
@@ -246,6 +269,7 @@ class MembershipService:
         self, sender: str, room_id: str, target: str, reason: str | None = None
     ) -> None:
         """Withdraw a pending invite; refuses when the user already joined."""
+        await self._state.require_joined(room_id, sender)
         current = await self._state.membership(room_id, target)
         if current != "invite":
             raise MatrixError(
@@ -253,7 +277,9 @@ class MembershipService:
                 "M_BAD_STATE" if current else "M_FORBIDDEN",
                 f"{target} has no pending invite (membership: {current})",
             )
-        await self.kick(sender, room_id, target, reason)
+        content = await self._member_content(target, "leave", reason)
+        # Checked again under the room lock: a join in between wins.
+        await self._send(room_id, sender, target, content, require=(target, "invite"))
 
     async def ban(self, sender: str, room_id: str, target: str, reason: str | None = None) -> None:
         await self._state.require_joined(room_id, sender)

@@ -43,13 +43,22 @@ class Notifier:
         self._by_user: dict[str, set[Waiter]] = defaultdict(set)
         self._listeners: list[Callable[[int, str | None, list[str]], None]] = []
         self.position = 0
-        self._task: asyncio.Task[None] | None = None
+        self.closing = False
 
     async def start(self) -> None:
         self._conn = await asyncpg.connect(self._url)
         await self._conn.add_listener(CHANNEL, self._on_notify)
 
+    def close_waiters(self) -> None:
+        """Server shutdown: end every long-poll now and refuse new waits, so
+        the process stops without waiting out clients' timeouts."""
+        self.closing = True
+        for ws in list(self._by_user.values()) + list(self._by_room.values()):
+            for w in ws:
+                w.event.set()
+
     async def stop(self) -> None:
+        self.closing = True
         if self._conn is not None:
             try:
                 await self._conn.remove_listener(CHANNEL, self._on_notify)
@@ -92,6 +101,8 @@ class Notifier:
     async def wait(self, rooms: Iterable[str], users: Iterable[str], timeout: float) -> bool:
         """Block until something concerning ``rooms`` or ``users`` happens, or
         ``timeout`` seconds pass. True when woken."""
+        if self.closing:
+            return False
         w = Waiter(set(rooms), set(users))
         for r in w.rooms:
             self._by_room[r].add(w)

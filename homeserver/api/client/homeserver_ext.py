@@ -6,7 +6,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from homeserver.api import validate as v
-from homeserver.api.appkeys import ACCOUNT_DATA, DMS, LIFECYCLE, ROOM_ADMIN
+from homeserver.api.appkeys import ACCOUNT_DATA, DMS, LIFECYCLE, MEMBERSHIP, ROOM_ADMIN
 from homeserver.api.auth import require_user
 from homeserver.api.errors import json_response
 
@@ -85,3 +85,16 @@ async def put_config(request: web.Request) -> web.Response:
     room_id = v.room_id(request.match_info["room_id"])
     body = await v.read_json(request)
     return json_response(await request.app[LIFECYCLE].set_config(requester.user_id, room_id, body))
+
+
+@routes.post(P + "/rooms/{room_id}/revoke")
+async def revoke_invite(request: web.Request) -> web.Response:
+    """Withdraw a pending invite atomically (refused once the user joined)."""
+    requester = await require_user(request)
+    room_id = v.room_id(request.match_info["room_id"])
+    body = await v.read_json(request)
+    target = v.user_id(v.get(body, "user_id", str))
+    await request.app[MEMBERSHIP].revoke_invite(
+        requester.user_id, room_id, target, v.get(body, "reason", str, None)
+    )
+    return json_response({})
