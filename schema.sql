@@ -345,3 +345,64 @@ CREATE TABLE IF NOT EXISTS admin_audit (
     target    text,
     details   jsonb NOT NULL DEFAULT '{}'
 );
+
+-- ================================================================ federation
+-- Owned by homeserver/storage/federation.py. Remote servers' signing keys,
+-- the outbound queue (kept here so nothing is lost on restart), per
+-- destination backoff, and the transactions already received.
+
+-- One row per (server, key): current keys are valid until
+-- min(valid_until_ts, fetched + 7 days); old keys until their expired_ts.
+CREATE TABLE IF NOT EXISTS federation_server_keys (
+    server_name     text NOT NULL,
+    key_id          text NOT NULL,
+    verify_key      text NOT NULL,
+    valid_until_ts  bigint NOT NULL,
+    is_old          boolean NOT NULL DEFAULT false,
+    fetched_ts      bigint NOT NULL,
+    PRIMARY KEY (server_name, key_id)
+);
+
+-- The last signed /_matrix/key/v2/server response of each server, served
+-- again (with our signature added) by the notary API.
+CREATE TABLE IF NOT EXISTS federation_key_responses (
+    server_name     text PRIMARY KEY,
+    response        text NOT NULL,
+    valid_until_ts  bigint NOT NULL,
+    fetched_ts      bigint NOT NULL
+);
+
+-- The outbound queue: PDUs (by event id) and EDUs (by body) per destination,
+-- sent in id order, deleted once the destination acknowledged them.
+CREATE TABLE IF NOT EXISTS federation_outbox (
+    id           bigserial PRIMARY KEY,
+    destination  text NOT NULL,
+    event_id     text,
+    edu          text,
+    created_ts   bigint NOT NULL
+);
+CREATE INDEX IF NOT EXISTS federation_outbox_dest ON federation_outbox (destination, id);
+
+-- Backoff and the sending lease (one process sends to a destination at a time).
+CREATE TABLE IF NOT EXISTS federation_destinations (
+    destination      text PRIMARY KEY,
+    retry_after_ts   bigint NOT NULL DEFAULT 0,
+    backoff_ms       bigint NOT NULL DEFAULT 0,
+    failures         integer NOT NULL DEFAULT 0,
+    last_success_ts  bigint,
+    lease_owner      text,
+    lease_until_ts   bigint NOT NULL DEFAULT 0
+);
+
+-- Transactions received, so a retried PUT /send is answered, not re-applied.
+CREATE TABLE IF NOT EXISTS federation_received_txns (
+    origin       text NOT NULL,
+    txn_id       text NOT NULL,
+    response     text NOT NULL,
+    received_ts  bigint NOT NULL,
+    PRIMARY KEY (origin, txn_id)
+);
+
+-- Backfilled (older) events take negative stream positions from here, so
+-- they sort before everything the room already has and never reach /sync.
+CREATE SEQUENCE IF NOT EXISTS federation_backfill_seq;

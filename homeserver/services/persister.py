@@ -13,7 +13,7 @@ it, so a reader's "current position" never runs past an uncommitted event.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,6 +78,14 @@ class Persister:
         self._store = store
         self._proj = projections
         self._notifier = notifier
+        # Run inside the append transaction, after the projections (the
+        # federation outbox is filled here, so a committed event is never
+        # lost to a crash before it was queued).
+        self.in_transaction: list[
+            Callable[[asyncpg.Connection, str, Sequence[Pending]], Awaitable[None]]
+        ] = []
+        # Run after commit (wake the federation sender, ...).
+        self.on_committed: list[Callable[[str, Sequence[Pending]], None]] = []
 
     async def lock_room(self, conn: asyncpg.Connection, room_id: str) -> None:
         """Serialise writers of one room across processes (session lock)."""
@@ -134,6 +142,8 @@ class Persister:
                     change.extremities_removed,
                     change.extremities_added,
                 )
+                for hook in self.in_transaction:
+                    await hook(conn, room_id, entries)
                 await self._store.release_positions(conn, positions[0])
                 users = sorted(
                     {
@@ -157,6 +167,11 @@ class Persister:
             if p.event.type == "m.room.member" and p.event.state_key
         ]
         self._notifier.local_notify(positions[-1], room_id, users)
+        for fn in self.on_committed:
+            try:
+                fn(room_id, entries)
+            except Exception:
+                log.exception("after-commit hook failed")
         return positions[-1]
 
     async def _assign_state_groups(
