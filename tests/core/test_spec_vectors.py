@@ -35,22 +35,43 @@ KEY = signedjson.key.decode_signing_key_base64("ed25519", "1", SEED)
 
 
 def test_signing_json_vectors() -> None:
-    assert sign_json({}, "domain", KEY)["signatures"] == {"domain": {"ed25519:1": (
-        "K8280/U9SSy9IVtjBuVeLr+HpOB4BQFWbg+UZaADMtTdGYI7Geitb76LTrr5QV/7Xg4ahLwYGYZzuHGZKM5ZAQ")}}
+    assert sign_json({}, "domain", KEY)["signatures"] == {
+        "domain": {
+            "ed25519:1": (
+                "K8280/U9SSy9IVtjBuVeLr+HpOB4BQFWbg+UZaADMtTdGYI7Geitb76LTrr5QV/7Xg4ahLwYGYZzuHGZKM5ZAQ"
+            )
+        }
+    }
     signed = sign_json({"one": 1, "two": "Two"}, "domain", KEY)
     assert signed["signatures"]["domain"]["ed25519:1"] == (
-        "KqmLSbO39/Bzb0QIYE82zqLwsA+PDzYIpIRA2sRQ4sL53+sN6/fpNSoqE7BP7vBZhG6kYdD13EIMJpvhJI+6Bw")
+        "KqmLSbO39/Bzb0QIYE82zqLwsA+PDzYIpIRA2sRQ4sL53+sN6/fpNSoqE7BP7vBZhG6kYdD13EIMJpvhJI+6Bw"
+    )
 
 
 def test_signing_event_vector() -> None:
-    ev = {"room_id": "!x:domain", "sender": "@a:domain", "origin": "domain",
-          "origin_server_ts": 1000000, "signatures": {}, "hashes": {}, "type": "X",
-          "content": {}, "prev_events": [], "auth_events": [], "depth": 3,
-          "unsigned": {"age_ts": 1000000}}
+    ev = {
+        "room_id": "!x:domain",
+        "sender": "@a:domain",
+        "origin": "domain",
+        "origin_server_ts": 1000000,
+        "signatures": {},
+        "hashes": {},
+        "type": "X",
+        "content": {},
+        "prev_events": [],
+        "auth_events": [],
+        "depth": 3,
+        "unsigned": {"age_ts": 1000000},
+    }
     signed = sign_event(ev, "domain", KEY, V10)
     assert signed["hashes"] == {"sha256": "5jM4wQpv6lnBo7CLIghJuHdW+s2CMBJPUOGOC89ncos"}
-    assert signed["signatures"] == {"domain": {"ed25519:1": (
-        "KxwGjPSDEtvnFgU00fwFz+l6d2pJM6XBIaMEn81SXPTRl16AqLAYqfIReFGZlHi5KLjAWbOoMszkwsQma+lYAg")}}
+    assert signed["signatures"] == {
+        "domain": {
+            "ed25519:1": (
+                "KxwGjPSDEtvnFgU00fwFz+l6d2pJM6XBIaMEn81SXPTRl16AqLAYqfIReFGZlHi5KLjAWbOoMszkwsQma+lYAg"
+            )
+        }
+    }
 
 
 def test_canonical_json_refuses_floats_and_big_ints() -> None:
@@ -61,10 +82,18 @@ def test_canonical_json_refuses_floats_and_big_ints() -> None:
 
 
 def make(rv: RoomVersion, **kw: Any) -> Event:
-    args: dict[str, Any] = dict(room_id="!r:hs", sender="@a:hs", type="m.room.message",
-                                content={"body": "x"}, prev_events=["$p"], auth_events=["$a"],
-                                depth=5, origin_server_ts=1, server_name="hs",
-                                signing_key=KEY)
+    args: dict[str, Any] = dict(
+        room_id="!r:hs",
+        sender="@a:hs",
+        type="m.room.message",
+        content={"body": "x"},
+        prev_events=["$p"],
+        auth_events=["$a"],
+        depth=5,
+        origin_server_ts=1,
+        server_name="hs",
+        signing_key=KEY,
+    )
     args.update(kw)
     return build_event(rv, **args)
 
@@ -79,8 +108,20 @@ def test_built_events_verify_independently(rv: RoomVersion) -> None:
     expected = encode_base64(hashlib.sha256(canonicaljson.encode_canonical_json(body)).digest())
     assert pdu["hashes"]["sha256"] == expected
     # signature over the redacted form (a message's redacted form drops content)
-    keep = {"event_id", "type", "room_id", "sender", "state_key", "content", "hashes",
-            "signatures", "depth", "prev_events", "auth_events", "origin_server_ts"}
+    keep = {
+        "event_id",
+        "type",
+        "room_id",
+        "sender",
+        "state_key",
+        "content",
+        "hashes",
+        "signatures",
+        "depth",
+        "prev_events",
+        "auth_events",
+        "origin_server_ts",
+    }
     redacted = {k: v for k, v in pdu.items() if k in keep} | {"content": {}}
     signedjson.sign.verify_signed_json(redacted, "hs", signedjson.key.get_verify_key(KEY))
     # event id = urlsafe base64 of the reference hash
@@ -90,8 +131,16 @@ def test_built_events_verify_independently(rv: RoomVersion) -> None:
 
 
 def test_v12_create_event_names_the_room() -> None:
-    ev = make(V12, room_id=None, type="m.room.create", state_key="",
-              content={"room_version": "12"}, prev_events=[], auth_events=[], depth=1)
+    ev = make(
+        V12,
+        room_id=None,
+        type="m.room.create",
+        state_key="",
+        content={"room_version": "12"},
+        prev_events=[],
+        auth_events=[],
+        depth=1,
+    )
     assert "room_id" not in ev.pdu
     assert ev.room_id == "!" + ev.event_id[1:]
     with pytest.raises(InvalidEvent):
@@ -99,20 +148,35 @@ def test_v12_create_event_names_the_room() -> None:
 
 
 def test_redaction_rules_per_version() -> None:
-    pl = {"type": "m.room.power_levels", "content": {"invite": 0, "ban": 50, "x": 1},
-          "origin": "hs", "membership": "join"}
-    assert redact(pl, V10) == {"type": "m.room.power_levels", "content": {"ban": 50},
-                               "origin": "hs", "membership": "join"}
+    pl = {
+        "type": "m.room.power_levels",
+        "content": {"invite": 0, "ban": 50, "x": 1},
+        "origin": "hs",
+        "membership": "join",
+    }
+    assert redact(pl, V10) == {
+        "type": "m.room.power_levels",
+        "content": {"ban": 50},
+        "origin": "hs",
+        "membership": "join",
+    }
     assert redact(pl, V11) == {"type": "m.room.power_levels", "content": {"invite": 0, "ban": 50}}
     create = {"type": "m.room.create", "content": {"creator": "@a:hs", "m.federate": False}}
     assert redact(create, V10)["content"] == {"creator": "@a:hs"}
     assert redact(create, V11)["content"] == create["content"]
-    member = {"type": "m.room.member", "content": {
-        "membership": "invite", "displayname": "A",
-        "third_party_invite": {"display_name": "x", "signed": {"mxid": "@a:hs"}}}}
+    member = {
+        "type": "m.room.member",
+        "content": {
+            "membership": "invite",
+            "displayname": "A",
+            "third_party_invite": {"display_name": "x", "signed": {"mxid": "@a:hs"}},
+        },
+    }
     assert redact(member, V10)["content"] == {"membership": "invite"}
     assert redact(member, V11)["content"] == {
-        "membership": "invite", "third_party_invite": {"signed": {"mxid": "@a:hs"}}}
+        "membership": "invite",
+        "third_party_invite": {"signed": {"mxid": "@a:hs"}},
+    }
     red = {"type": "m.room.redaction", "content": {"redacts": "$x", "reason": "r"}}
     assert redact(red, V10)["content"] == {}
     assert redact(red, V11)["content"] == {"redacts": "$x"}
@@ -136,14 +200,31 @@ def test_limits() -> None:
 
 
 def test_request_signing_round_trip() -> None:
-    header = sign_request("PUT", "/_matrix/federation/v1/send/1", "hs", "other:8448",
-                          {"pdus": []}, KEY)
+    header = sign_request(
+        "PUT", "/_matrix/federation/v1/send/1", "hs", "other:8448", {"pdus": []}, KEY
+    )
     auth = parse_x_matrix_header(header)
     assert auth.origin == "hs" and auth.destination == "other:8448" and auth.key == "ed25519:1"
-    verify_request("PUT", "/_matrix/federation/v1/send/1", "hs", "other:8448", {"pdus": []},
-                   auth.key, auth.sig, KEY.verify_key)
+    verify_request(
+        "PUT",
+        "/_matrix/federation/v1/send/1",
+        "hs",
+        "other:8448",
+        {"pdus": []},
+        auth.key,
+        auth.sig,
+        KEY.verify_key,
+    )
     with pytest.raises(ValueError):
-        verify_request("PUT", "/_matrix/federation/v1/send/2", "hs", "other:8448", {"pdus": []},
-                       auth.key, auth.sig, KEY.verify_key)
+        verify_request(
+            "PUT",
+            "/_matrix/federation/v1/send/2",
+            "hs",
+            "other:8448",
+            {"pdus": []},
+            auth.key,
+            auth.sig,
+            KEY.verify_key,
+        )
     odd = parse_x_matrix_header('X-Matrix origin=hs,key="ed25519:1", sig="abc"')
     assert odd.origin == "hs" and odd.destination is None and odd.sig == "abc"
