@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,22 +35,33 @@ OWNER = f"@owner:{SERVER}"
 
 def figures(lat: list[float]) -> dict[str, float]:
     lat = sorted(lat)
-    return {"n": len(lat), "mean_ms": round(statistics.mean(lat) * 1000, 3),
-            "p50_ms": round(statistics.median(lat) * 1000, 3),
-            "p95_ms": round(lat[int(len(lat) * 0.95) - 1] * 1000, 3)}
+    return {
+        "n": len(lat),
+        "mean_ms": round(statistics.mean(lat) * 1000, 3),
+        "p50_ms": round(statistics.median(lat) * 1000, 3),
+        "p95_ms": round(lat[int(len(lat) * 0.95) - 1] * 1000, 3),
+    }
 
 
 async def make_room(creator: EventCreator, members: int) -> str:
-    room, _ = await creator.create_room(V12, [
-        Draft("m.room.create", OWNER, {"room_version": "12"}, state_key=""),
-        Draft("m.room.member", OWNER, {"membership": "join"}, state_key=OWNER),
-        Draft("m.room.power_levels", OWNER, {"users": {}}, state_key=""),
-        Draft("m.room.join_rules", OWNER, {"join_rule": "public"}, state_key=""),
-    ])
+    room, _ = await creator.create_room(
+        V12,
+        [
+            Draft("m.room.create", OWNER, {"room_version": "12"}, state_key=""),
+            Draft("m.room.member", OWNER, {"membership": "join"}, state_key=OWNER),
+            Draft("m.room.power_levels", OWNER, {"users": {}}, state_key=""),
+            Draft("m.room.join_rules", OWNER, {"join_rule": "public"}, state_key=""),
+        ],
+    )
     users = [f"@u{i}:{SERVER}" for i in range(members - 1)]
     for i in range(0, len(users), 200):
-        await creator.send(room, [Draft("m.room.member", u, {"membership": "join"}, state_key=u)
-                                  for u in users[i:i + 200]])
+        await creator.send(
+            room,
+            [
+                Draft("m.room.member", u, {"membership": "join"}, state_key=u)
+                for u in users[i : i + 200]
+            ],
+        )
     return room
 
 
@@ -82,27 +94,32 @@ async def main() -> None:
             lat = []
             for i in range(a.appends):
                 t = time.perf_counter()
-                await creator.send(room, [Draft("m.room.message", OWNER,
-                                                {"msgtype": "m.text", "body": f"m{i}"})])
+                await creator.send(
+                    room, [Draft("m.room.message", OWNER, {"msgtype": "m.text", "body": f"m{i}"})]
+                )
                 lat.append(time.perf_counter() - t)
             out[f"append_members_{n}"] = figures(lat) | {"room_build_s": round(build, 1)}
+            print(n, out[f"append_members_{n}"], file=sys.stderr, flush=True)
         small, large = out[f"append_members_{sizes[0]}"], out[f"append_members_{sizes[-1]}"]
-        out["ratio_largest_smallest_mean"] = round(
-            large["mean_ms"] / small["mean_ms"], 3)  # type: ignore[index]
+        out["ratio_largest_smallest_mean"] = round(large["mean_ms"] / small["mean_ms"], 3)  # type: ignore[index]
 
         async def throughput(rooms: list[str], total: int, conc: int) -> float:
             sem = asyncio.Semaphore(conc)
 
             async def one(i: int) -> None:
                 async with sem:
-                    await creator.send(rooms[i % len(rooms)], [Draft(
-                        "m.room.message", OWNER, {"msgtype": "m.text", "body": str(i)})])
+                    await creator.send(
+                        rooms[i % len(rooms)],
+                        [Draft("m.room.message", OWNER, {"msgtype": "m.text", "body": str(i)})],
+                    )
+
             t = time.perf_counter()
             await asyncio.gather(*(one(i) for i in range(total)))
             return round(total / (time.perf_counter() - t), 1)
 
         one_room = await make_room(creator, 10)
         out["appends_per_s_one_room_conc50"] = await throughput([one_room], 2000, 50)
+        print(out, file=sys.stderr, flush=True)
         many = [await make_room(creator, 2) for _ in range(100)]
         out["appends_per_s_100_rooms_conc50"] = await throughput(many, 2000, 50)
     finally:

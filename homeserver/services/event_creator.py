@@ -17,6 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import asyncpg
+
 from homeserver.core.auth import AuthError, check_auth
 from homeserver.core.events import Event, StateKey, auth_types_for_event, build_event
 from homeserver.core.room_versions import RoomVersion
@@ -71,6 +73,8 @@ class _Context:
     extremities: list[str]
     depth: int
     events: dict[str, Event] = field(default_factory=dict)
+    # The writer's connection (reads under the room lock go through it).
+    conn: asyncpg.Connection | None = None
 
 
 class EventCreator:
@@ -147,12 +151,12 @@ class EventCreator:
         async with self._db.pool.acquire() as conn:
             await self._persister.lock_room(conn, room_id)
             try:
-                ctx = await self._load_context(room_id)
+                ctx = await self._load_context(room_id, conn)
                 if ctx is None:
                     for r in batch:
                         r.future.set_exception(RoomNotFound(room_id))
                     return
-                seen_txns = await self._existing_txns(batch)
+                seen_txns = await self._existing_txns(batch, conn)
                 old_state, old_ext = ctx.state, list(ctx.extremities)
                 entries: list[Pending] = []
                 done: list[tuple[_Request, list[Event] | str | BaseException]] = []
@@ -197,33 +201,37 @@ class EventCreator:
             else:
                 r.future.set_result(result)
 
-    async def _existing_txns(self, batch: list[_Request]) -> dict[tuple[str, str, str], str]:
+    async def _existing_txns(
+        self, batch: list[_Request], conn: asyncpg.Connection
+    ) -> dict[tuple[str, str, str], str]:
         txns = [r.drafts[0].txn for r in batch if len(r.drafts) == 1 and r.drafts[0].txn]
         out: dict[tuple[str, str, str], str] = {}
         for t in txns:
             assert t is not None
-            eid = await self._store.event_by_txn(*t)
+            eid = await self._store.event_by_txn(*t, conn=conn)
             if eid is not None:
                 out[t] = eid
         return out
 
-    async def _load_context(self, room_id: str) -> _Context | None:
-        rv = await self._store.room_version(room_id)
+    async def _load_context(self, room_id: str, conn: asyncpg.Connection) -> _Context | None:
+        rv = await self._store.room_version(room_id, conn)
         if rv is None:
             return None
-        ext_ids = await self._store.forward_extremities(room_id)
-        exts = await self._store.get_events(ext_ids)
+        ext_ids = await self._store.forward_extremities(room_id, conn)
+        exts = await self._store.get_events(ext_ids, conn)
         if len(exts) == 1:
             (only,) = exts.values()
-            state = await self._store.state_at_group(only.state_group)
+            state = await self._store.state_at_group(only.state_group, conn)
             group = only.state_group
         else:
-            from homeserver.storage.projections import Projections
-
-            state = await Projections(self._db, self._keys.server_name).current_state_ids(room_id)
+            rows = await conn.fetch(
+                "SELECT type, state_key, event_id FROM current_state WHERE room_id = $1", room_id
+            )
+            state = {(r["type"], r["state_key"]): r["event_id"] for r in rows}
             group = None
         ordered = sorted(exts.values(), key=lambda s: -s.event.depth)[:MAX_PREV_EVENTS]
         return _Context(
+            conn=conn,
             room_version=rv,
             state=state,
             group=group,
@@ -248,7 +256,7 @@ class EventCreator:
                 ctx.state[k] for k in consult if k in ctx.state and ctx.state[k] not in ctx.events
             ]
             if missing:
-                ctx.events.update(await self._store.get_event_objs(missing))
+                ctx.events.update(await self._store.get_event_objs(missing, ctx.conn))
             ev = build_event(
                 ctx.room_version,
                 room_id=room_id,
@@ -289,7 +297,7 @@ class EventCreator:
     async def _check_membership(self, ctx: _Context, user_id: str, expected: str) -> None:
         eid = ctx.state.get(("m.room.member", user_id))
         if eid is not None and eid not in ctx.events:
-            ctx.events.update(await self._store.get_event_objs([eid]))
+            ctx.events.update(await self._store.get_event_objs([eid], ctx.conn))
         current = ctx.events[eid].membership if eid is not None else None
         if current != expected:
             raise PreconditionFailed(f"{user_id} is not in state {expected!r} (but {current!r})")

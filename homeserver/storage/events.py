@@ -113,10 +113,18 @@ class EventStore:
         )
         self._room_versions[room_id] = version
 
-    async def room_version(self, room_id: str) -> RoomVersion | None:
+    def _q(self, conn: asyncpg.Connection | None) -> Any:
+        """Where to run a read: the caller's connection when it holds one
+        (a writer under its room lock must not take a second pooled
+        connection, or concurrent writers starve the pool), else the pool."""
+        return conn if conn is not None else self._db.pool
+
+    async def room_version(
+        self, room_id: str, conn: asyncpg.Connection | None = None
+    ) -> RoomVersion | None:
         rv = self._room_versions.get(room_id)
         if rv is None:
-            ident = await self._db.fetchval(
+            ident = await self._q(conn).fetchval(
                 "SELECT room_version FROM rooms WHERE room_id = $1", room_id
             )
             if ident is None:
@@ -298,11 +306,15 @@ class EventStore:
             row["txn_device_id"],
         )
 
-    async def get_event(self, event_id: str) -> StoredEvent | None:
-        got = await self.get_events([event_id])
+    async def get_event(
+        self, event_id: str, conn: asyncpg.Connection | None = None
+    ) -> StoredEvent | None:
+        got = await self.get_events([event_id], conn)
         return got.get(event_id)
 
-    async def get_events(self, event_ids: Iterable[str]) -> dict[str, StoredEvent]:
+    async def get_events(
+        self, event_ids: Iterable[str], conn: asyncpg.Connection | None = None
+    ) -> dict[str, StoredEvent]:
         out: dict[str, StoredEvent] = {}
         missing = []
         for eid in event_ids:
@@ -312,7 +324,7 @@ class EventStore:
             else:
                 missing.append(eid)
         if missing:
-            rows = await self._db.fetch(
+            rows = await self._q(conn).fetch(
                 f"SELECT {_EVENT_COLS} FROM events e JOIN rooms r USING (room_id) "
                 "WHERE e.event_id = ANY($1::text[])",
                 missing,
@@ -323,8 +335,10 @@ class EventStore:
                 out[se.event.event_id] = se
         return out
 
-    async def get_event_objs(self, event_ids: Iterable[str]) -> dict[str, Event]:
-        return {k: v.event for k, v in (await self.get_events(event_ids)).items()}
+    async def get_event_objs(
+        self, event_ids: Iterable[str], conn: asyncpg.Connection | None = None
+    ) -> dict[str, Event]:
+        return {k: v.event for k, v in (await self.get_events(event_ids, conn)).items()}
 
     async def have_events(self, event_ids: Iterable[str]) -> set[str]:
         ids = list(event_ids)
@@ -406,8 +420,10 @@ class EventStore:
         )
         return [self._cached(row) for row in rows]
 
-    async def event_by_txn(self, user_id: str, device_id: str, txn_id: str) -> str | None:
-        return await self._db.fetchval(
+    async def event_by_txn(
+        self, user_id: str, device_id: str, txn_id: str, conn: asyncpg.Connection | None = None
+    ) -> str | None:
+        return await self._q(conn).fetchval(
             "SELECT event_id FROM events WHERE txn_user_id = $1 AND txn_device_id = $2 "
             "AND txn_id = $3",
             user_id,
@@ -415,7 +431,9 @@ class EventStore:
             txn_id,
         )
 
-    async def state_at_group(self, group_id: int | None) -> Mapping[StateKey, str]:
+    async def state_at_group(
+        self, group_id: int | None, conn: asyncpg.Connection | None = None
+    ) -> Mapping[StateKey, str]:
         """The state of a group. The mapping is shared with the cache: callers
         must copy it before changing it."""
         if group_id is None:
@@ -423,7 +441,7 @@ class EventStore:
         hit = self._groups.get_(group_id)
         if hit is not None:
             return hit  # type: ignore[no-any-return]
-        rows = await self._db.fetch(
+        rows = await self._q(conn).fetch(
             "WITH RECURSIVE chain(group_id, prev_group, lvl) AS ("
             "  SELECT group_id, prev_group, 0 FROM state_groups WHERE group_id = $1"
             "  UNION ALL"
@@ -457,8 +475,10 @@ class EventStore:
         )
         return {r["event_id"] for r in rows}
 
-    async def forward_extremities(self, room_id: str) -> list[str]:
-        rows = await self._db.fetch(
+    async def forward_extremities(
+        self, room_id: str, conn: asyncpg.Connection | None = None
+    ) -> list[str]:
+        rows = await self._q(conn).fetch(
             "SELECT event_id FROM forward_extremities WHERE room_id = $1", room_id
         )
         return [r["event_id"] for r in rows]
