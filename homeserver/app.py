@@ -26,13 +26,22 @@ from homeserver.api.client import profile as profile_api
 from homeserver.api.client import sync as sync_api
 from homeserver.api.cors import cors_middleware
 from homeserver.api.errors import error_middleware
+from homeserver.api.federation import backfill as fed_backfill
+from homeserver.api.federation import events as fed_events
+from homeserver.api.federation import invites as fed_invites
+from homeserver.api.federation import joins as fed_joins
 from homeserver.api.federation import keys
+from homeserver.api.federation import leaves as fed_leaves
+from homeserver.api.federation import queries as fed_queries
+from homeserver.api.federation import transactions as fed_transactions
+from homeserver.api.federation.common import FEDERATION
 from homeserver.config import Config, redact_url
 from homeserver.services.account_data import AccountDataService
 from homeserver.services.accounts import AccountService
 from homeserver.services.direct_messages import DirectMessageService
 from homeserver.services.directory import DirectoryService
 from homeserver.services.ephemeral import EphemeralService
+from homeserver.services.federation.service import build_federation
 from homeserver.services.event_creator import EventCreator
 from homeserver.services.membership import MembershipService
 from homeserver.services.messages import MessageService
@@ -150,15 +159,32 @@ def create_app(
     app[appkeys.SYNC] = sync
     app[appkeys.EPHEMERAL] = ephemeral
     app[appkeys.FILTERS] = ephemeral_store
+    federation = build_federation(
+        config,
+        db,
+        server_keys,
+        event_store,
+        projections,
+        persister,
+        ephemeral_store,
+        directory,
+        profiles,
+    )
+    membership.remote = federation.remote
+    directory.remote = federation.remote
+    ephemeral.on_local_edu.append(federation.edus.local_change)
+    app[FEDERATION] = federation
 
     async def background(app: web.Application) -> AsyncIterator[None]:
         await notifier.start()
         await event_store.clear_stale_inflight()
         stop = asyncio.Event()
         lifecycle_task = asyncio.create_task(lifecycle.run(stop))
+        await federation.start()
         yield
         stop.set()
         await lifecycle_task
+        await federation.stop()
         await notifier.stop()
 
     async def shutting_down(app: web.Application) -> None:
@@ -170,6 +196,13 @@ def create_app(
         versions,
         account,
         keys,
+        fed_transactions,
+        fed_events,
+        fed_backfill,
+        fed_queries,
+        fed_joins,
+        fed_leaves,
+        fed_invites,
         rooms,
         membership_api,
         directory_api,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import Any
+
 from homeserver.services.account_data import AccountDataService
 from homeserver.services.clock import now_ms
 from homeserver.services.errors import MatrixError, forbidden, not_found
@@ -19,6 +22,13 @@ class EphemeralService:
         self._store = store
         self._state = state
         self._account_data = account_data
+        # Told of local typing and public receipts: (EDU type, room, content)
+        # — federation sends them on to the room's other servers.
+        self.on_local_edu: list[Callable[[str, str, dict[str, Any]], Awaitable[None]]] = []
+
+    async def _tell(self, edu_type: str, room_id: str, content: dict[str, Any]) -> None:
+        for hook in self.on_local_edu:
+            await hook(edu_type, room_id, content)
 
     async def set_typing(
         self, requester: str, room_id: str, user_id: str, typing: bool, timeout_ms: int | None
@@ -31,6 +41,10 @@ class EphemeralService:
             await self._store.set_typing(room_id, user_id, now_ms() + timeout)
         else:
             await self._store.set_typing(room_id, user_id, None)
+        edu: dict[str, Any] = {"room_id": room_id, "user_id": user_id, "typing": typing}
+        if typing:
+            edu["timeout"] = timeout
+        await self._tell("m.typing", room_id, edu)
 
     async def receipt(
         self,
@@ -47,9 +61,17 @@ class EphemeralService:
             raise MatrixError(400, "M_INVALID_PARAM", f"Unknown receipt type {receipt_type}")
         await self._state.require_joined(room_id, user_id)
         await self._require_event(room_id, event_id)
-        await self._store.put_receipt(
-            room_id, receipt_type, user_id, thread_id or "", event_id, now_ms()
-        )
+        ts = now_ms()
+        await self._store.put_receipt(room_id, receipt_type, user_id, thread_id or "", event_id, ts)
+        if receipt_type == "m.read":
+            data: dict[str, Any] = {"ts": ts}
+            if thread_id:
+                data["thread_id"] = thread_id
+            await self._tell(
+                "m.receipt",
+                room_id,
+                {room_id: {"m.read": {user_id: {"event_ids": [event_id], "data": data}}}},
+            )
 
     async def read_marker(self, user_id: str, room_id: str, event_id: str) -> None:
         await self._state.require_joined(room_id, user_id)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -126,6 +126,43 @@ class EventCreator:
             finally:
                 await self._persister.unlock_room(conn, room_id)
         return room_id, events
+
+    async def send_with_countersign(
+        self,
+        room_id: str,
+        draft: Draft,
+        countersign: Callable[[Event], Awaitable[Event]],
+    ) -> Event:
+        """Append one event that another server must sign first (an invite of
+        a remote user): built and authorised under the room lock, handed to
+        ``countersign``, and the event it returns (same id, more signatures)
+        committed — all before any other writer of the room moves its head."""
+        async with self._db.pool.acquire() as conn:
+            await self._persister.lock_room(conn, room_id)
+            try:
+                ctx = await self._load_context(room_id, conn)
+                if ctx is None:
+                    raise RoomNotFound(room_id)
+                old_state, old_ext = ctx.state, list(ctx.extremities)
+                entries, events = await self._build_request(ctx, room_id, [draft])
+                signed = await countersign(events[0])
+                if signed.event_id != events[0].event_id:
+                    raise ValueError("the countersigned event is not the event we built")
+                entries[0].event = signed
+                ctx.events[signed.event_id] = signed
+                await self._persister.commit(
+                    conn,
+                    room_id,
+                    entries,
+                    RoomChange(
+                        state_delta=self._state_delta(old_state, ctx),
+                        extremities_removed=old_ext,
+                        extremities_added=ctx.extremities,
+                    ),
+                )
+            finally:
+                await self._persister.unlock_room(conn, room_id)
+        return signed
 
     # ------------------------------------------------------------ writer
     async def _writer(self, room_id: str) -> None:

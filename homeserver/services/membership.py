@@ -124,8 +124,9 @@ class MembershipService:
             await self._state.membership(room_id, user_id) in (None, "invite", "leave")
             and await self._only_remote_members(room_id)
         ):
-            if self.remote is None or not (servers or _server_of(room_id)):
+            if self.remote is None:
                 raise not_found("No known servers for this room")
+            # (With no server given, federation also tries the inviter's.)
             via = list(servers) or [s for s in [_server_of(room_id)] if s]
             return await self.remote.join_remote(user_id, room_id, via, content)
         current = await self._state.membership(room_id, user_id)
@@ -140,7 +141,13 @@ class MembershipService:
 
     async def _only_remote_members(self, room_id: str) -> bool:
         servers = await self._state.projections.room_servers(room_id)
-        return bool(servers) and self._server_name not in servers
+        if self._server_name in servers:
+            return False
+        if servers:
+            return True
+        # Nobody joined: remote unless we hold the room itself (not just an
+        # invite or knock received over federation).
+        return self.remote is not None and await self._state.event(room_id, "m.room.create") is None
 
     async def _check_capacity(self, room_id: str) -> None:
         limits = await self._state.content(room_id, "io.homeserver.room.limits")

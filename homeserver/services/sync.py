@@ -195,12 +195,20 @@ class SyncService:
             changed |= {r for r, _, _ in room_ad if r and r in memberships}
             targets = [r for r in joined_now if r in changed or r in newly_joined]
 
+        targets = [r for r in targets if flt.allows_room(r)]
+        fresh_rooms = {r for r in targets if since is None or r in newly_joined}
+        pre = await self._prefetch(user_id, targets, fresh_rooms, since, upto, flt)
         for r in targets:
-            if not flt.allows_room(r):
-                continue
-            fresh = since is None or r in newly_joined
+            fresh = r in fresh_rooms
             joined_out[r] = await self._joined_entry(
-                r, user_id, device_id, None if fresh else since, upto, full_state or fresh, flt
+                r,
+                user_id,
+                device_id,
+                None if fresh else since,
+                upto,
+                full_state or fresh,
+                flt,
+                pre,
             )
         for r, pos in left_at.items():
             if flt.allows_room(r):
@@ -208,7 +216,7 @@ class SyncService:
 
         account_data = [
             {"type": t, "content": c}
-            for r, t, c in await self._ad.changed(user_id, since or 0, upto)
+            for r, t, c in pre.account_data
             if r == "" and flt.account_data(_Typed(t))
         ]
         return {
@@ -251,6 +259,48 @@ class SyncService:
         evs = [e for e in evs if flt.timeline(e.event)]
         return evs, limited, start
 
+    async def _prefetch(
+        self,
+        user_id: str,
+        rooms: list[str],
+        fresh: set[str],
+        since: int | None,
+        upto: int,
+        flt: SyncFilter,
+    ) -> _Prefetch:
+        """Everything the joined rooms of one response need, in a handful of
+        queries for all rooms together rather than a dozen per room."""
+        lowers = [0 if r in fresh else (since or 0) for r in rooms]
+        timelines = (
+            await self._store.timelines(rooms, lowers, upto, flt.timeline_limit + 1)
+            if rooms
+            else {}
+        )
+        receipts: dict[str, list[dict[str, Any]]] = {}
+        for rc in await self._eph.receipts(rooms, since or 0, upto) if rooms else []:
+            receipts.setdefault(rc["room_id"], []).append(rc)
+        typing = (
+            (set(rooms) if since is None else await self._eph.typing_changed(rooms, since, upto))
+            if rooms
+            else set()
+        )
+        # The state before each timeline: the state after its first event's
+        # predecessor (loaded together).
+        firsts = {
+            r: evs[min(len(evs), flt.timeline_limit) - 1] for r, evs in timelines.items() if evs
+        }
+        prev_ids = [f.event.prev_events[0] for f in firsts.values() if f.event.prev_events]
+        prevs = await self._store.get_events(prev_ids) if prev_ids else {}
+        return _Prefetch(
+            timelines=timelines,
+            prevs=prevs,
+            account_data=await self._ad.changed(user_id, since or 0, upto),
+            receipts=receipts,
+            typing=typing,
+            stats=await self._proj.room_stats_many(rooms) if rooms else {},
+            unread=await self._eph.unread_counts(rooms, user_id) if rooms else {},
+        )
+
     async def _joined_entry(
         self,
         room_id: str,
@@ -260,16 +310,21 @@ class SyncService:
         upto: int,
         full_state: bool,
         flt: SyncFilter,
+        pre: _Prefetch,
     ) -> dict[str, Any]:
-        timeline, limited, start = await self._timeline(
-            room_id, user_id, device_id, since or 0, upto, flt
-        )
+        limit = flt.timeline_limit
+        newest = pre.timelines.get(room_id, [])
+        limited = len(newest) > limit
+        window = list(reversed(newest[:limit]))
+        start = window[0].stream_ordering - 1 if window else upto
+        timeline = await self._vis.filter(user_id, window, now_joined=True)
+        timeline = [e for e in timeline if flt.timeline(e.event)]
         state_ids: Mapping[StateKey, str] = {}
         if full_state:
-            state_ids = await self._state_at_position(room_id, start)
+            state_ids = await self._state_before(room_id, window, start, pre)
         elif limited and since is not None:
             at_since = await self._state_at_position(room_id, since)
-            at_start = await self._state_at_position(room_id, start)
+            at_start = await self._state_before(room_id, window, start, pre)
             state_ids = {k: v for k, v in at_start.items() if at_since.get(k) != v}
         if flt.state.lazy_load_members:
             senders = {e.event.sender for e in timeline} | {user_id}
@@ -278,7 +333,14 @@ class SyncService:
             }
         state_evs = list((await self._store.get_events(state_ids.values())).values())
         state_evs = [e for e in state_evs if flt.state(e.event)]
-        entry: dict[str, Any] = {
+        stats = pre.stats.get(room_id, {})
+        summary: dict[str, Any] = {
+            "m.joined_member_count": stats.get("joined_members", 0),
+            "m.invited_member_count": stats.get("invited_members", 0),
+        }
+        if not stats.get("name") and not stats.get("canonical_alias"):
+            summary["m.heroes"] = await self._proj.heroes(room_id, user_id, 5)
+        return {
             "timeline": {
                 "events": await self._ser.serialize(timeline, viewer=(user_id, device_id)),
                 "limited": limited,
@@ -288,15 +350,28 @@ class SyncService:
             "account_data": {
                 "events": [
                     {"type": t, "content": c}
-                    for r, t, c in await self._ad.changed(user_id, since or 0, upto)
+                    for r, t, c in pre.account_data
                     if r == room_id and flt.room_account_data(_Typed(t))
                 ]
             },
-            "ephemeral": {"events": await self._ephemeral(room_id, user_id, since, upto)},
-            "summary": await self._summary(room_id, user_id),
-            "unread_notifications": await self._unread(room_id, user_id),
+            "ephemeral": {"events": await self._ephemeral(room_id, user_id, since, pre)},
+            "summary": summary,
+            "unread_notifications": {
+                "notification_count": pre.unread.get(room_id, 0),
+                "highlight_count": 0,
+            },
         }
-        return entry
+
+    async def _state_before(
+        self, room_id: str, window: list[StoredEvent], start: int, pre: _Prefetch
+    ) -> Mapping[StateKey, str]:
+        if window and len(window[0].event.prev_events) == 1:
+            prev = pre.prevs.get(window[0].event.prev_events[0])
+            if prev is not None and prev.state_group is not None:
+                return await self._store.state_at_group(prev.state_group)
+        if window and not window[0].event.prev_events:
+            return {}  # the timeline starts at the create event
+        return await self._state_at_position(room_id, start)
 
     async def _left_entry(
         self,
@@ -350,19 +425,15 @@ class SyncService:
         return {"invite_state": {"events": await self._stripped(room_id, user_id)}}
 
     async def _ephemeral(
-        self, room_id: str, user_id: str, since: int | None, upto: int
+        self, room_id: str, user_id: str, since: int | None, pre: _Prefetch
     ) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
-        typing_changed = since is None or room_id in await self._eph.typing_changed(
-            [room_id], since, upto
-        )
-        if typing_changed:
+        if room_id in pre.typing:
             users = await self._eph.typing_users(room_id, now_ms())
             if users or since is not None:
                 out.append({"type": "m.typing", "content": {"user_ids": users}})
-        receipts = await self._eph.receipts([room_id], since or 0, upto)
         content: dict[str, Any] = {}
-        for rc in receipts:
+        for rc in pre.receipts.get(room_id, []):
             if rc["receipt_type"] == "m.read.private" and rc["user_id"] != user_id:
                 continue
             data: dict[str, Any] = {"ts": rc["ts"]}
@@ -375,28 +446,18 @@ class SyncService:
             out.append({"type": "m.receipt", "content": content})
         return out
 
-    async def _summary(self, room_id: str, user_id: str) -> dict[str, Any]:
-        stats = await self._proj.room_stats(room_id) or {}
-        summary: dict[str, Any] = {
-            "m.joined_member_count": stats.get("joined_members", 0),
-            "m.invited_member_count": stats.get("invited_members", 0),
-        }
-        if not stats.get("name") and not stats.get("canonical_alias"):
-            summary["m.heroes"] = await self._proj.heroes(room_id, user_id, 5)
-        return summary
 
-    async def _unread(self, room_id: str, user_id: str) -> dict[str, int]:
-        read = await self._eph.receipt_of(room_id, user_id, "m.read")
-        after = 0
-        if read is not None:
-            after = await self._store.stream_ordering_of(read) or 0
-        else:
-            me = await self._member_event(room_id, user_id)
-            after = me.stream_ordering if me else 0
-        return {
-            "notification_count": await self._eph.unread_count(room_id, user_id, after),
-            "highlight_count": 0,
-        }
+@dataclass
+class _Prefetch:
+    """What one /sync response needs for all its joined rooms."""
+
+    timelines: dict[str, list[StoredEvent]]
+    prevs: dict[str, StoredEvent]
+    account_data: list[tuple[str, str, dict[str, Any]]]
+    receipts: dict[str, list[dict[str, Any]]]
+    typing: set[str]
+    stats: dict[str, dict[str, Any]]
+    unread: dict[str, int]
 
 
 @dataclass(frozen=True)

@@ -34,12 +34,14 @@ class Visibility:
         self._store = store
         self._proj = projections
 
-    async def filter(self, user_id: str, events: Sequence[StoredEvent]) -> list[StoredEvent]:
+    async def filter(
+        self, user_id: str, events: Sequence[StoredEvent], now_joined: bool | None = None
+    ) -> list[StoredEvent]:
         if not events:
             return []
-        room_id = events[0].event.room_id
-        current = await self._proj.membership(room_id, user_id)
-        now_joined = current is not None and current[0] == "join"
+        if now_joined is None:
+            current = await self._proj.membership(events[0].event.room_id, user_id)
+            now_joined = current is not None and current[0] == "join"
         out = []
         for se in events:
             if await self._visible(se, user_id, now_joined):

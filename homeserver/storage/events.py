@@ -375,6 +375,29 @@ class EventStore:
         )
         return [self._cached(row) for row in rows]
 
+    async def timelines(
+        self, room_ids: Sequence[str], lowers: Sequence[int], upto: int, limit: int
+    ) -> dict[str, list[StoredEvent]]:
+        """For each room, its newest accepted events in (lower, upto], at most
+        ``limit``, newest first — one query for all rooms (/sync)."""
+        rows = await self._db.fetch(
+            f"SELECT {_EVENT_COLS} FROM unnest($1::text[], $2::bigint[]) AS q(room_id, lower) "
+            "CROSS JOIN LATERAL (SELECT * FROM events x WHERE x.room_id = q.room_id "
+            "  AND x.stream_ordering > q.lower AND x.stream_ordering <= $3 AND NOT x.outlier "
+            "  AND NOT x.soft_failed AND x.rejected_reason IS NULL "
+            "  ORDER BY x.stream_ordering DESC LIMIT $4) e JOIN rooms r ON r.room_id = e.room_id "
+            "ORDER BY e.room_id, e.stream_ordering DESC",
+            list(room_ids),
+            list(lowers),
+            upto,
+            limit,
+        )
+        out: dict[str, list[StoredEvent]] = {r: [] for r in room_ids}
+        for row in rows:
+            se = self._cached(row)
+            out[se.event.room_id].append(se)
+        return out
+
     def _cached(self, row: asyncpg.Record) -> StoredEvent:
         hit = self._events.get_(row["event_id"])
         if hit is None:

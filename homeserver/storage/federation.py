@@ -103,8 +103,7 @@ class FederationStore:
 
     async def key_response(self, server_name: str) -> tuple[dict[str, Any], int] | None:
         row = await self._db.fetchrow(
-            "SELECT response, valid_until_ts FROM federation_key_responses "
-            "WHERE server_name = $1",
+            "SELECT response, valid_until_ts FROM federation_key_responses WHERE server_name = $1",
             server_name,
         )
         return (json.loads(row["response"]), row["valid_until_ts"]) if row else None
@@ -261,7 +260,9 @@ class FederationStore:
 
     async def joined_servers(self, conn: asyncpg.Connection | None, room_id: str) -> set[str]:
         sql = "SELECT user_id FROM room_members WHERE room_id = $1 AND membership = 'join'"
-        rows = await (conn.fetch(sql, room_id) if conn is not None else self._db.fetch(sql, room_id))
+        rows = await (
+            conn.fetch(sql, room_id) if conn is not None else self._db.fetch(sql, room_id)
+        )
         return {r["user_id"].split(":", 1)[1] for r in rows}
 
     async def children(self, event_ids: Sequence[str]) -> dict[str, list[str]]:
@@ -316,6 +317,35 @@ class FederationStore:
             limit,
         )
         return [r["event_id"] for r in rows]
+
+    async def has_local_member(
+        self, room_id: str, server_name: str, memberships: Sequence[str]
+    ) -> bool:
+        return bool(
+            await self._db.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM room_members WHERE room_id = $1 "
+                "AND membership = ANY($3::text[]) AND user_id LIKE '%:' || $2)",
+                room_id,
+                server_name,
+                list(memberships),
+            )
+        )
+
+    async def record_state_before(
+        self, conn: asyncpg.Connection, event_id: str, group: int
+    ) -> None:
+        await conn.execute(
+            "INSERT INTO federation_state_before (event_id, state_group) VALUES ($1,$2) "
+            "ON CONFLICT DO NOTHING",
+            event_id,
+            group,
+        )
+
+    async def state_before_group(self, event_id: str) -> int | None:
+        v = await self._db.fetchval(
+            "SELECT state_group FROM federation_state_before WHERE event_id = $1", event_id
+        )
+        return int(v) if v is not None else None
 
     async def min_depth(self, room_id: str) -> int:
         v = await self._db.fetchval(

@@ -407,3 +407,9 @@ class Projections:
             room_id,
         )
         return [r["event_id"] for r in rows]
+
+    async def room_stats_many(self, room_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        rows = await self._db.fetch(
+            "SELECT * FROM room_stats WHERE room_id = ANY($1::text[])", list(room_ids)
+        )
+        return {r["room_id"]: dict(r) for r in rows}

@@ -139,9 +139,7 @@ class Keyring:
             if not is_old:
                 until = valid_until
             stored.append(StoredKey(server, key_id, b64, until, is_old))
-        signed_by_server = {
-            k: v for k, v in resp.get("signatures", {}).items() if k == server
-        }
+        signed_by_server = {k: v for k, v in resp.get("signatures", {}).items() if k == server}
         original = dict(resp) | {"signatures": signed_by_server}
         await self._store.store_server_keys(server, stored, original, valid_until, now)
         self._mem.pop(server, None)

@@ -1,0 +1,593 @@
+"""Receiving PDUs from other servers: the receipt checks, in the spec's order.
+
+Server-Server API, "Checks performed on receipt of a PDU":
+
+1. A valid event of its room version (``Event.from_pdu``), else dropped.
+2. Signatures of the sender's server (and of the authorising server for a
+   restricted join) verify, else dropped.
+3. The content hash matches, else the event is redacted and processed in
+   its redacted form (and stored so).
+4. It passes the authorization rules against its own auth events (fetched
+   with ``/event_auth`` or ``/event`` when missing, stored as outliers after
+   the same checks), else rejected.
+5. It passes them against the state before it, else rejected. That state is
+   the state after its prev events: missing prev events are first fetched
+   with ``/get_missing_events`` (and processed like any PDU, oldest first);
+   for a gap that cannot be closed the state at the unknown prev event comes
+   from ``/state_ids`` (the events we lack from ``/state`` or ``/event``),
+   and several branches are merged by state resolution.
+6. It passes them against the room's current state, else soft-failed
+   (stored, not shown, not a forward extremity).
+
+Each surviving event is written through ``Persister.commit`` under the
+room's lock, with the current-state delta and the extremity change. A bad
+PDU is answered with an error for that PDU only.
+
+Depends on: EventStore, Projections, Persister, Keyring, FederationClient.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from homeserver.core.auth import AuthError, check_auth, check_auth_events_selection
+from homeserver.core.canonical import check_content_hash, redact
+from homeserver.core.events import Event, InvalidEvent, StateKey, auth_types_for_event
+from homeserver.core.room_versions import RoomVersion, UnsupportedRoomVersion, get_room_version
+from homeserver.core.signing import SignatureError
+from homeserver.services.federation.client import FederationClient, FederationError, encode_path
+from homeserver.services.federation.keyring import Keyring
+from homeserver.services.persister import Pending, Persister, RoomChange
+from homeserver.storage.database import Database
+from homeserver.storage.events import EventStore, StoredEvent
+from homeserver.storage.federation import FederationStore
+from homeserver.storage.projections import Projections
+
+log = logging.getLogger(__name__)
+
+MISSING_EVENTS_LIMIT = 20
+FETCH_CONCURRENCY = 10
+FULL_STATE_THRESHOLD = 25  # fetch /state rather than single events past this
+
+
+class Dropped(Exception):
+    """A PDU that fails the format or signature checks: not stored."""
+
+
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """A PDU past checks 1-3."""
+
+    event: Event
+    redacted: Mapping[str, Any] | None  # set when the hash check failed
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    event_id: str
+    rejected: str | None = None
+    soft_failed: bool = False
+    already_known: bool = False
+
+
+def create_event_id(rv: RoomVersion, room_id: str) -> str | None:
+    """v12: the create event's id is the room id's hash."""
+    return "$" + room_id[1:] if rv.room_id_is_create_event_hash else None
+
+
+def state_after(before: Mapping[StateKey, str], ev: Event) -> dict[StateKey, str]:
+    out = dict(before)
+    if ev.is_state:
+        out[ev.state_tuple] = ev.event_id
+    return out
+
+
+class Ingest:
+    def __init__(
+        self,
+        db: Database,
+        store: EventStore,
+        projections: Projections,
+        persister: Persister,
+        keyring: Keyring,
+        client: FederationClient,
+        fstore: FederationStore,
+        server_name: str,
+    ) -> None:
+        self._db = db
+        self._store = store
+        self._proj = projections
+        self._persister = persister
+        self._keyring = keyring
+        self._client = client
+        self._fstore = fstore
+        self._server_name = server_name
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._origin_locks: dict[str, asyncio.Lock] = {}
+
+    @property
+    def store(self) -> EventStore:
+        return self._store
+
+    def room_lock(self, room_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(room_id, asyncio.Lock())
+
+    def origin_lock(self, origin: str) -> asyncio.Lock:
+        return self._origin_locks.setdefault(origin, asyncio.Lock())
+
+    # ------------------------------------------------------------ 1-3
+    async def check_pdu(self, pdu: Any, rv: RoomVersion) -> Checked:
+        """Format, signatures, content hash."""
+        if not isinstance(pdu, Mapping):
+            raise Dropped("PDU is not an object")
+        try:
+            ev = Event.from_pdu(pdu, rv)  # type: ignore[attr-defined]
+        except (InvalidEvent, ValueError) as e:
+            raise Dropped(f"invalid event: {e}") from e
+        try:
+            await self._keyring.verify_event(pdu, rv)
+        except SignatureError as e:
+            raise Dropped(f"signature check failed: {e}") from e
+        if check_content_hash(pdu):
+            return Checked(ev, None)
+        red = redact(pdu, rv)
+        log.info("content hash of %s does not match: using the redacted event", ev.event_id)
+        return Checked(Event.from_pdu(red, rv, event_id=ev.event_id), red)  # type: ignore[attr-defined]
+
+    async def room_version_of(self, room_id: Any) -> RoomVersion | None:
+        if not isinstance(room_id, str):
+            return None
+        return await self._store.room_version(room_id)
+
+    # --------------------------------------------------------- /send entry
+    async def receive_pdu(self, origin: str, pdu: Any) -> tuple[str | None, str | None]:
+        """Handle one PDU of a transaction: (its event id, an error text or None)."""
+        if not isinstance(pdu, Mapping):
+            return None, "PDU is not an object"
+        room_id = pdu.get("room_id")
+        rv = await self.room_version_of(room_id)
+        eid = _event_id_or_none(pdu, rv)
+        if rv is None or not await self._fstore.has_local_member(
+            str(room_id), self._server_name, ("join",)
+        ):
+            return eid, f"this server is not in room {room_id}"
+        try:
+            checked = await self.check_pdu(pdu, rv)
+        except Dropped as e:
+            log.info("dropped PDU %s from %s: %s", eid, origin, e)
+            return eid, str(e)
+        async with self.room_lock(checked.event.room_id):
+            try:
+                out = await self.process(origin, checked, fetch_missing=True)
+            except FederationError as e:
+                log.info("could not process %s from %s: %s", eid, origin, e)
+                return eid, f"could not fetch what the event needs: {e}"
+        if out.rejected:
+            log.info("rejected %s from %s: %s", out.event_id, origin, out.rejected)
+        elif out.soft_failed:
+            log.info("soft-failed %s from %s", out.event_id, origin)
+        return eid, None
+
+    # ------------------------------------------------------------- 4-6
+    async def process(
+        self,
+        origin: str,
+        checked: Checked,
+        *,
+        fetch_missing: bool,
+        backfilled: bool = False,
+    ) -> Outcome:
+        """Checks 4-6 and the commit; caller holds ``room_lock``."""
+        ev = checked.event
+        have = await self._store.get_event(ev.event_id)
+        if have is not None:
+            # Known (an event held only as an outlier stays one).
+            return Outcome(ev.event_id, have.rejected_reason, have.soft_failed, True)
+        rv = ev.room_version
+        # 4. Against its auth events.
+        rejected: str | None = None
+        known = await self.ensure_auth_events(origin, ev)
+        try:
+            check_auth(ev, self.auth_map_from_auth_events(ev, known))
+        except (AuthError, LookupError) as e:
+            rejected = f"auth events: {e}"
+        # 5. Against the state before it.
+        if fetch_missing:
+            await self._fetch_missing_prevs(origin, ev)
+        before, group = await self.state_before(origin, ev)
+        if rejected is None:
+            try:
+                check_auth(ev, await self.auth_map_from_state(ev, before))
+            except (AuthError, LookupError) as e:
+                rejected = f"state before: {e}"
+        return await self._commit(checked, before, group, rejected, rv, backfilled=backfilled)
+
+    def auth_map_from_auth_events(
+        self, ev: Event, known: Mapping[str, StoredEvent]
+    ) -> dict[StateKey, Event]:
+        rv = ev.room_version
+        cited: list[Event] = []
+        for aid in ev.auth_events:
+            se = known.get(aid)
+            if se is None:
+                raise LookupError(f"missing auth event {aid}")
+            if se.rejected_reason is not None:
+                raise AuthError(f"auth event {aid} was rejected")
+            if se.event.room_id != ev.room_id:
+                raise AuthError(f"auth event {aid} is in another room")
+            cited.append(se.event)
+        if ev.type == "m.room.create":
+            return {}
+        allowed = auth_types_for_event(rv, ev.type, ev.state_key, ev.sender, ev.content)
+        check_auth_events_selection(ev, cited, allowed)
+        out = {a.state_tuple: a for a in cited}
+        cid = create_event_id(rv, ev.room_id)
+        if cid is not None:
+            create = known.get(cid)
+            if create is None:
+                raise LookupError("missing the room's create event")
+            out[("m.room.create", "")] = create.event
+        return out
+
+    async def auth_map_from_state(
+        self, ev: Event, state: Mapping[StateKey, str]
+    ) -> dict[StateKey, Event]:
+        keys = [
+            *auth_types_for_event(ev.room_version, ev.type, ev.state_key, ev.sender, ev.content),
+            ("m.room.create", ""),
+        ]
+        ids = {k: state[k] for k in keys if k in state}
+        evs = await self._store.get_event_objs(ids.values())
+        return {k: evs[v] for k, v in ids.items() if v in evs}
+
+    # ------------------------------------------------------- auth events
+    async def ensure_auth_events(self, origin: str, ev: Event) -> dict[str, StoredEvent]:
+        needed = set(ev.auth_events)
+        cid = create_event_id(ev.room_version, ev.room_id)
+        if cid is not None and ev.type != "m.room.create":
+            needed.add(cid)
+        known = await self._store.get_events(needed)
+        missing = needed - known.keys()
+        if not missing:
+            return known
+        try:
+            resp = await self._client.get_json(
+                origin,
+                encode_path("/_matrix/federation/v1/event_auth/{}/{}", ev.room_id, ev.event_id),
+            )
+            chain = resp.get("auth_chain") if isinstance(resp, dict) else None
+            if isinstance(chain, list):
+                await self.persist_outliers(origin, ev.room_id, ev.room_version, chain)
+        except FederationError as e:
+            log.info("event_auth for %s from %s failed: %s", ev.event_id, origin, e)
+        known = await self._store.get_events(needed)
+        missing = needed - known.keys()
+        if missing:
+            await self.fetch_events(origin, ev.room_id, ev.room_version, missing)
+            known = await self._store.get_events(needed)
+        return known
+
+    async def fetch_events(
+        self, origin: str, room_id: str, rv: RoomVersion, event_ids: Iterable[str]
+    ) -> None:
+        """GET /event/{id} for each and store them as outliers."""
+        sem = asyncio.Semaphore(FETCH_CONCURRENCY)
+        got: list[Any] = []
+
+        async def one(eid: str) -> None:
+            async with sem:
+                try:
+                    resp = await self._client.get_json(
+                        origin, encode_path("/_matrix/federation/v1/event/{}", eid)
+                    )
+                except FederationError as e:
+                    log.info("fetching %s from %s failed: %s", eid, origin, e)
+                    return
+                for p in resp.get("pdus", []) if isinstance(resp, dict) else []:
+                    got.append(p)
+
+        await asyncio.gather(*(one(e) for e in event_ids))
+        if got:
+            await self.persist_outliers(origin, room_id, rv, got)
+
+    async def persist_outliers(
+        self, origin: str, room_id: str, rv: RoomVersion, pdus: Sequence[Any]
+    ) -> dict[str, Event]:
+        """Check and store events as outliers (state and auth chains):
+        format, signatures, hash, and auth against their own auth events.
+        Events whose auth events cannot be found are not stored."""
+        checked: dict[str, Checked] = {}
+        for pdu in pdus:
+            try:
+                c = await self.check_pdu(pdu, rv)
+            except Dropped as e:
+                log.info("dropped outlier from %s: %s", origin, e)
+                continue
+            if c.event.room_id != room_id:
+                continue
+            checked.setdefault(c.event.event_id, c)
+        existing = await self._store.get_events(checked)
+        todo = {k: v for k, v in checked.items() if k not in existing}
+        out: dict[str, Event] = {k: v.event for k, v in checked.items() if k in existing}
+        if not todo:
+            return out
+        # Topological order over auth edges within the batch.
+        order: list[str] = []
+        state: dict[str, int] = {}
+
+        def visit(eid: str) -> None:
+            stack = [(eid, iter(todo[eid].event.auth_events))]
+            state[eid] = 1
+            while stack:
+                node, it = stack[-1]
+                nxt = next(it, None)
+                if nxt is None:
+                    stack.pop()
+                    state[node] = 2
+                    order.append(node)
+                elif nxt in todo and nxt not in state:
+                    state[nxt] = 1
+                    stack.append((nxt, iter(todo[nxt].event.auth_events)))
+
+        for eid in sorted(todo, key=lambda e: todo[e].event.depth):
+            if eid not in state:
+                visit(eid)
+        needed = {a for c in todo.values() for a in c.event.auth_events} - todo.keys()
+        cid = create_event_id(rv, room_id)
+        if cid is not None:
+            needed.add(cid)
+        known: dict[str, StoredEvent] = dict(await self._store.get_events(needed - todo.keys()))
+        entries: list[Pending] = []
+        for eid in order:
+            c = todo[eid]
+            ev = c.event
+            try:
+                amap = self.auth_map_from_auth_events(ev, known)
+            except LookupError as e:
+                log.info("outlier %s lacks auth events (%s): not stored", eid, e)
+                continue
+            except AuthError as e:
+                amap = None
+                reason: str | None = f"auth events: {e}"
+            if amap is not None:
+                try:
+                    check_auth(ev, amap)
+                    reason = None
+                except AuthError as e:
+                    reason = f"auth events: {e}"
+            known[eid] = StoredEvent(ev, 0, reason, False, True, None)
+            entries.append(
+                Pending(
+                    event=ev,
+                    state_before=None,
+                    outlier=True,
+                    rejected_reason=reason,
+                    redacted_pdu=c.redacted,
+                )
+            )
+            out[eid] = ev
+        if entries:
+            async with self._db.pool.acquire() as conn:
+                await self._persister.commit(conn, room_id, entries, RoomChange({}, [], []))
+        return out
+
+    # ---------------------------------------------------------- prev events
+    async def _fetch_missing_prevs(self, origin: str, ev: Event) -> None:
+        prevs = await self._store.get_events(ev.prev_events)
+        missing = [p for p in ev.prev_events if p not in prevs]
+        if not missing:
+            return
+        earliest = await self._store.forward_extremities(ev.room_id)
+        try:
+            resp = await self._client.post_json(
+                origin,
+                encode_path("/_matrix/federation/v1/get_missing_events/{}", ev.room_id),
+                {
+                    "earliest_events": earliest,
+                    "latest_events": [ev.event_id],
+                    "limit": MISSING_EVENTS_LIMIT,
+                    "min_depth": 0,
+                },
+            )
+        except FederationError as e:
+            log.info("get_missing_events from %s failed: %s", origin, e)
+            return
+        events = resp.get("events") if isinstance(resp, dict) else None
+        if not isinstance(events, list):
+            return
+        checked: list[Checked] = []
+        for pdu in events:
+            try:
+                c = await self.check_pdu(pdu, ev.room_version)
+            except Dropped as e:
+                log.info("dropped missing event from %s: %s", origin, e)
+                continue
+            if c.event.room_id == ev.room_id:
+                checked.append(c)
+        for c in sorted(checked, key=lambda c: (c.event.depth, c.event.origin_server_ts)):
+            try:
+                await self.process(origin, c, fetch_missing=False)
+            except FederationError as e:
+                log.info("processing missing event %s failed: %s", c.event.event_id, e)
+
+    async def state_before(self, origin: str, ev: Event) -> tuple[dict[StateKey, str], int | None]:
+        """The state before ``ev``: after its prev events, merged."""
+        if not ev.prev_events:
+            return {}, None
+        prevs = await self._store.get_events(ev.prev_events)
+        states: list[dict[StateKey, str]] = []
+        groups: list[int | None] = []
+        for p in dict.fromkeys(ev.prev_events):
+            se = prevs.get(p)
+            if se is not None and not se.outlier:
+                states.append(dict(await self._store.state_at_group(se.state_group)))
+                groups.append(se.state_group)
+            else:
+                states.append(await self.remote_state_after(origin, ev.room_id, ev.room_version, p))
+                groups.append(None)
+        if all(s == states[0] for s in states[1:]):
+            group = next((g for g in groups if g is not None), None)
+            return states[0], group
+        return await self.resolve(ev.room_version, states), None
+
+    async def remote_state_after(
+        self, origin: str, room_id: str, rv: RoomVersion, event_id: str
+    ) -> dict[StateKey, str]:
+        """The state after an event we lack (or hold only as an outlier), as
+        ``origin`` sees it: /state_ids at it, plus the event itself."""
+        resp = await self._client.get_json(
+            origin,
+            encode_path("/_matrix/federation/v1/state_ids/{}", room_id),
+            {"event_id": event_id},
+        )
+        pdu_ids = [i for i in resp.get("pdu_ids", []) if isinstance(i, str)]
+        chain_ids = [i for i in resp.get("auth_chain_ids", []) if isinstance(i, str)]
+        wanted = set(pdu_ids) | set(chain_ids) | {event_id}
+        missing = wanted - await self._store.have_events(wanted)
+        if len(missing) > FULL_STATE_THRESHOLD:
+            full = await self._client.get_json(
+                origin,
+                encode_path("/_matrix/federation/v1/state/{}", room_id),
+                {"event_id": event_id},
+            )
+            pdus = list(full.get("auth_chain", [])) + list(full.get("pdus", []))
+            await self.persist_outliers(origin, room_id, rv, pdus)
+            missing = wanted - await self._store.have_events(wanted)
+        if missing:
+            await self.fetch_events(origin, room_id, rv, missing)
+        evs = await self._store.get_events([*pdu_ids, event_id])
+        state: dict[StateKey, str] = {}
+        for i in pdu_ids:
+            se = evs.get(i)
+            if se is not None and se.event.is_state and se.rejected_reason is None:
+                state[se.event.state_tuple] = i
+        me = evs.get(event_id)
+        if me is not None and me.event.is_state and me.rejected_reason is None:
+            state[me.event.state_tuple] = event_id
+        return state
+
+    async def resolve(
+        self, rv: RoomVersion, states: Sequence[Mapping[StateKey, str]]
+    ) -> dict[StateKey, str]:
+        """State resolution over several states of the room."""
+        chains: list[set[str]] = []
+        for s in states:
+            ids = set(s.values())
+            chains.append(await self._store.auth_chain_ids(ids) | ids)
+        needed = set().union(*chains)
+        events = await self._store.get_event_objs(needed)
+        from homeserver.core.state_res import resolve_state
+
+        return dict(resolve_state(rv, list(states), events, chains))
+
+    # ---------------------------------------------------------------- commit
+    async def _commit(
+        self,
+        checked: Checked,
+        before: dict[StateKey, str],
+        group: int | None,
+        rejected: str | None,
+        rv: RoomVersion,
+        *,
+        backfilled: bool = False,
+    ) -> Outcome:
+        ev = checked.event
+        room_id = ev.room_id
+        async with self._db.pool.acquire() as conn:
+            await self._persister.lock_room(conn, room_id)
+            try:
+                if await self._store.have_events([ev.event_id]):
+                    return Outcome(ev.event_id, already_known=True)
+                soft = False
+                change = RoomChange({}, [], [])
+                if rejected is None and not backfilled:
+                    soft, change = await self._current_state_change(ev, before)
+                if group is None:
+                    group = await self.snapshot_state_before(conn, ev, before)
+                entry = Pending(
+                    event=ev,
+                    state_before=before,
+                    before_group=group,
+                    rejected_reason=rejected,
+                    soft_failed=soft,
+                    redacted_pdu=checked.redacted,
+                )
+                await self._persister.commit(
+                    conn,
+                    room_id,
+                    [entry],
+                    change,
+                    **({"backfill": True} if backfilled else {}),
+                )
+            finally:
+                await self._persister.unlock_room(conn, room_id)
+        return Outcome(ev.event_id, rejected, soft)
+
+    async def snapshot_state_before(
+        self, conn: Any, ev: Event, before: Mapping[StateKey, str]
+    ) -> int:
+        """A state group for a state before that is not the state after one
+        local event, remembered for /state_ids at ``ev``."""
+        group = await self._store.create_state_group(conn, ev.room_id, None, {}, before)
+        await self._fstore.record_state_before(conn, ev.event_id, group)
+        return group
+
+    async def _current_state_change(
+        self, ev: Event, before: Mapping[StateKey, str]
+    ) -> tuple[bool, RoomChange]:
+        """6. The soft-fail check, and how the room's current view moves."""
+        room_id = ev.room_id
+        ext = await self._store.forward_extremities(room_id)
+        prev = set(ev.prev_events)
+        if len(ext) == 1 and ext[0] in prev:
+            # The room's head is the (only) parent: current state is the
+            # state after it, which is ``before`` when that was its only prev.
+            head = await self._store.get_event(ext[0])
+            if head is not None and len(prev) == 1:
+                delta = {ev.state_tuple: ev} if ev.is_state else {}
+                return False, RoomChange(delta, ext, [ev.event_id])
+        current = await self._proj.current_state_ids(room_id)
+        try:
+            check_auth(ev, await self.auth_map_from_state(ev, current))
+        except (AuthError, LookupError) as e:
+            log.info("soft-failing %s: %s", ev.event_id, e)
+            return True, RoomChange({}, [], [])
+        removed = [e for e in ext if e in prev]
+        remaining = [e for e in ext if e not in prev]
+        after = state_after(before, ev)
+        new_state = (
+            after if not remaining else await self.resolve(ev.room_version, [current, after])
+        )
+        delta = await self.state_delta(current, new_state)
+        return False, RoomChange(delta, removed, [ev.event_id])
+
+    async def state_delta(
+        self, old: Mapping[StateKey, str], new: Mapping[StateKey, str]
+    ) -> dict[StateKey, Event | None]:
+        changed = {k: v for k, v in new.items() if old.get(k) != v}
+        evs = await self._store.get_event_objs(changed.values())
+        delta: dict[StateKey, Event | None] = {k: evs[v] for k, v in changed.items() if v in evs}
+        for k in old:
+            if k not in new:
+                delta[k] = None
+        return delta
+
+
+def _event_id_or_none(pdu: Mapping[str, Any], rv: RoomVersion | None) -> str | None:
+    from homeserver.core.canonical import compute_event_id
+
+    try:
+        return compute_event_id(pdu, rv or get_room_version("12"))
+    except Exception:
+        return None
+
+
+def parse_room_version(value: Any) -> RoomVersion | None:
+    try:
+        return get_room_version(value)
+    except UnsupportedRoomVersion:
+        return None

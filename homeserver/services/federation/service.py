@@ -1,0 +1,84 @@
+"""The federation object graph, built once by app.py.
+
+Owns: FederationClient (outgoing requests), Keyring (remote keys, request
+authentication), FederationSender (outbound queue), Ingest (receipt checks),
+FederationServer (served reads), RemoteRooms (our users in remote rooms),
+Resident (other servers' users in our rooms), Edus.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from homeserver.config import Config
+from homeserver.services.federation.client import FederationClient
+from homeserver.services.federation.edus import Edus
+from homeserver.services.federation.ingest import Ingest
+from homeserver.services.federation.joins import RemoteRooms
+from homeserver.services.federation.keyring import Keyring
+from homeserver.services.federation.resident import Resident
+from homeserver.services.federation.sender import FederationSender
+from homeserver.services.federation.served import FederationServer
+from homeserver.services.persister import Persister
+from homeserver.services.server_keys import ServerKeys
+from homeserver.storage.database import Database
+from homeserver.storage.ephemeral import EphemeralStore
+from homeserver.storage.events import EventStore
+from homeserver.storage.federation import FederationStore
+from homeserver.storage.projections import Projections
+
+
+@dataclass
+class Federation:
+    server_name: str
+    store: FederationStore
+    client: FederationClient
+    keyring: Keyring
+    sender: FederationSender
+    ingest: Ingest
+    served: FederationServer
+    remote: RemoteRooms
+    resident: Resident
+    edus: Edus
+
+    async def start(self) -> None:
+        await self.sender.start()
+
+    async def stop(self) -> None:
+        await self.sender.stop()
+        await self.client.close()
+
+
+def build_federation(
+    config: Config,
+    db: Database,
+    keys: ServerKeys,
+    events: EventStore,
+    projections: Projections,
+    persister: Persister,
+    ephemeral: EphemeralStore,
+    directory: Any,
+    profiles: Any,
+) -> Federation:
+    name = keys.server_name
+    store = FederationStore(db)
+    client = FederationClient(
+        name, keys.signing_key, verify_certificates=config.federation.verify_certificates
+    )
+    keyring = Keyring(store, client, keys)
+    sender = FederationSender(store, events, client, name)
+    persister.in_transaction.append(sender.on_commit_in_transaction)
+    persister.on_committed.append(sender.on_committed)
+    ingest = Ingest(db, events, projections, persister, keyring, client, store, name)
+    served = FederationServer(events, projections, store, ingest, name, directory, profiles)
+    remote = RemoteRooms(
+        db, events, projections, ingest, client, keyring, keys, ephemeral, sender
+    )
+    resident = Resident(
+        events, projections, store, ingest, served, remote, sender, keys, ephemeral, profiles
+    )
+    edus = Edus(ephemeral, projections, store, sender, name)
+    return Federation(
+        name, store, client, keyring, sender, ingest, served, remote, resident, edus
+    )
