@@ -41,8 +41,8 @@ from homeserver.services.accounts import AccountService
 from homeserver.services.direct_messages import DirectMessageService
 from homeserver.services.directory import DirectoryService
 from homeserver.services.ephemeral import EphemeralService
-from homeserver.services.federation.service import build_federation
 from homeserver.services.event_creator import EventCreator
+from homeserver.services.federation.service import build_federation
 from homeserver.services.membership import MembershipService
 from homeserver.services.messages import MessageService
 from homeserver.services.notifier import Notifier

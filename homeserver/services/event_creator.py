@@ -86,6 +86,7 @@ class EventCreator:
         self._persister = persister
         self._keys = keys
         self._queues: dict[str, list[_Request]] = {}
+        self._last_create_ts = 0
         self._writers: dict[str, asyncio.Task[None]] = {}
 
     @property
@@ -102,30 +103,46 @@ class EventCreator:
         return await fut
 
     async def create_room(self, rv: RoomVersion, drafts: list[Draft]) -> tuple[str, list[Event]]:
-        """Write a new room: ``drafts[0]`` is its m.room.create."""
-        room_id = None
-        if not rv.room_id_is_create_event_hash:
-            room_id = f"!{secrets.token_urlsafe(18)}:{self._keys.server_name}"
-        ctx = _Context(rv, {}, None, [], 0)
-        entries, events = await self._build_request(ctx, room_id, drafts)
-        room_id = events[0].room_id
-        async with self._db.pool.acquire() as conn:
-            await self._persister.lock_room(conn, room_id)
-            try:
-                await self._persister.commit(
-                    conn,
-                    room_id,
-                    entries,
-                    RoomChange(
-                        state_delta=self._state_delta({}, ctx),
-                        extremities_removed=[],
-                        extremities_added=ctx.extremities,
-                        new_room=(rv.identifier, drafts[0].sender, events[0].origin_server_ts),
-                    ),
-                )
-            finally:
-                await self._persister.unlock_room(conn, room_id)
-        return room_id, events
+        """Write a new room: ``drafts[0]`` is its m.room.create.
+
+        In room v12 the room id is the create event's hash, so two identical
+        create events (same creator, content and millisecond) would name the
+        same room: create timestamps are kept strictly increasing in this
+        process, and a collision with another process is retried."""
+        for attempt in range(5):
+            room_id = None
+            if not rv.room_id_is_create_event_hash:
+                room_id = f"!{secrets.token_urlsafe(18)}:{self._keys.server_name}"
+            ctx = _Context(rv, {}, None, [], 0)
+            self._last_create_ts = max(now_ms(), self._last_create_ts + 1)
+            entries, events = await self._build_request(
+                ctx, room_id, drafts, create_ts=self._last_create_ts
+            )
+            room_id = events[0].room_id
+            async with self._db.pool.acquire() as conn:
+                await self._persister.lock_room(conn, room_id)
+                try:
+                    if await self._store.room_version(room_id, conn) is not None:
+                        continue  # another process made the very same create event
+                    await self._persister.commit(
+                        conn,
+                        room_id,
+                        entries,
+                        RoomChange(
+                            state_delta=self._state_delta({}, ctx),
+                            extremities_removed=[],
+                            extremities_added=ctx.extremities,
+                            new_room=(rv.identifier, drafts[0].sender, events[0].origin_server_ts),
+                        ),
+                    )
+                except asyncpg.UniqueViolationError:
+                    if attempt == 4:
+                        raise
+                    continue
+                finally:
+                    await self._persister.unlock_room(conn, room_id)
+            return room_id, events
+        raise RuntimeError("could not allocate a room id")
 
     async def send_with_countersign(
         self,
@@ -277,7 +294,13 @@ class EventCreator:
         )
 
     async def _build_request(
-        self, ctx: _Context, room_id: str | None, drafts: list[Draft], *, chained: bool = False
+        self,
+        ctx: _Context,
+        room_id: str | None,
+        drafts: list[Draft],
+        *,
+        chained: bool = False,
+        create_ts: int | None = None,
     ) -> tuple[list[Pending], list[Event]]:
         """Build and authorise each draft on top of ``ctx``, advancing it."""
         entries: list[Pending] = []
@@ -304,7 +327,7 @@ class EventCreator:
                 prev_events=list(ctx.extremities),
                 auth_events=auth_ids,
                 depth=min(ctx.depth + 1, MAX_DEPTH),
-                origin_server_ts=now_ms(),
+                origin_server_ts=create_ts if create_ts and d.type == "m.room.create" else now_ms(),
                 server_name=self._keys.server_name,
                 signing_key=self._keys.signing_key,
                 redacts=d.redacts,

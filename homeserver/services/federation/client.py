@@ -170,37 +170,44 @@ def _parse_srv(msg: bytes, qid: int) -> list[SrvRecord]:
     return out
 
 
+class _DnsProtocol(asyncio.DatagramProtocol):
+    def __init__(self, fut: asyncio.Future[bytes]) -> None:
+        self.fut = fut
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        if not self.fut.done():
+            self.fut.set_result(data)
+
+    def error_received(self, exc: Exception) -> None:
+        if not self.fut.done():
+            self.fut.set_exception(exc)
+
+
+async def _query_srv(ns: str, name: str, timeout: float) -> list[SrvRecord]:
+    loop = asyncio.get_running_loop()
+    qid, packet = _dns_query(name, 33)
+    fut: asyncio.Future[bytes] = loop.create_future()
+    transport, _ = await loop.create_datagram_endpoint(
+        lambda: _DnsProtocol(fut),
+        remote_addr=(ns, 53),
+        family=socket.AF_INET6 if ":" in ns else 0,
+    )
+    try:
+        transport.sendto(packet)
+        data = await asyncio.wait_for(fut, timeout)
+    finally:
+        transport.close()
+    return sorted(_parse_srv(data, qid), key=lambda r: (r[0], -r[1]))
+
+
 async def lookup_srv(name: str, timeout: float = 3.0) -> list[SrvRecord]:
     """SRV records for ``name`` via the system's nameservers (UDP); [] when
     there are none or DNS cannot be reached."""
-    loop = asyncio.get_running_loop()
     for ns in _nameservers()[:2]:
-        qid, packet = _dns_query(name, 33)
-        fut: asyncio.Future[bytes] = loop.create_future()
-
-        class _Proto(asyncio.DatagramProtocol):
-            def datagram_received(self, data: bytes, addr: Any) -> None:
-                if not fut.done():
-                    fut.set_result(data)
-
-            def error_received(self, exc: Exception) -> None:
-                if not fut.done():
-                    fut.set_exception(exc)
-
-        transport = None
         try:
-            transport, _ = await loop.create_datagram_endpoint(
-                _Proto, remote_addr=(ns, 53), family=socket.AF_INET6 if ":" in ns else 0
-            )
-            transport.sendto(packet)
-            data = await asyncio.wait_for(fut, timeout)
-            records = _parse_srv(data, qid)
-            return sorted(records, key=lambda r: (r[0], -r[1]))
+            return await _query_srv(ns, name, timeout)
         except (OSError, TimeoutError, ValueError, struct.error, IndexError):
             continue
-        finally:
-            if transport is not None:
-                transport.close()
     return []
 
 

@@ -70,7 +70,7 @@ class Edus:
             return
         if typing is True:
             timeout = c.get("timeout")
-            ms = timeout if isinstance(timeout, int) and 0 < timeout else DEFAULT_TYPING_MS
+            ms = timeout if isinstance(timeout, int) and timeout > 0 else DEFAULT_TYPING_MS
             await self._eph.set_typing(room_id, user_id, now_ms() + min(ms, MAX_TYPING_MS))
         else:
             await self._eph.set_typing(room_id, user_id, None)

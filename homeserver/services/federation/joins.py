@@ -36,7 +36,7 @@ from homeserver.core.room_versions import (
 )
 from homeserver.core.signing import SignatureError, sign_event
 from homeserver.services.clock import now_ms
-from homeserver.services.errors import MatrixError, forbidden, not_found
+from homeserver.services.errors import MatrixError, not_found
 from homeserver.services.federation.client import FederationClient, FederationError, encode_path
 from homeserver.services.federation.ingest import Checked, Dropped, Ingest
 from homeserver.services.federation.keyring import Keyring
@@ -332,30 +332,29 @@ class RemoteRooms:
         """Append ``ev`` on top of ``before`` (a state we were given), making
         the state after it the room's current state."""
         room_id = ev.room_id
-        async with self._ingest.room_lock(room_id):
-            async with self._db.pool.acquire() as conn:
-                await self._ingest._persister.lock_room(conn, room_id)
-                try:
-                    if await self._store.have_events([ev.event_id]):
-                        return
-                    exists = await self._store.room_version(room_id) is not None
-                    current = await self._proj.current_state_ids(room_id) if exists else {}
-                    ext = await self._store.forward_extremities(room_id) if exists else []
-                    after = dict(before)
-                    after[ev.state_tuple] = ev.event_id
-                    delta = await self._ingest.state_delta(current, after)
-                    delta[ev.state_tuple] = ev
-                    group = await self._ingest.snapshot_state_before(conn, ev, before)
-                    entry = Pending(event=ev, state_before=dict(before), before_group=group)
-                    change = RoomChange(
-                        state_delta=delta,
-                        extremities_removed=ext,
-                        extremities_added=[ev.event_id],
-                        new_room=None if exists else (rv.identifier, creator, ev.origin_server_ts),
-                    )
-                    await self._ingest._persister.commit(conn, room_id, [entry], change)
-                finally:
-                    await self._ingest._persister.unlock_room(conn, room_id)
+        async with self._ingest.room_lock(room_id), self._db.pool.acquire() as conn:
+            await self._ingest._persister.lock_room(conn, room_id)
+            try:
+                if await self._store.have_events([ev.event_id]):
+                    return
+                exists = await self._store.room_version(room_id) is not None
+                current = await self._proj.current_state_ids(room_id) if exists else {}
+                ext = await self._store.forward_extremities(room_id) if exists else []
+                after = dict(before)
+                after[ev.state_tuple] = ev.event_id
+                delta = await self._ingest.state_delta(current, after)
+                delta[ev.state_tuple] = ev
+                group = await self._ingest.snapshot_state_before(conn, ev, before)
+                entry = Pending(event=ev, state_before=dict(before), before_group=group)
+                change = RoomChange(
+                    state_delta=delta,
+                    extremities_removed=ext,
+                    extremities_added=[ev.event_id],
+                    new_room=None if exists else (rv.identifier, creator, ev.origin_server_ts),
+                )
+                await self._ingest._persister.commit(conn, room_id, [entry], change)
+            finally:
+                await self._ingest._persister.unlock_room(conn, room_id)
 
     async def commit_out_of_band(self, ev: Event, creator: str) -> None:
         """Our membership in a room whose state we lack (invite, rejection,

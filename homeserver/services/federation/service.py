@@ -72,13 +72,9 @@ def build_federation(
     persister.on_committed.append(sender.on_committed)
     ingest = Ingest(db, events, projections, persister, keyring, client, store, name)
     served = FederationServer(events, projections, store, ingest, name, directory, profiles)
-    remote = RemoteRooms(
-        db, events, projections, ingest, client, keyring, keys, ephemeral, sender
-    )
+    remote = RemoteRooms(db, events, projections, ingest, client, keyring, keys, ephemeral, sender)
     resident = Resident(
         events, projections, store, ingest, served, remote, sender, keys, ephemeral, profiles
     )
     edus = Edus(ephemeral, projections, store, sender, name)
-    return Federation(
-        name, store, client, keyring, sender, ingest, served, remote, resident, edus
-    )
+    return Federation(name, store, client, keyring, sender, ingest, served, remote, resident, edus)

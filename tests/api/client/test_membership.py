@@ -205,13 +205,17 @@ async def test_revoke_endpoint(client: MatrixClient) -> None:
     bob = await client.register("bob")
     room = await alice.create_room()
     await alice.call("POST", f"{CS}/rooms/{room}/invite", {"user_id": bob.user_id})
-    await alice.call("POST", f"/_homeserver/client/v1/rooms/{room}/revoke",
-                     {"user_id": bob.user_id, "reason": "changed my mind"})
+    await alice.call(
+        "POST",
+        f"/_homeserver/client/v1/rooms/{room}/revoke",
+        {"user_id": bob.user_id, "reason": "changed my mind"},
+    )
     m = await alice.state(room, "m.room.member", bob.user_id)
     assert m["membership"] == "leave" and m["reason"] == "changed my mind"
     await alice.call("POST", f"{CS}/rooms/{room}/invite", {"user_id": bob.user_id})
     await bob.call("POST", f"{CS}/rooms/{room}/join", {})
-    r = await alice.call("POST", f"/_homeserver/client/v1/rooms/{room}/revoke",
-                         {"user_id": bob.user_id}, expect=403)
+    r = await alice.call(
+        "POST", f"/_homeserver/client/v1/rooms/{room}/revoke", {"user_id": bob.user_id}, expect=403
+    )
     assert r["errcode"] == "M_BAD_STATE"
     assert (await alice.state(room, "m.room.member", bob.user_id))["membership"] == "join"

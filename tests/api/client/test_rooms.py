@@ -226,3 +226,11 @@ async def test_capabilities(client: MatrixClient) -> None:
     caps = await alice.call("GET", f"{CS}/capabilities")
     rv = caps["capabilities"]["m.room_versions"]
     assert rv["default"] == "12" and set(rv["available"]) == {"10", "11", "12"}
+
+
+async def test_concurrent_identical_create_room_gives_distinct_rooms(client: MatrixClient) -> None:
+    import asyncio
+
+    alice = await client.register("alice")
+    rooms = await asyncio.gather(*(alice.create_room() for _ in range(20)))
+    assert len(set(rooms)) == 20
