@@ -406,3 +406,11 @@ CREATE TABLE IF NOT EXISTS federation_received_txns (
 -- Backfilled (older) events take negative stream positions from here, so
 -- they sort before everything the room already has and never reach /sync.
 CREATE SEQUENCE IF NOT EXISTS federation_backfill_seq;
+
+-- The state before an event whose prev events are not all in our timeline
+-- (joins through send_join, gaps closed with /state_ids), so /state_ids at
+-- that event can be answered.
+CREATE TABLE IF NOT EXISTS federation_state_before (
+    event_id     text PRIMARY KEY,
+    state_group  bigint NOT NULL
+);
