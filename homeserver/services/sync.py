@@ -145,7 +145,6 @@ class SyncService:
         full_state: bool,
         flt: SyncFilter,
     ) -> dict[str, Any]:
-        forgotten = await self._rooms.forgotten(user_id)
         memberships = await self._proj.rooms_for_user(
             user_id, ["join", "invite", "knock", "leave", "ban"]
         )
@@ -163,7 +162,11 @@ class SyncService:
                     invite_out[r] = await self._invite_entry(r, user_id)
                 elif m == "knock":
                     knock_out[r] = {"knock_state": {"events": await self._stripped(r, user_id)}}
-                elif m in ("leave", "ban") and flt.include_leave and r not in forgotten:
+                elif (
+                    m in ("leave", "ban")
+                    and flt.include_leave
+                    and r not in (await self._forgotten(user_id))
+                ):
                     se = await self._member_event(r, user_id)
                     if se:
                         left_at[r] = se.stream_ordering
@@ -185,19 +188,26 @@ class SyncService:
                     invite_out[r] = await self._invite_entry(r, user_id)
                 elif m == "knock":
                     knock_out[r] = {"knock_state": {"events": await self._stripped(r, user_id)}}
-                elif m in ("leave", "ban") and r not in forgotten:
+                elif m in ("leave", "ban") and r not in await self._forgotten(user_id):
                     left_at[r] = last_pos[r]
             joined_now = [r for r, m in memberships.items() if m == "join"]
-            changed = await self._store.rooms_with_events_after(joined_now, since, upto)
-            changed |= await self._eph.typing_changed(joined_now, since, upto)
-            changed |= {rc["room_id"] for rc in await self._eph.receipts(joined_now, since, upto)}
-            room_ad = await self._ad.changed(user_id, since, upto)
-            changed |= {r for r, _, _ in room_ad if r and r in memberships}
-            targets = [r for r in joined_now if r in changed or r in newly_joined]
+            targets = joined_now  # narrowed to the rooms that changed below
 
         targets = [r for r in targets if flt.allows_room(r)]
         fresh_rooms = {r for r in targets if since is None or r in newly_joined}
         pre = await self._prefetch(user_id, targets, fresh_rooms, since, upto, flt)
+        if since is not None:
+            # Only rooms where something happened (one prefetch answered it).
+            targets = [
+                r
+                for r in targets
+                if r in fresh_rooms
+                or pre.timelines.get(r)
+                or r in pre.typing
+                or r in pre.receipts
+                or any(ad[0] == r for ad in pre.account_data)
+            ]
+            pre.unread = await self._eph.unread_counts(targets, user_id) if targets else {}
         for r in targets:
             fresh = r in fresh_rooms
             joined_out[r] = await self._joined_entry(
@@ -233,6 +243,9 @@ class SyncService:
             "device_lists": {"changed": [], "left": []},
             "device_one_time_keys_count": {},
         }
+
+    async def _forgotten(self, user_id: str) -> set[str]:
+        return await self._rooms.forgotten(user_id)
 
     # ------------------------------------------------------------ room parts
     async def _member_event(self, room_id: str, user_id: str) -> StoredEvent | None:
@@ -298,7 +311,9 @@ class SyncService:
             receipts=receipts,
             typing=typing,
             stats=await self._proj.room_stats_many(rooms) if rooms else {},
-            unread=await self._eph.unread_counts(rooms, user_id) if rooms else {},
+            unread=(
+                await self._eph.unread_counts(rooms, user_id) if rooms and since is None else {}
+            ),
         )
 
     async def _joined_entry(
