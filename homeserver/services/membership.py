@@ -121,7 +121,7 @@ class MembershipService:
             raise forbidden("This room has been blocked on this server")
         content = await self._member_content(user_id, "join", reason)
         if not await self._state.store.room_exists(room_id) or (
-            await self._state.membership(room_id, user_id) in (None, "invite", "leave")
+            await self._state.membership(room_id, user_id) in (None, "invite", "leave", "ban")
             and await self._only_remote_members(room_id)
         ):
             if self.remote is None:

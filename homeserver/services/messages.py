@@ -27,7 +27,8 @@ class MessageService:
         except AuthError as e:
             raise forbidden(str(e)) from e
         except RoomNotFound as e:
-            raise not_found("Unknown room") from e
+            # As for any room the sender is not in: no hint that it exists.
+            raise forbidden(f"User {draft.sender} not in room {room_id}") from e
         except ValueError as e:
             too_large = "too large" in str(e).lower()
             raise MatrixError(
@@ -44,10 +45,8 @@ class MessageService:
         content: Mapping[str, Any],
         txn_id: str,
     ) -> str:
-        existing = await self._creator.store.event_by_txn(user_id, device_id, txn_id)
-        if existing is not None:
-            return existing
-        await self._state.require_joined(room_id, user_id)
+        # Membership and transaction-id reuse are both checked by the room's
+        # writer under its lock (auth rule 5 refuses non-members).
         if type == "m.room.redaction":
             redacts = content.get("redacts")
             if not isinstance(redacts, str):

@@ -144,7 +144,6 @@ class Persister:
                 )
                 for hook in self.in_transaction:
                     await hook(conn, room_id, entries)
-                await self._store.release_positions(conn, positions[0])
                 users = sorted(
                     {
                         p.event.state_key
@@ -152,8 +151,13 @@ class Persister:
                         if p.event.type == "m.room.member" and p.event.state_key
                     }
                 )
+                # Release the positions and queue the notification together.
                 await conn.execute(
-                    "SELECT pg_notify($1, $2)", CHANNEL, payload(positions[-1], room_id, users)
+                    "WITH r AS (DELETE FROM stream_inflight WHERE pos = $1) "
+                    "SELECT pg_notify($2, $3)",
+                    positions[0],
+                    CHANNEL,
+                    payload(positions[-1], room_id, users),
                 )
         except BaseException:
             try:

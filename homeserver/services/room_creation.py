@@ -234,8 +234,12 @@ class RoomCreationService:
             add("m.room.name", {"name": name})
         if topic is not None:
             add("m.room.topic", {"topic": topic})
+        remote_invitees = []
         for u in invitees:
             if u == user_id:
+                continue
+            if u.server_name != self._server_name:
+                remote_invitees.append(u)  # their server countersigns: invited below
                 continue
             content: dict[str, Any] = {"membership": "invite"}
             if is_direct:
@@ -260,6 +264,10 @@ class RoomCreationService:
         await self._membership.after_local_invites(
             room_id, [e for e in events if e.membership == "invite"]
         )
+        for u in remote_invitees:
+            await self._membership.invite(
+                user_id, room_id, u, extra={"is_direct": True} if is_direct else None
+            )
         return room_id
 
 

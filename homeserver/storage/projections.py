@@ -91,33 +91,30 @@ class Projections:
         history; ``state_delta`` the keys of the current state that changed
         (None: key removed) with their new event.
         """
-        # Forward extremities.
-        removed = list(extremities_removed)
-        if removed:
-            await conn.execute(
-                "DELETE FROM forward_extremities WHERE room_id = $1 AND event_id = ANY($2::text[])",
-                room_id,
-                removed,
-            )
-        added = list(extremities_added)
-        if added:
-            await conn.executemany(
-                "INSERT INTO forward_extremities (room_id, event_id) VALUES ($1, $2) "
-                "ON CONFLICT DO NOTHING",
-                [(room_id, e) for e in added],
-            )
-        if accepted:
-            last = max(a.stream_ordering for a in accepted)
-            depth = max(a.event.depth for a in accepted)
-            await conn.execute(
-                "INSERT INTO room_heads (room_id, stream_ordering, max_depth) VALUES ($1,$2,$3) "
-                "ON CONFLICT (room_id) DO UPDATE SET "
-                "stream_ordering = GREATEST(room_heads.stream_ordering, EXCLUDED.stream_ordering), "
-                "max_depth = GREATEST(room_heads.max_depth, EXCLUDED.max_depth)",
-                room_id,
-                last,
-                depth,
-            )
+        # Forward extremities, the room head and its last activity, in one
+        # statement (this runs for every append).
+        last = max((a.stream_ordering for a in accepted), default=None)
+        depth = max((a.event.depth for a in accepted), default=None)
+        last_ts = max((a.event.origin_server_ts for a in accepted), default=None)
+        await conn.execute(
+            "WITH d AS (DELETE FROM forward_extremities WHERE room_id = $1 "
+            "  AND event_id = ANY($2::text[])), "
+            "i AS (INSERT INTO forward_extremities (room_id, event_id) "
+            "  SELECT $1, unnest($3::text[]) ON CONFLICT DO NOTHING), "
+            "h AS (INSERT INTO room_heads (room_id, stream_ordering, max_depth) "
+            "  SELECT $1, $4, $5 WHERE $4::bigint IS NOT NULL "
+            "  ON CONFLICT (room_id) DO UPDATE SET "
+            "  stream_ordering = GREATEST(room_heads.stream_ordering, EXCLUDED.stream_ordering), "
+            "  max_depth = GREATEST(room_heads.max_depth, EXCLUDED.max_depth)) "
+            "UPDATE room_stats SET last_event_ts = GREATEST(COALESCE(last_event_ts, 0), $6) "
+            "WHERE room_id = $1 AND $6::bigint IS NOT NULL",
+            room_id,
+            list(extremities_removed),
+            list(extremities_added),
+            last,
+            depth,
+            last_ts,
+        )
         # Per-user membership stream and redactions: every accepted event.
         ums = [
             (
@@ -152,7 +149,8 @@ class Projections:
         # Current state and what derives from it.
         stream_of = {a.event.event_id: a.stream_ordering for a in accepted}
         await self._apply_state(conn, room_id, state_delta, stream_of)
-        if accepted:
+        if accepted and ("m.room.create", "") in state_delta:
+            # The stats row was created just now by _apply_state.
             await conn.execute(
                 "UPDATE room_stats SET last_event_ts = GREATEST(COALESCE(last_event_ts, 0), $2) "
                 "WHERE room_id = $1",

@@ -151,9 +151,7 @@ class Ingest:
         room_id = pdu.get("room_id")
         rv = await self.room_version_of(room_id)
         eid = _event_id_or_none(pdu, rv)
-        if rv is None or not await self._fstore.has_local_member(
-            str(room_id), self._server_name, ("join",)
-        ):
+        if rv is None or not await self._concerns_us(str(room_id), pdu):
             return eid, f"this server is not in room {room_id}"
         try:
             checked = await self.check_pdu(pdu, rv)
@@ -171,6 +169,19 @@ class Ingest:
         elif out.soft_failed:
             log.info("soft-failed %s from %s", out.event_id, origin)
         return eid, None
+
+    async def _concerns_us(self, room_id: str, pdu: Mapping[str, Any]) -> bool:
+        """We take events of rooms we are in, and membership changes of our
+        users in rooms we were in (an unban after we were banned)."""
+        if await self._fstore.has_local_member(room_id, self._server_name, ("join",)):
+            return True
+        target = pdu.get("state_key")
+        return (
+            pdu.get("type") == "m.room.member"
+            and isinstance(target, str)
+            and target.endswith(":" + self._server_name)
+            and await self._proj.membership(room_id, target) is not None
+        )
 
     # ------------------------------------------------------------- 4-6
     async def process(

@@ -266,7 +266,7 @@ class RemoteRooms:
             if v2 and kind != "knock" and (e.status == 404 or e.errcode == "M_UNRECOGNIZED"):
                 return await self._send(server, kind, ev, v2=False)
             raise
-        if not v2:  # v1 answers [200, body]
+        if not v2 and kind != "knock":  # v1 join/leave answer [200, body]
             if isinstance(resp, list) and len(resp) == 2 and isinstance(resp[1], dict):
                 return resp[1]
             raise MatrixError(502, "M_UNKNOWN", f"bad send_{kind} v1 answer from {server}")
