@@ -33,6 +33,10 @@ def _server(user_id: str) -> str:
     return user_id.split(":", 1)[1] if ":" in user_id else ""
 
 
+def _obj(v: Any) -> Mapping[str, Any]:
+    return v if isinstance(v, Mapping) else {}
+
+
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -459,12 +463,12 @@ def _check_power_levels(
     for key in _INT_KEYS:
         if old.get(key) != c.get(key):
             for v in (old.get(key), c.get(key)):
-                if _is_int(v) and v > sender_level:
+                if isinstance(v, int) and _is_int(v) and v > sender_level:
                     raise AuthError(f"cannot change {key} beyond your own power level")
     # 9.6-9.7 events / notifications entries.
     for key in ("events", "notifications"):
-        o = old.get(key) if isinstance(old.get(key), Mapping) else {}
-        n = c.get(key) if isinstance(c.get(key), Mapping) else {}
+        o = _obj(old.get(key))
+        n = _obj(c.get(key))
         for k in set(o) | set(n):
             if o.get(k) == n.get(k):
                 continue
@@ -473,7 +477,7 @@ def _check_power_levels(
             if k in n and n[k] > sender_level:
                 raise AuthError(f"cannot set {key}.{k} above your power level")
     # 9.8-9.9 users entries.
-    o_users = old.get("users") if isinstance(old.get("users"), Mapping) else {}
+    o_users = _obj(old.get("users"))
     for u in set(o_users) | set(users):
         if o_users.get(u) == users.get(u):
             continue

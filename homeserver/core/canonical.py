@@ -157,10 +157,7 @@ def redact(pdu: Mapping[str, Any], rv: RoomVersion) -> dict[str, Any]:
     content = pdu.get("content")
     content = content if isinstance(content, Mapping) else {}
     keys = _content_keys(str(pdu.get("type")), rv)
-    if keys is None:
-        new_content = dict(content)
-    else:
-        new_content = {k: content[k] for k in keys if k in content}
+    new_content = dict(content) if keys is None else {k: content[k] for k in keys if k in content}
     if (
         pdu.get("type") == "m.room.member"
         and rv.updated_redaction_rules

@@ -62,6 +62,14 @@ class Event:
         m = self.content.get("membership")
         return m if isinstance(m, str) else None
 
+    @classmethod
+    def from_pdu(
+        cls, pdu: Mapping[str, Any], rv: RoomVersion, *, event_id: str | None = None
+    ) -> Event:
+        """Parse and check a PDU; the id is computed unless given (trusted
+        rows read back from our own store)."""
+        return _from_pdu(cls, pdu, rv, event_id=event_id)
+
     def client_dict(self) -> dict[str, Any]:
         """The client-server API form (``ClientEvent`` without ``unsigned``)."""
         d: dict[str, Any] = {
@@ -166,9 +174,6 @@ def _from_pdu(
     )
 
 
-Event.from_pdu = classmethod(_from_pdu)  # type: ignore[attr-defined]
-
-
 def build_event(
     rv: RoomVersion,
     *,
@@ -213,7 +218,7 @@ def build_event(
             pdu["redacts"] = redacts
     del pdu["hashes"], pdu["signatures"], pdu["unsigned"]
     signed = sign_event(pdu, server_name, signing_key, rv)
-    return Event.from_pdu(signed, rv)  # type: ignore[attr-defined,no-any-return]
+    return Event.from_pdu(signed, rv)
 
 
 def auth_types_for_event(
@@ -240,5 +245,4 @@ def auth_types_for_event(
         via = content.get("join_authorised_via_users_server")
         if membership == "join" and isinstance(via, str):
             keys.append(("m.room.member", via))
-    seen: set[StateKey] = set()
-    return [k for k in keys if not (k in seen or seen.add(k))]
+    return list(dict.fromkeys(keys))  # first occurrence of each, in order
