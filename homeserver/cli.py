@@ -12,14 +12,17 @@ from typing import Any
 from homeserver.config import Config, ConfigError, load_config
 
 
-def _add_config_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML configuration file")
-    p.add_argument("--data-dir", dest="data_dir")
-    p.add_argument("--server-name", dest="server_name")
-    p.add_argument("--bind", dest="listen.bind")
-    p.add_argument("--client-port", dest="listen.client_port", type=int)
-    p.add_argument("--federation-port", dest="listen.federation_port", type=int)
-    p.add_argument("--database-url", dest="database_url")
+def _add_config_flags(p: argparse.ArgumentParser, nested: bool = False) -> None:
+    # On nested subcommands the flags may repeat after the subcommand name
+    # without overwriting what was given before it.
+    kw: dict[str, Any] = {"default": argparse.SUPPRESS} if nested else {}
+    p.add_argument("--config", help="YAML configuration file", **kw)
+    p.add_argument("--data-dir", dest="data_dir", **kw)
+    p.add_argument("--server-name", dest="server_name", **kw)
+    p.add_argument("--bind", dest="listen.bind", **kw)
+    p.add_argument("--client-port", dest="listen.client_port", type=int, **kw)
+    p.add_argument("--federation-port", dest="listen.federation_port", type=int, **kw)
+    p.add_argument("--database-url", dest="database_url", **kw)
 
 
 _OVERRIDE_KEYS = (
@@ -75,13 +78,17 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("members", "state", "show"):
         p = asub.add_parser(name, help=f"a room's {name}")
         p.add_argument("room")
+        _add_config_flags(p, nested=True)
+    _add_config_flags(lr, nested=True)
     au = asub.add_parser("add-user", help="put a local user into a local room")
     au.add_argument("room")
     au.add_argument("user")
+    _add_config_flags(au, nested=True)
     dr = asub.add_parser("delete", help="delete a room (kick local members, block)")
     dr.add_argument("room")
     dr.add_argument("--purge", action="store_true", help="also delete its history")
     dr.add_argument("--reason")
+    _add_config_flags(dr, nested=True)
     return parser
 
 

@@ -1,0 +1,96 @@
+"""Configuration: defaults, YAML, environment, flags, and one-line errors."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from homeserver.config import ConfigError, load_config, redact_url
+
+
+def test_defaults_without_any_configuration() -> None:
+    cfg = load_config(None, environ={})
+    assert cfg.server_name == "localhost:8448"
+    assert cfg.data_dir.name == "homeserver-data"
+    assert cfg.database_url is None
+    assert (cfg.listen.bind, cfg.listen.client_port, cfg.listen.federation_port) == (
+        "127.0.0.1",
+        8008,
+        8448,
+    )
+    assert cfg.federation.verify_certificates is True
+    assert cfg.registration.enabled is True  # loopback: open by default
+    assert cfg.admins == ()
+
+
+def test_yaml_env_and_flags_in_that_order(tmp_path: Path) -> None:
+    f = tmp_path / "hs.yaml"
+    f.write_text(
+        "server_name: example.org\nlisten: {bind: 0.0.0.0, client_port: 9000}\n"
+        "admins: ['@root:example.org']\n"
+    )
+    cfg = load_config(
+        f,
+        environ={
+            "HOMESERVER_LISTEN_CLIENT_PORT": "9100",
+            "HOMESERVER_FEDERATION_VERIFY_CERTIFICATES": "false",
+        },
+    )
+    assert cfg.server_name == "example.org" and cfg.listen.client_port == 9100
+    assert cfg.federation.verify_certificates is False
+    assert cfg.registration.enabled is False  # not loopback: closed by default
+    assert cfg.admins == ("@root:example.org",)
+    cfg = load_config(
+        f, overrides={"listen.client_port": 9200}, environ={"HOMESERVER_LISTEN_CLIENT_PORT": "9100"}
+    )
+    assert cfg.listen.client_port == 9200
+
+
+@pytest.mark.parametrize(
+    ("yaml", "env", "needle"),
+    [
+        ("listen: {client_port: 70000}\n", {}, "listen.client_port"),
+        ("server_name: 'not a name!'\n", {}, "server_name"),
+        ("nonsense: 1\n", {}, "nonsense: unknown"),
+        (
+            "",
+            {"HOMESERVER_FEDERATION_VERIFY_CERTIFICATES": "maybe"},
+            "federation.verify_certificates",
+        ),
+        ("admins: ['root']\n", {}, "admins"),
+        ("database_url: mysql://x\n", {}, "database_url"),
+        ("tls: {certificate: /x}\n", {}, "tls"),
+    ],
+)
+def test_bad_values_name_the_key(
+    tmp_path: Path, yaml: str, env: dict[str, str], needle: str
+) -> None:
+    f = tmp_path / "hs.yaml"
+    f.write_text(yaml)
+    with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
+        load_config(f, environ=env)
+
+
+def test_bad_config_stops_startup_with_one_line(tmp_path: Path) -> None:
+    f = tmp_path / "hs.yaml"
+    f.write_text("listen: {client_port: nope}\n")
+    r = subprocess.run(
+        [sys.executable, "-m", "homeserver.cli", "serve", "--config", str(f)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "listen.client_port" in lines[0]
+
+
+def test_database_password_never_logged(caplog: pytest.LogCaptureFixture) -> None:
+    assert redact_url("postgresql://hs:s3cret@db:5432/hs") == "postgresql://hs:***@db:5432/hs"
+    with caplog.at_level(logging.INFO):
+        logging.getLogger("x").info("database: %s", redact_url("postgresql://u:pw@h/d"))
+    assert "pw" not in caplog.text
