@@ -86,23 +86,6 @@ def compute_room_id_v12(create_pdu: Mapping[str, Any], rv: RoomVersion) -> str:
 
 
 # Redaction algorithm (room versions 10, 11 / 12).
-_TOP_LEVEL_V10 = (
-    "event_id",
-    "type",
-    "room_id",
-    "sender",
-    "state_key",
-    "content",
-    "hashes",
-    "signatures",
-    "depth",
-    "prev_events",
-    "auth_events",
-    "origin_server_ts",
-    "origin",
-    "membership",
-    "prev_state",
-)
 _TOP_LEVEL_V11 = (
     "event_id",
     "type",
@@ -117,6 +100,8 @@ _TOP_LEVEL_V11 = (
     "auth_events",
     "origin_server_ts",
 )
+# v10 (and earlier) also keep three keys v11 dropped.
+_TOP_LEVEL_V10 = (*_TOP_LEVEL_V11, "origin", "membership", "prev_state")
 
 
 def _content_keys(event_type: str, rv: RoomVersion) -> tuple[str, ...] | None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -374,3 +374,27 @@ class EventCreator:
         if old is ctx.state:
             return {}
         return {k: ctx.events[v] for k, v in ctx.state.items() if old.get(k) != v}
+
+
+async def remove_member(
+    creator: EventCreator, room_id: str, user: str, reason: str, *, senders: Sequence[str]
+) -> bool:
+    """Make ``user``'s membership ``leave`` (a kick, or leaving themself),
+    trying each sender in turn until the authorization rules allow one."""
+    for sender in dict.fromkeys(senders):
+        try:
+            await creator.send(
+                room_id,
+                [
+                    Draft(
+                        "m.room.member",
+                        sender,
+                        {"membership": "leave", "reason": reason},
+                        state_key=user,
+                    )
+                ],
+            )
+            return True
+        except AuthError:
+            continue
+    return False

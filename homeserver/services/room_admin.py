@@ -10,10 +10,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from homeserver.core.auth import AuthError, get_user_power_level
+from homeserver.core.auth import get_user_power_level
 from homeserver.services.clock import now_ms
 from homeserver.services.errors import MatrixError, forbidden, not_found
-from homeserver.services.event_creator import Draft, EventCreator
+from homeserver.services.event_creator import Draft, EventCreator, remove_member
 from homeserver.services.room_state import RoomState
 from homeserver.storage.database import Database
 from homeserver.storage.lifecycle import LifecycleStore
@@ -80,54 +80,13 @@ class RoomAdminService:
         local = [m["user_id"] for m in members if m["user_id"].endswith(":" + self._server_name)]
         # Kick others first, using the deleter's power if they are a member;
         # members we cannot kick leave on their own (the server acts for them).
-        for user in local:
-            if user == by:
-                continue
-            try:
-                await self._creator.send(
-                    room_id,
-                    [
-                        Draft(
-                            "m.room.member",
-                            by,
-                            {"membership": "leave", "reason": why},
-                            state_key=user,
-                        )
-                    ],
-                )
-            except (AuthError, MatrixError):
-                try:
-                    await self._creator.send(
-                        room_id,
-                        [
-                            Draft(
-                                "m.room.member",
-                                user,
-                                {"membership": "leave", "reason": why},
-                                state_key=user,
-                            )
-                        ],
-                    )
-                except (AuthError, MatrixError):
-                    log.warning("could not remove %s from %s", user, room_id)
-                    continue
-            kicked.append(user)
-        if by in local:
-            try:
-                await self._creator.send(
-                    room_id,
-                    [
-                        Draft(
-                            "m.room.member",
-                            by,
-                            {"membership": "leave", "reason": why},
-                            state_key=by,
-                        )
-                    ],
-                )
-                kicked.append(by)
-            except AuthError:
-                log.warning("could not remove %s from %s", by, room_id)
+        # Others first, with the deleter's power; a member we cannot kick
+        # leaves on their own (the server acts for its users). The deleter last.
+        for user in [u for u in local if u != by] + ([by] if by in local else []):
+            if await remove_member(self._creator, room_id, user, why, senders=(by, user)):
+                kicked.append(user)
+            else:
+                log.warning("could not remove %s from %s", user, room_id)
         purged = 0
         if purge:
             purged = await purge_room(self._db, room_id, by=by, reason=reason, now_ms=now_ms())

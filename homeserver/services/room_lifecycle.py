@@ -17,7 +17,7 @@ from typing import Any
 from homeserver.core.auth import AuthError
 from homeserver.services.clock import now_ms
 from homeserver.services.errors import MatrixError, forbidden
-from homeserver.services.event_creator import Draft, EventCreator
+from homeserver.services.event_creator import Draft, EventCreator, remove_member
 from homeserver.services.membership import MembershipService
 from homeserver.services.room_state import RoomState
 from homeserver.storage.database import Database
@@ -76,16 +76,11 @@ class RoomLifecycleService:
         return done
 
     async def _withdraw(self, room_id: str, user_id: str, inviter: str) -> None:
-        draft = {"membership": "leave", "reason": "invite expired"}
-        for sender in (inviter, user_id):  # the invitee "declines" if the inviter cannot kick
-            try:
-                await self._creator.send(
-                    room_id, [Draft("m.room.member", sender, draft, state_key=user_id)]
-                )
-                return
-            except AuthError:
-                continue
-        log.warning("could not withdraw expired invite of %s to %s", user_id, room_id)
+        # The inviter kicks; failing that the invitee "declines".
+        if not await remove_member(
+            self._creator, room_id, user_id, "invite expired", senders=(inviter, user_id)
+        ):
+            log.warning("could not withdraw expired invite of %s to %s", user_id, room_id)
 
     async def pending_invites(self, user_id: str) -> list[dict[str, Any]]:
         expiries = await self._store.invite_expiries(user_id)
