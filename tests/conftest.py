@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import sys
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -40,6 +42,9 @@ def pg_url() -> Iterator[str]:
         return
     from homeserver.storage.embedded import EmbeddedPostgres
 
+    # A run stopped with SIGTERM (CI timeouts) still tears fixtures down, so
+    # the embedded PostgreSQL does not outlive it.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     tmp = Path(tempfile.mkdtemp(prefix="hs-test-pg-"))
     os.chmod(tmp, 0o755)
     pg = EmbeddedPostgres(tmp / "pgdata")
