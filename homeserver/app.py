@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from homeserver.api import appkeys, static
+from homeserver.api.admin import register as admin_register
 from homeserver.api.admin import rooms as admin_rooms
 from homeserver.api.client import account, homeserver_ext, rooms, versions
 from homeserver.api.client import account_data as account_data_api
@@ -190,6 +191,7 @@ def create_app(
     async def shutting_down(app: web.Application) -> None:
         notifier.close_waiters()
 
+    admin_register.install(app)
     app.cleanup_ctx.append(background)
     app.on_shutdown.append(shutting_down)
     for module in (
@@ -210,6 +212,7 @@ def create_app(
         account_data_api,
         homeserver_ext,
         admin_rooms,
+        admin_register,
         sync_api,
         static,
     ):

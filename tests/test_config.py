@@ -94,3 +94,55 @@ def test_database_password_never_logged(caplog: pytest.LogCaptureFixture) -> Non
     with caplog.at_level(logging.INFO):
         logging.getLogger("x").info("database: %s", redact_url("postgresql://u:pw@h/d"))
     assert "pw" not in caplog.text
+
+
+async def test_shared_secret_registration(aiohttp_client, db, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from homeserver.api.admin.register import mac_for
+    from homeserver.app import create_app
+
+    cfg = load_config(
+        None,
+        overrides={
+            "server_name": "hs.test",
+            "data_dir": str(tmp_path / "d"),
+            "listen.bind": "0.0.0.0",
+            "registration.shared_secret": "s3cret",
+        },
+        environ={},
+    )
+    assert cfg.registration.enabled is False
+    c = await aiohttp_client(create_app(cfg, db))
+    r = await c.post(
+        "/_matrix/client/v3/register",
+        json={"username": "x", "password": "y", "auth": {"type": "m.login.dummy"}},
+    )
+    assert r.status == 403
+    nonce = (await (await c.get("/_synapse/admin/v1/register")).json())["nonce"]
+    bad = await c.post(
+        "/_synapse/admin/v1/register",
+        json={"nonce": nonce, "username": "root", "password": "pw", "admin": True, "mac": "00"},
+    )
+    assert bad.status == 403
+    nonce = (await (await c.get("/_synapse/admin/v1/register")).json())["nonce"]
+    ok = await c.post(
+        "/_synapse/admin/v1/register",
+        json={
+            "nonce": nonce,
+            "username": "root",
+            "password": "pw",
+            "admin": True,
+            "mac": mac_for("s3cret", nonce, "root", "pw", True),
+        },
+    )
+    assert ok.status == 200 and (await ok.json())["user_id"] == "@root:hs.test"
+    again = await c.post(
+        "/_synapse/admin/v1/register",
+        json={
+            "nonce": nonce,
+            "username": "root2",
+            "password": "pw",
+            "admin": False,
+            "mac": mac_for("s3cret", nonce, "root2", "pw", False),
+        },
+    )
+    assert again.status == 400  # nonces are single use
