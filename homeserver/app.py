@@ -192,6 +192,7 @@ def create_app(
         notifier.close_waiters()
 
     admin_register.install(app)
+    notifier.add_auth_listener(accounts.invalidate_user)
     app.cleanup_ctx.append(background)
     app.on_shutdown.append(shutting_down)
     for module in (

@@ -151,3 +151,24 @@ async def test_long_poll_on_a_wakes_for_send_on_b(
         for e in msgs["chunk"]
         if e["type"] == "m.room.message" and e["content"]["body"].isdigit()
     ) == list(range(20))
+
+
+async def test_logout_through_b_is_seen_by_a(
+    two_servers: list[str], session: aiohttp.ClientSession
+) -> None:
+    a, b = two_servers
+    reg = {"password": "pw", "auth": {"type": "m.login.dummy"}}
+    carol = await call(session, "POST", f"{a}{CS}/register", body={"username": "carol", **reg})
+    token = carol["access_token"]
+    await call(session, "GET", f"{a}{CS}/account/whoami", token)  # now cached on A
+    await call(session, "POST", f"{b}{CS}/logout", token, {})
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        async with session.get(
+            f"{a}{CS}/account/whoami", headers={"Authorization": f"Bearer {token}"}
+        ) as r:
+            if r.status == 401:
+                assert (await r.json())["errcode"] == "M_UNKNOWN_TOKEN"
+                return
+        await asyncio.sleep(0.05)
+    raise AssertionError("process A still accepts a token logged out through B")

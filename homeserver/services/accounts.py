@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import secrets
+import time
 from dataclasses import dataclass
 
 from argon2 import PasswordHasher
@@ -45,6 +46,10 @@ class Requester:
     is_admin: bool
 
 
+TOKEN_CACHE_TTL = 60.0
+TOKEN_CACHE_SIZE = 100_000
+
+
 def hash_token(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
@@ -56,6 +61,10 @@ class AccountService:
         self._admins = frozenset(admins)
         # Moderate cost: a login takes tens of milliseconds, not hundreds.
         self._hasher = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
+        # Token lookups, dropped for a user as soon as any process changes
+        # their tokens or rights (NOTIFY hs_auth, see invalidate_user).
+        self._tokens: dict[bytes, tuple[Requester, float]] = {}
+        self._tokens_by_user: dict[str, set[bytes]] = {}
 
     @property
     def server_name(self) -> str:
@@ -109,6 +118,7 @@ class AccountService:
 
     async def set_admin(self, user_id: str, is_admin: bool) -> None:
         await self._store.set_admin(user_id, is_admin)
+        self.invalidate_user(user_id)
 
     async def check_password(self, user_id: UserID, password: str) -> bool:
         user = await self._store.get_user(user_id)
@@ -132,21 +142,39 @@ class AccountService:
         await self._store.add_device_and_token(
             user_id, device_id, display_name, hash_token(token), now_ms()
         )
+        self.invalidate_user(user_id)  # a re-used device id loses its old tokens
         return LoginResult(user_id, token, device_id)
 
     async def authenticate(self, token: str) -> Requester | None:
-        owner: TokenOwner | None = await self._store.token_owner(hash_token(token))
+        digest = hash_token(token)
+        hit = self._tokens.get(digest)
+        now = time.monotonic()
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        owner: TokenOwner | None = await self._store.token_owner(digest)
         if owner is None:
             return None
-        return Requester(
+        requester = Requester(
             UserID(owner.user_id), owner.device_id, owner.is_admin or owner.user_id in self._admins
         )
+        if len(self._tokens) > TOKEN_CACHE_SIZE:
+            self._tokens.clear()
+            self._tokens_by_user.clear()
+        self._tokens[digest] = (requester, now + TOKEN_CACHE_TTL)
+        self._tokens_by_user.setdefault(owner.user_id, set()).add(digest)
+        return requester
+
+    def invalidate_user(self, user_id: str) -> None:
+        for digest in self._tokens_by_user.pop(user_id, ()):
+            self._tokens.pop(digest, None)
 
     async def logout(self, requester: Requester) -> None:
         await self._store.delete_device(requester.user_id, requester.device_id)
+        self.invalidate_user(requester.user_id)
 
     async def logout_all(self, requester: Requester) -> None:
         await self._store.delete_all_devices(requester.user_id)
+        self.invalidate_user(requester.user_id)
 
     async def exists(self, user_id: str) -> bool:
         return await self._store.user_exists(user_id)

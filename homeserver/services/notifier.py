@@ -17,6 +17,8 @@ from typing import Any
 
 import asyncpg
 
+from homeserver.storage.accounts import AUTH_CHANNEL
+
 log = logging.getLogger(__name__)
 
 CHANNEL = "hs_stream"
@@ -42,12 +44,14 @@ class Notifier:
         self._by_room: dict[str, set[Waiter]] = defaultdict(set)
         self._by_user: dict[str, set[Waiter]] = defaultdict(set)
         self._listeners: list[Callable[[int, str | None, list[str]], None]] = []
+        self._auth_listeners: list[Callable[[str], None]] = []
         self.position = 0
         self.closing = False
 
     async def start(self) -> None:
         self._conn = await asyncpg.connect(self._url)
         await self._conn.add_listener(CHANNEL, self._on_notify)
+        await self._conn.add_listener(AUTH_CHANNEL, self._on_auth)
 
     def close_waiters(self) -> None:
         """Server shutdown: end every long-poll now and refuse new waits, so
@@ -62,6 +66,7 @@ class Notifier:
         if self._conn is not None:
             try:
                 await self._conn.remove_listener(CHANNEL, self._on_notify)
+                await self._conn.remove_listener(AUTH_CHANNEL, self._on_auth)
             finally:
                 await self._conn.close()
             self._conn = None
@@ -72,6 +77,14 @@ class Notifier:
     def add_listener(self, fn: Callable[[int, str | None, list[str]], None]) -> None:
         """Called for every stream movement (cache invalidation, etc.)."""
         self._listeners.append(fn)
+
+    def add_auth_listener(self, fn: Callable[[str], None]) -> None:
+        """Called with a user id whose tokens or rights changed (any process)."""
+        self._auth_listeners.append(fn)
+
+    def _on_auth(self, _conn: Any, _pid: int, _channel: str, user_id: str) -> None:
+        for fn in self._auth_listeners:
+            fn(user_id)
 
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, data: str) -> None:
         parts = data.split(" ")

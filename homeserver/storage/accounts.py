@@ -9,6 +9,9 @@ import asyncpg
 
 from homeserver.storage.database import Database
 
+# NOTIFY channel naming a user whose tokens or rights changed.
+AUTH_CHANNEL = "hs_auth"
+
 
 @dataclass(frozen=True, slots=True)
 class UserRecord:
@@ -99,6 +102,8 @@ class AccountStore:
         """A login: the device (kept if it exists) and a fresh token for it.
         Logging in again with the same device id replaces its old tokens."""
         async with self._db.transaction() as conn:
+            # Cached token lookups of this user are dropped in every process.
+            await conn.execute("SELECT pg_notify($1, $2)", AUTH_CHANNEL, user_id)
             await conn.execute(
                 "INSERT INTO devices (user_id, device_id, display_name, created_ts, last_seen_ts) "
                 "VALUES ($1, $2, $3, $4, $4) ON CONFLICT (user_id, device_id) DO UPDATE "
@@ -133,6 +138,8 @@ class AccountStore:
 
     async def delete_device(self, user_id: str, device_id: str) -> None:
         async with self._db.transaction() as conn:
+            # Cached token lookups of this user are dropped in every process.
+            await conn.execute("SELECT pg_notify($1, $2)", AUTH_CHANNEL, user_id)
             await conn.execute(
                 "DELETE FROM access_tokens WHERE user_id = $1 AND device_id = $2",
                 user_id,
@@ -144,6 +151,8 @@ class AccountStore:
 
     async def delete_all_devices(self, user_id: str) -> None:
         async with self._db.transaction() as conn:
+            # Cached token lookups of this user are dropped in every process.
+            await conn.execute("SELECT pg_notify($1, $2)", AUTH_CHANNEL, user_id)
             await conn.execute("DELETE FROM access_tokens WHERE user_id = $1", user_id)
             await conn.execute("DELETE FROM devices WHERE user_id = $1", user_id)
 
