@@ -32,6 +32,11 @@ class EventSerializer:
         redaction_events = await self._store.get_events(
             r for ids in redactions.values() for r in ids
         )
+        if prev_content:
+            # Warm the cache with every predecessor of a state event at once.
+            await self._store.get_events(
+                {p for se in events if se.event.is_state for p in se.event.prev_events}
+            )
         now = now_ms()
         out = []
         for se in events:

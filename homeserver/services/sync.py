@@ -220,6 +220,7 @@ class SyncService:
                 flt,
                 pre,
             )
+        await self._fill_events(joined_out, user_id, device_id)
         for r, pos in left_at.items():
             if flt.allows_room(r):
                 leave_out[r] = await self._left_entry(r, user_id, device_id, since, pos, flt)
@@ -355,13 +356,14 @@ class SyncService:
         }
         if not stats.get("name") and not stats.get("canonical_alias"):
             summary["m.heroes"] = await self._proj.heroes(room_id, user_id, 5)
+        # Events are serialised later for all rooms together (_fill_events).
         return {
             "timeline": {
-                "events": await self._ser.serialize(timeline, viewer=(user_id, device_id)),
+                "events": timeline,
                 "limited": limited,
                 "prev_batch": make_token(start),
             },
-            "state": {"events": await self._ser.serialize(state_evs, prev_content=False)},
+            "state": {"events": state_evs},
             "account_data": {
                 "events": [
                     {"type": t, "content": c}
@@ -376,6 +378,17 @@ class SyncService:
                 "highlight_count": 0,
             },
         }
+
+    async def _fill_events(self, rooms: dict[str, Any], user_id: str, device_id: str) -> None:
+        """Serialise every room's timeline and state events in two calls (one
+        redaction lookup each) instead of two per room."""
+        timelines = [e for entry in rooms.values() for e in entry["timeline"]["events"]]
+        states = [e for entry in rooms.values() for e in entry["state"]["events"]]
+        tl_iter = iter(await self._ser.serialize(timelines, viewer=(user_id, device_id)))
+        st_iter = iter(await self._ser.serialize(states, prev_content=False))
+        for entry in rooms.values():
+            entry["timeline"]["events"] = [next(tl_iter) for _ in entry["timeline"]["events"]]
+            entry["state"]["events"] = [next(st_iter) for _ in entry["state"]["events"]]
 
     async def _state_before(
         self, room_id: str, window: list[StoredEvent], start: int, pre: _Prefetch
