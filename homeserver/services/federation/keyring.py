@@ -44,6 +44,7 @@ from homeserver.storage.federation import FederationStore, StoredKey
 log = logging.getLogger(__name__)
 
 MAX_KEY_VALIDITY_MS = 7 * 24 * 3600 * 1000
+UNKNOWN_KEY_RETRY_S = 5.0
 REFETCH_INTERVAL_S = 5.0  # at most one fetch per server in this long
 
 
@@ -65,6 +66,7 @@ class Keyring:
         self._notaries = list(notaries)
         self._mem: dict[str, dict[str, StoredKey]] = {}
         self._last_fetch: dict[str, float] = {}
+        self._unknown_asked: dict[tuple[str, str], float] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
     # ------------------------------------------------------------ lookup
@@ -84,7 +86,9 @@ class Keyring:
             return None
         k = (await self._known(server)).get(key_id)
         if k is None or k.valid_until_ts < valid_at:
-            await self.fetch(server)
+            # A key id we have never seen (a restarted or re-keyed server) is
+            # worth asking for at once; only repeated misses are rate-limited.
+            await self.fetch(server, force=k is None and self._unknown_ok(server, key_id))
             k = (await self._known(server)).get(key_id)
         if k is None or k.valid_until_ts < valid_at:
             return None
@@ -92,6 +96,14 @@ class Keyring:
             return decode_verify_key(key_id, k.verify_key)
         except Exception:
             return None
+
+    def _unknown_ok(self, server: str, key_id: str) -> bool:
+        now = time.monotonic()
+        last = self._unknown_asked.get((server, key_id), 0.0)
+        if now - last < UNKNOWN_KEY_RETRY_S:
+            return False
+        self._unknown_asked[(server, key_id)] = now
+        return True
 
     async def fetch(self, server: str, *, force: bool = False) -> None:
         """Fetch ``server``'s keys (directly, then through notaries)."""
