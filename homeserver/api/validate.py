@@ -71,41 +71,38 @@ def get_str_list(body: dict[str, Any], key: str, default: Any = _MISSING) -> lis
     return list(value)
 
 
-def user_id(value: Any, what: str = "user_id") -> UserID:
+_ID = TypeVar("_ID", UserID, RoomID, RoomAlias, EventID, ServerName)
+
+
+def _typed_id(kind: type[_ID], value: Any, what: str) -> _ID:
+    """Parse an id where it enters: wrong type → M_BAD_JSON, wrong grammar →
+    M_INVALID_PARAM (DESIGN rule 11)."""
     if not isinstance(value, str):
         raise bad_json(f"'{what}' must be a string")
     try:
-        return UserID.parse(value)
+        return kind.parse(value)
     except InvalidID as e:
         raise invalid_param(f"Invalid {what}: {e}") from e
 
 
+def user_id(value: Any, what: str = "user_id") -> UserID:
+    return _typed_id(UserID, value, what)
+
+
 def room_id(value: str) -> RoomID:
-    try:
-        return RoomID.parse(value)
-    except InvalidID as e:
-        raise invalid_param(f"Invalid room id: {e}") from e
+    return _typed_id(RoomID, value, "room id")
 
 
 def room_alias(value: str) -> RoomAlias:
-    try:
-        return RoomAlias.parse(value)
-    except InvalidID as e:
-        raise invalid_param(f"Invalid room alias: {e}") from e
+    return _typed_id(RoomAlias, value, "room alias")
 
 
 def event_id(value: str) -> EventID:
-    try:
-        return EventID.parse(value)
-    except InvalidID as e:
-        raise invalid_param(f"Invalid event id: {e}") from e
+    return _typed_id(EventID, value, "event id")
 
 
 def server_name(value: str) -> ServerName:
-    try:
-        return ServerName.parse(value)
-    except InvalidID as e:
-        raise invalid_param(f"Invalid server name: {e}") from e
+    return _typed_id(ServerName, value, "server name")
 
 
 def query_int(
