@@ -4,8 +4,10 @@ shared by the tests of a module; and a Synapse peer for interop tests."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -57,12 +59,38 @@ async def pair(
 
 
 @pytest.fixture(scope="module")
-def synapse() -> SynapseServer:
-    """A Synapse on localhost:38448 (skips the test when it cannot start)."""
-    peer = SynapseServer("fedtest", SYNAPSE_FED, SYNAPSE_CLIENT, REPO / ".peers")
+async def ours(
+    pg_url: str, template_url: str, session: aiohttp.ClientSession
+) -> AsyncIterator[OurServer]:
+    """One process of our server (localhost:18448)."""
+    tmp = Path(tempfile.mkdtemp(prefix="hs-fed-"))
+    url = await create_test_database(pg_url)
+    srv = OurServer("ours", A_FED, A_CLIENT, url, tmp / "ours")
+    srv.start()
+    try:
+        await srv.wait_ready()
+        yield srv
+    finally:
+        srv.stop()
+        await drop_test_database(pg_url, url)
+
+
+@pytest.fixture(scope="module")
+def synapse() -> Iterator[SynapseServer]:
+    """A fresh Synapse on localhost:38448 (skips the test when it cannot start)."""
+    # A state folder of its own per run (Synapse keeps our old keys, rooms and
+    # backoff otherwise); the venv with Synapse itself is shared in .peers.
+    name = f"fedtest-{os.getpid()}"
+    peer = SynapseServer(name, SYNAPSE_FED, SYNAPSE_CLIENT, REPO / ".peers")
     try:
         peer.start()
-    except Exception as e:  # no network for PyPI, no Python venv, ...
+    except Exception as e:  # no network for PyPI, no Python venv, ports taken, ...
+        peer.stop()
+        shutil.rmtree(REPO / ".peers" / name, ignore_errors=True)
         pytest.skip(f"Synapse is not available: {e}")
     yield peer
+    if os.environ.get("HOMESERVER_TEST_KEEP_SYNAPSE"):  # for debugging: look at its logs
+        return
     peer.stop()
+    shutil.rmtree(REPO / ".peers" / name, ignore_errors=True)
+    (REPO / ".peers" / f"{name}.start.log").unlink(missing_ok=True)

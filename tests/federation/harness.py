@@ -5,8 +5,11 @@ small Matrix client that talks to either over HTTP."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -131,7 +134,10 @@ class Client:
         return r.get("membership") if r.get("_status") == 200 else None
 
     async def sync(self, since: str | None = None, timeout: int = 0) -> dict[str, Any]:
-        path = f"{CS}/sync?timeout={timeout}" + (f"&since={since}" if since else "")
+        # A distinct inline filter each time: Synapse caches identical /sync
+        # requests for a while.
+        flt = q(json.dumps({"account_data": {"not_types": [f"x.{uuid.uuid4().hex}"]}}))
+        path = f"{CS}/sync?timeout={timeout}&filter={flt}" + (f"&since={since}" if since else "")
         return await self.call("GET", path)  # type: ignore[no-any-return]
 
     async def bodies(self, room_id: str, limit: int = 100) -> list[str]:
@@ -194,7 +200,7 @@ class OurServer:
             HOMESERVER_FEDERATION_VERIFY_CERTIFICATES="false",
             HOMESERVER_REGISTRATION_ENABLED="true",
         )
-        log = open(self.log_path, "ab")  # noqa: SIM115
+        log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -252,6 +258,37 @@ class OurServer:
 
 
 # -------------------------------------------------------------- Synapse
+def _process_in(folder: Path, marker: str) -> int | None:
+    want = str(folder.resolve())
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cwd = os.readlink(proc / "cwd").removesuffix(" (deleted)")
+            cmd = (proc / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if cwd == want and marker in cmd:
+            return int(proc.name)
+    return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    try:  # a zombie child of ours counts as gone
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
 class SynapseServer:
     def __init__(self, name: str, fed_port: int, client_port: int, peers_dir: Path) -> None:
         self.name = name
@@ -267,32 +304,53 @@ class SynapseServer:
     def start(self, timeout: float = 900) -> None:
         if not SYNAPSE_SH.exists() or shutil.which("bash") is None:
             raise RuntimeError("synapse.sh is not available")
-        r = subprocess.run(
-            [
-                "bash",
-                str(SYNAPSE_SH),
-                "start",
-                self.name,
-                str(self.fed_port),
-                str(self.client_port),
-            ],
-            env=self._env(),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            cwd=REPO,
-        )
+        if not _port_free(self.fed_port) or not _port_free(self.client_port):
+            raise RuntimeError(f"ports {self.fed_port}/{self.client_port} are taken")
+        self.peers_dir.mkdir(parents=True, exist_ok=True)
+        out_path = self.peers_dir / f"{self.name}.start.log"
+        with open(out_path, "wb") as out:  # a file, not a pipe Synapse could inherit
+            r = subprocess.run(
+                [
+                    "bash",
+                    str(SYNAPSE_SH),
+                    "start",
+                    self.name,
+                    str(self.fed_port),
+                    str(self.client_port),
+                ],
+                env=self._env(),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                timeout=timeout,
+                cwd=REPO,
+            )
         if r.returncode != 0:
-            raise RuntimeError(f"synapse did not start: {r.stdout}\n{r.stderr}")
+            raise RuntimeError(f"synapse did not start: {out_path.read_text(errors='replace')}")
 
     def stop(self) -> None:
+        # synapse.sh records the pid of the subshell that started Synapse; the
+        # server itself is the process running in its state folder.
+        pid = _process_in(self.peers_dir / self.name, "synapse.app.homeserver")
+        if pid is not None:
+            os.kill(pid, signal.SIGTERM)
         subprocess.run(
             ["bash", str(SYNAPSE_SH), "stop", self.name],
             env=self._env(),
-            capture_output=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
             timeout=60,
             cwd=REPO,
         )
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and pid is not None and _alive(pid):
+            time.sleep(0.2)
+        if pid is not None and _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not _port_free(self.fed_port):
+            time.sleep(0.2)
 
     def log_tail(self, n: int = 60) -> str:
         p = self.peers_dir / self.name / "homeserver.log"
