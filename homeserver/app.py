@@ -174,6 +174,7 @@ def create_app(
     membership.remote = federation.remote
     directory.remote = federation.remote
     ephemeral.on_local_edu.append(federation.edus.local_change)
+    timeline.backfill = federation.backfiller.backfill
     app[FEDERATION] = federation
 
     async def background(app: web.Application) -> AsyncIterator[None]:

@@ -100,12 +100,22 @@ class Persister:
         room_id: str,
         entries: Sequence[Pending],
         change: RoomChange,
+        *,
+        backfill_positions: Sequence[int] | None = None,
     ) -> int:
         """Write ``entries`` (in order) and ``change`` atomically; returns the
-        last stream position. ``conn`` must hold the room lock."""
+        last stream position. ``conn`` must hold the room lock.
+
+        ``backfill_positions``: older history fetched over federation takes
+        these (negative) positions chosen by the caller instead of new ones:
+        it sorts before the room's timeline and wakes no /sync."""
         if not entries:
             return 0
-        positions = await self._store.reserve_positions(conn, len(entries))
+        backfill = backfill_positions is not None
+        if backfill_positions is not None:
+            positions = list(backfill_positions)
+        else:
+            positions = await self._store.reserve_positions(conn, len(entries))
         for p, pos in zip(entries, positions, strict=True):
             p.stream_ordering = pos
         now = now_ms()
@@ -152,19 +162,23 @@ class Persister:
                     }
                 )
                 # Release the positions and queue the notification together.
-                await conn.execute(
-                    "WITH r AS (DELETE FROM stream_inflight WHERE pos = $1) "
-                    "SELECT pg_notify($2, $3)",
-                    positions[0],
-                    CHANNEL,
-                    payload(positions[-1], room_id, users),
-                )
+                if not backfill:
+                    await conn.execute(
+                        "WITH r AS (DELETE FROM stream_inflight WHERE pos = $1) "
+                        "SELECT pg_notify($2, $3)",
+                        positions[0],
+                        CHANNEL,
+                        payload(positions[-1], room_id, users),
+                    )
         except BaseException:
-            try:
-                await self._store.abandon_positions(conn, positions[0])
-            except Exception:
-                log.exception("could not release stream positions %s", positions)
+            if not backfill:
+                try:
+                    await self._store.abandon_positions(conn, positions[0])
+                except Exception:
+                    log.exception("could not release stream positions %s", positions)
             raise
+        if backfill:
+            return positions[-1]
         users = [
             p.event.state_key
             for p in entries

@@ -3,7 +3,7 @@ each filtered by history visibility for the requesting user."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from homeserver.core.events import StateKey
@@ -18,7 +18,8 @@ def parse_token(token: str) -> int:
     """Stream tokens are ``s<position>`` (``t`` accepted as an alias)."""
     if len(token) > 1 and token[0] in "st":
         head = token[1:].split("_", 1)[0]
-        if head.isdigit():
+        # (negative: history backfilled over federation)
+        if head.removeprefix("-").isdigit():
             return int(head)
     raise MatrixError(400, "M_INVALID_PARAM", f"Invalid pagination token {token!r}")
 
@@ -84,6 +85,9 @@ class TimelineService:
         self._proj = state.projections
         self._ser = serializer
         self._vis = visibility
+        # (room, how many more events wanted) → fetched older history? Set
+        # by federation: /messages asks for history we never received.
+        self.backfill: Callable[[str, int], Awaitable[bool]] | None = None
 
     async def _require_can_read(self, room_id: str, user_id: str) -> str | None:
         """The user's membership; 403 when they may not read the room at all."""
@@ -207,6 +211,7 @@ class TimelineService:
         collected: list[StoredEvent] = []
         cursor = start
         more = True
+        backfilled = False
         # Fetch in rounds: visibility and filters may drop some events.
         while len(collected) < limit and more:
             want = max(limit * 2, 20)
@@ -214,6 +219,10 @@ class TimelineService:
                 batch = await self._store.paginate(
                     room_id, before=cursor + 1, after=end_bound, limit=want, backwards=True
                 )
+                if len(batch) < want and self.backfill is not None and not backfilled:
+                    backfilled = True
+                    if await self.backfill(room_id, want - len(batch)):
+                        continue
             else:
                 hi = end_bound + 1 if end_bound is not None else None
                 if upper_limit is not None:

@@ -428,7 +428,7 @@ class EventStore:
     ) -> list[StoredEvent]:
         """Timeline in stream order (which, within a room, follows the DAG's
         topological order for events we appended), for /messages."""
-        lo = after if after is not None else 0
+        lo = after if after is not None else -(2**62)  # backfilled history is negative
         hi = before if before is not None else 2**62
         order = "DESC" if backwards else "ASC"
         rows = await self._db.fetch(

@@ -151,3 +151,31 @@ async def test_bad_pdus_are_handled_and_the_transaction_succeeds(pair: Pair) -> 
     assert got["errcode"] == "M_NOT_FOUND"
     # Alice's server still gets Bob's later message (which cites the redacted event).
     await eventually(lambda: alice.bodies(room), lambda b: "after" in b)
+
+
+async def test_backfill_fetches_history_from_before_the_join(pair: Pair) -> None:
+    alice = await pair.client(pair.a).register(uniq("alice"))
+    bob = await pair.client(pair.b).register(uniq("bob"))
+    room = await alice.create_room(preset="public_chat")
+    for i in range(30):
+        await alice.send(room, f"old{i:02d}")
+    await bob.join(room, [pair.a.server_name])
+    await alice.send(room, "new")
+    await eventually(lambda: bob.bodies(room), lambda b: "new" in b)
+    # Page back through everything, following the end tokens.
+    bodies: list[str] = []
+    token = None
+    for _ in range(20):
+        path = f"/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=10"
+        r = await bob.call("GET", path + (f"&from={token}" if token else ""))
+        bodies += [e["content"].get("body") for e in r["chunk"] if e["type"] == "m.room.message"]
+        token = r.get("end")
+        if not token or not r["chunk"]:
+            break
+    assert bodies == ["new"] + [f"old{i:02d}" for i in reversed(range(30))]
+    # Backfilled history does not come down /sync as new.
+    s = await bob.sync()
+    timeline = s["rooms"]["join"][room]["timeline"]["events"]
+    assert [e["content"].get("body") for e in timeline if e["type"] == "m.room.message"][
+        -1
+    ] == "new"

@@ -190,9 +190,11 @@ class Ingest:
         checked: Checked,
         *,
         fetch_missing: bool,
-        backfilled: bool = False,
+        backfill_position: int | None = None,
     ) -> Outcome:
-        """Checks 4-6 and the commit; caller holds ``room_lock``."""
+        """Checks 4-6 and the commit; caller holds ``room_lock``. Backfilled
+        (older) events take ``backfill_position`` and leave the room's
+        current state and extremities alone."""
         ev = checked.event
         have = await self._store.get_event(ev.event_id)
         if have is not None:
@@ -215,7 +217,9 @@ class Ingest:
                 check_auth(ev, await self.auth_map_from_state(ev, before))
             except (AuthError, LookupError) as e:
                 rejected = f"state before: {e}"
-        return await self._commit(checked, before, group, rejected, rv, backfilled=backfilled)
+        return await self._commit(
+            checked, before, group, rejected, rv, backfill_position=backfill_position
+        )
 
     def auth_map_from_auth_events(
         self, ev: Event, known: Mapping[str, StoredEvent]
@@ -504,7 +508,7 @@ class Ingest:
         rejected: str | None,
         rv: RoomVersion,
         *,
-        backfilled: bool = False,
+        backfill_position: int | None = None,
     ) -> Outcome:
         ev = checked.event
         room_id = ev.room_id
@@ -515,7 +519,7 @@ class Ingest:
                     return Outcome(ev.event_id, already_known=True)
                 soft = False
                 change = RoomChange({}, [], [])
-                if rejected is None and not backfilled:
+                if rejected is None and backfill_position is None:
                     soft, change = await self._current_state_change(ev, before)
                 if group is None:
                     group = await self.snapshot_state_before(conn, ev, before)
@@ -532,7 +536,9 @@ class Ingest:
                     room_id,
                     [entry],
                     change,
-                    **({"backfill": True} if backfilled else {}),
+                    backfill_positions=(
+                        [backfill_position] if backfill_position is not None else None
+                    ),
                 )
             finally:
                 await self._persister.unlock_room(conn, room_id)

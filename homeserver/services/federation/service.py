@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from homeserver.config import Config
+from homeserver.services.federation.backfill import Backfiller
 from homeserver.services.federation.client import FederationClient
 from homeserver.services.federation.edus import Edus
 from homeserver.services.federation.ingest import Ingest
@@ -41,6 +42,7 @@ class Federation:
     remote: RemoteRooms
     resident: Resident
     edus: Edus
+    backfiller: Backfiller
 
     async def start(self) -> None:
         await self.sender.start()
@@ -77,4 +79,7 @@ def build_federation(
         events, projections, store, ingest, served, remote, sender, keys, ephemeral, profiles
     )
     edus = Edus(ephemeral, projections, store, sender, name)
-    return Federation(name, store, client, keyring, sender, ingest, served, remote, resident, edus)
+    backfiller = Backfiller(events, store, ingest, client, name)
+    return Federation(
+        name, store, client, keyring, sender, ingest, served, remote, resident, edus, backfiller
+    )
