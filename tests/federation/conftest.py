@@ -1,11 +1,12 @@
 """Fixtures: two real processes of our server on loopback (TLS federation,
-server names localhost:18448 and localhost:28448), each on its own database,
+server names localhost:<port> on free loopback ports), each on its own database,
 shared by the tests of a module; and a Synapse peer for interop tests."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -16,9 +17,14 @@ import pytest
 from tests.conftest import create_test_database, drop_test_database
 from tests.federation.harness import REPO, Client, OurServer, SynapseServer
 
-A_FED, A_CLIENT = 18448, 18008
-B_FED, B_CLIENT = 28448, 28008
-SYNAPSE_FED, SYNAPSE_CLIENT = 38448, 38008
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on now: each run picks its own, so
+    concurrent runs (CI, a developer, helpers) do not meet each other."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 class Pair:
@@ -43,8 +49,8 @@ async def pair(
 ) -> AsyncIterator[Pair]:
     tmp = Path(tempfile.mkdtemp(prefix="hs-fed-"))
     urls = [await create_test_database(pg_url), await create_test_database(pg_url)]
-    a = OurServer("a", A_FED, A_CLIENT, urls[0], tmp / "a")
-    b = OurServer("b", B_FED, B_CLIENT, urls[1], tmp / "b")
+    a = OurServer("a", free_port(), free_port(), urls[0], tmp / "a")
+    b = OurServer("b", free_port(), free_port(), urls[1], tmp / "b")
     a.start()
     b.start()
     try:
@@ -62,10 +68,10 @@ async def pair(
 async def ours(
     pg_url: str, template_url: str, session: aiohttp.ClientSession
 ) -> AsyncIterator[OurServer]:
-    """One process of our server (localhost:18448)."""
+    """One process of our server."""
     tmp = Path(tempfile.mkdtemp(prefix="hs-fed-"))
     url = await create_test_database(pg_url)
-    srv = OurServer("ours", A_FED, A_CLIENT, url, tmp / "ours")
+    srv = OurServer("ours", free_port(), free_port(), url, tmp / "ours")
     srv.start()
     try:
         await srv.wait_ready()
@@ -77,11 +83,11 @@ async def ours(
 
 @pytest.fixture(scope="module")
 def synapse() -> Iterator[SynapseServer]:
-    """A fresh Synapse on localhost:38448 (skips the test when it cannot start)."""
+    """A fresh Synapse on a free loopback port (skips the test when it cannot start)."""
     # A state folder of its own per run (Synapse keeps our old keys, rooms and
     # backoff otherwise); the venv with Synapse itself is shared in .peers.
     name = f"fedtest-{os.getpid()}"
-    peer = SynapseServer(name, SYNAPSE_FED, SYNAPSE_CLIENT, REPO / ".peers")
+    peer = SynapseServer(name, free_port(), free_port(), REPO / ".peers")
     try:
         peer.start()
     except Exception as e:  # no network for PyPI, no Python venv, ports taken, ...
