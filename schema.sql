@@ -146,6 +146,16 @@ BEGIN
         USING ERRCODE = 'insufficient_privilege';
 END $$ LANGUAGE plpgsql;
 
+-- Optimistic writers (one statement, no room lock) fail with this when the
+-- room's head moved under them; they then retry under the lock.
+CREATE OR REPLACE FUNCTION hs_require(ok boolean, what text) RETURNS boolean AS $$
+BEGIN
+    IF NOT ok THEN
+        RAISE EXCEPTION 'hs_require: %', what;
+    END IF;
+    RETURN true;
+END $$ LANGUAGE plpgsql;
+
 CREATE OR REPLACE FUNCTION refuse_log_truncate() RETURNS trigger AS $$
 BEGIN
     RAISE EXCEPTION 'the event log is append-only: TRUNCATE on % refused', TG_TABLE_NAME

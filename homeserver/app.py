@@ -70,6 +70,7 @@ from homeserver.storage.events import EventStore
 from homeserver.storage.lifecycle import LifecycleStore
 from homeserver.storage.projections import Projections
 from homeserver.storage.rooms import RoomStore
+from homeserver.storage.sync_snapshot import SyncSnapshots
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,7 @@ def create_app(
         serializer,
         Visibility(event_store, projections),
         notifier,
+        SyncSnapshots(db),
     )
 
     app[appkeys.CONFIG] = config

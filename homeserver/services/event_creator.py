@@ -23,7 +23,7 @@ from homeserver.core.auth import AuthError, check_auth
 from homeserver.core.events import Event, StateKey, auth_types_for_event, build_event
 from homeserver.core.room_versions import RoomVersion
 from homeserver.services.clock import now_ms
-from homeserver.services.persister import Pending, Persister, RoomChange
+from homeserver.services.persister import Pending, Persister, RoomChange, StaleHead
 from homeserver.services.server_keys import ServerKeys
 from homeserver.storage.database import Database
 from homeserver.storage.events import EventStore
@@ -49,6 +49,11 @@ class Draft:
     require_membership: tuple[str, str] | None = None
 
 
+def _plain(d: Draft) -> bool:
+    """A draft ``commit_plain`` may write: it changes no state."""
+    return d.state_key is None and d.type != "m.room.redaction" and d.redacts is None
+
+
 class RoomNotFound(Exception):
     pass
 
@@ -61,6 +66,11 @@ class PreconditionFailed(AuthError):
 class _Request:
     drafts: list[Draft]
     future: asyncio.Future[list[Event]]
+
+
+# Per request: its events, the id of the event its transaction made earlier,
+# or why it was refused.
+_Outcomes = list[tuple[_Request, "list[Event] | str | BaseException"]]
 
 
 @dataclass
@@ -203,48 +213,21 @@ class EventCreator:
 
     async def _run_batch(self, room_id: str, batch: list[_Request]) -> None:
         async with self._db.pool.acquire() as conn:
-            await self._persister.lock_room(conn, room_id)
-            try:
-                ctx = await self._load_context(room_id, conn)
-                if ctx is None:
-                    for r in batch:
-                        r.future.set_exception(RoomNotFound(room_id))
-                    return
-                seen_txns = await self._existing_txns(batch, conn)
-                old_state, old_ext = ctx.state, list(ctx.extremities)
-                entries: list[Pending] = []
-                done: list[tuple[_Request, list[Event] | str | BaseException]] = []
-                for r in batch:
-                    txn = r.drafts[0].txn if len(r.drafts) == 1 else None
-                    if txn is not None and txn in seen_txns:
-                        done.append((r, seen_txns[txn]))
-                        continue
-                    snapshot = (ctx.state, ctx.group, list(ctx.extremities), ctx.depth)
-                    try:
-                        new, events = await self._build_request(
-                            ctx, room_id, r.drafts, chained=bool(entries)
-                        )
-                    except (AuthError, ValueError) as e:
-                        ctx.state, ctx.group, ctx.extremities, ctx.depth = snapshot
-                        done.append((r, e))
-                        continue
-                    entries.extend(new)
-                    if txn is not None:
-                        seen_txns[txn] = events[0].event_id
-                    done.append((r, events))
-                if entries:
-                    await self._persister.commit(
-                        conn,
-                        room_id,
-                        entries,
-                        RoomChange(
-                            state_delta=self._state_delta(old_state, ctx),
-                            extremities_removed=old_ext,
-                            extremities_added=ctx.extremities,
-                        ),
-                    )
-            finally:
-                await self._persister.unlock_room(conn, room_id)
+            done: _Outcomes | None = None
+            if all(_plain(d) for r in batch for d in r.drafts):
+                # Messages first try without the room lock (one statement
+                # that fails if the room moved meanwhile).
+                try:
+                    done = await self._build_and_commit(conn, room_id, batch, optimistic=True)
+                except StaleHead:
+                    done = None
+            if done is None:
+                await self._persister.lock_room(conn, room_id)
+                try:
+                    done = await self._build_and_commit(conn, room_id, batch, optimistic=False)
+                finally:
+                    await self._persister.unlock_room(conn, room_id)
+        assert done is not None
         for r, result in done:
             if isinstance(result, BaseException):
                 r.future.set_exception(result)
@@ -255,23 +238,78 @@ class EventCreator:
             else:
                 r.future.set_result(result)
 
-    async def _existing_txns(
-        self, batch: list[_Request], conn: asyncpg.Connection
-    ) -> dict[tuple[str, str, str], str]:
+    async def _build_and_commit(
+        self, conn: asyncpg.Connection, room_id: str, batch: list[_Request], *, optimistic: bool
+    ) -> _Outcomes | None:
+        """Build ``batch`` on the room's head and commit it: under the room
+        lock, or (``optimistic``) without it through ``commit_plain`` —
+        None when that does not apply to this room (federated, or its head
+        has several branches)."""
+        if await self._store.room_version(room_id, conn) is None:
+            return [(r, RoomNotFound(room_id)) for r in batch]
+        # One round trip: extremities, earlier transactions, positions.
         txns = [r.drafts[0].txn for r in batch if len(r.drafts) == 1 and r.drafts[0].txn]
-        out: dict[tuple[str, str, str], str] = {}
-        for t in txns:
-            assert t is not None
-            eid = await self._store.event_by_txn(*t, conn=conn)
-            if eid is not None:
-                out[t] = eid
-        return out
+        wc = await self._store.writer_context(
+            conn,
+            room_id,
+            sum(len(r.drafts) for r in batch),
+            [t for t in txns if t is not None],
+            self._keys.server_name,
+        )
+        reserved = wc.positions
+        try:
+            ctx = await self._load_context(room_id, conn, wc.extremities)
+            assert ctx is not None
+            if optimistic and (wc.federated or ctx.group is None):
+                return None
+            seen_txns = wc.seen_txns
+            old_state, old_ext = ctx.state, list(ctx.extremities)
+            entries: list[Pending] = []
+            done: _Outcomes = []
+            for r in batch:
+                txn = r.drafts[0].txn if len(r.drafts) == 1 else None
+                if txn is not None and txn in seen_txns:
+                    done.append((r, seen_txns[txn]))
+                    continue
+                snapshot = (ctx.state, ctx.group, list(ctx.extremities), ctx.depth)
+                try:
+                    new, events = await self._build_request(
+                        ctx, room_id, r.drafts, chained=bool(entries)
+                    )
+                except (AuthError, ValueError) as e:
+                    ctx.state, ctx.group, ctx.extremities, ctx.depth = snapshot
+                    done.append((r, e))
+                    continue
+                entries.extend(new)
+                if txn is not None:
+                    seen_txns[txn] = events[0].event_id
+                done.append((r, events))
+            if entries:
+                change = RoomChange(
+                    state_delta=self._state_delta(old_state, ctx),
+                    extremities_removed=old_ext,
+                    extremities_added=ctx.extremities,
+                )
+                reserved = []  # released (or abandoned) by the commit
+                if optimistic:
+                    await self._persister.commit_plain(conn, room_id, entries, change, wc.positions)
+                else:
+                    await self._persister.commit(
+                        conn, room_id, entries, change, reserved=wc.positions
+                    )
+            return done
+        finally:
+            if reserved:
+                await self._store.abandon_positions(conn, reserved[0])
 
-    async def _load_context(self, room_id: str, conn: asyncpg.Connection) -> _Context | None:
+    async def _load_context(
+        self, room_id: str, conn: asyncpg.Connection, ext_ids: list[str] | None = None
+    ) -> _Context | None:
         rv = await self._store.room_version(room_id, conn)
         if rv is None:
             return None
-        ext_ids = await self._store.forward_extremities(room_id, conn)
+        if ext_ids is None:
+            ext_ids = await self._store.forward_extremities(room_id, conn)
         exts = await self._store.get_events(ext_ids, conn)
         if len(exts) == 1:
             (only,) = exts.values()

@@ -43,6 +43,7 @@ class Notifier:
         self._conn: asyncpg.Connection | None = None
         self._by_room: dict[str, set[Waiter]] = defaultdict(set)
         self._by_user: dict[str, set[Waiter]] = defaultdict(set)
+        self._any: set[Waiter] = set()
         self._listeners: list[Callable[[int, str | None, list[str]], None]] = []
         self._auth_listeners: list[Callable[[str], None]] = []
         self.position = 0
@@ -57,7 +58,7 @@ class Notifier:
         """Server shutdown: end every long-poll now and refuse new waits, so
         the process stops without waiting out clients' timeouts."""
         self.closing = True
-        for ws in list(self._by_user.values()) + list(self._by_room.values()):
+        for ws in [*self._by_user.values(), *self._by_room.values(), self._any]:
             for w in ws:
                 w.event.set()
 
@@ -70,7 +71,7 @@ class Notifier:
             finally:
                 await self._conn.close()
             self._conn = None
-        for ws in list(self._by_user.values()) + list(self._by_room.values()):
+        for ws in [*self._by_user.values(), *self._by_room.values(), self._any]:
             for w in ws:
                 w.event.set()
 
@@ -103,7 +104,7 @@ class Notifier:
                 fn(position, room_id, users)
             except Exception:
                 log.exception("stream listener failed")
-        woken: set[Waiter] = set()
+        woken: set[Waiter] = set(self._any)
         if room_id is not None:
             woken |= self._by_room.get(room_id, set())
         for u in users:
@@ -111,31 +112,53 @@ class Notifier:
         for w in woken:
             w.event.set()
 
+    def register(self, rooms: Iterable[str], users: Iterable[str], *, any_: bool = False) -> Waiter:
+        """Start listening before reading, so that nothing written between
+        the read and the wait goes unnoticed; ``any_``: every movement of the
+        stream. Pair with ``unregister``."""
+        w = Waiter(set(rooms), set(users))
+        if self.closing:
+            w.event.set()
+            return w
+        for r in w.rooms:
+            self._by_room[r].add(w)
+        for u in w.users:
+            self._by_user[u].add(w)
+        if any_:
+            self._any.add(w)
+        return w
+
+    def unregister(self, w: Waiter) -> None:
+        self._any.discard(w)
+        for r in w.rooms:
+            s = self._by_room.get(r)
+            if s is not None:
+                s.discard(w)
+                if not s:
+                    del self._by_room[r]
+        for u in w.users:
+            s = self._by_user.get(u)
+            if s is not None:
+                s.discard(w)
+                if not s:
+                    del self._by_user[u]
+
     async def wait(self, rooms: Iterable[str], users: Iterable[str], timeout: float) -> bool:
         """Block until something concerning ``rooms`` or ``users`` happens, or
         ``timeout`` seconds pass. True when woken."""
         if self.closing:
             return False
-        w = Waiter(set(rooms), set(users))
-        for r in w.rooms:
-            self._by_room[r].add(w)
-        for u in w.users:
-            self._by_user[u].add(w)
+        w = self.register(rooms, users)
         try:
-            await asyncio.wait_for(w.event.wait(), timeout)
-            return True
-        except TimeoutError:
-            return False
+            return await wait_for(w, timeout)
         finally:
-            for r in w.rooms:
-                s = self._by_room.get(r)
-                if s is not None:
-                    s.discard(w)
-                    if not s:
-                        del self._by_room[r]
-            for u in w.users:
-                s = self._by_user.get(u)
-                if s is not None:
-                    s.discard(w)
-                    if not s:
-                        del self._by_user[u]
+            self.unregister(w)
+
+
+async def wait_for(w: Waiter, timeout: float) -> bool:
+    """True when ``w`` was woken within ``timeout`` seconds."""
+    try:
+        await asyncio.wait_for(w.event.wait(), timeout)
+        return True
+    except TimeoutError:
+        return False

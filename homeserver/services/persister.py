@@ -12,6 +12,7 @@ it, so a reader's "current position" never runs past an uncommitted event.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from homeserver.core.events import Event, StateKey
 from homeserver.services.clock import now_ms
 from homeserver.services.notifier import CHANNEL, Notifier, payload
 from homeserver.storage.events import EventStore, NewEvent
-from homeserver.storage.projections import Accepted, Projections
+from homeserver.storage.projections import Accepted, Projections, head_args
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,27 @@ class RoomChange:
     new_room: tuple[str, str, int] | None = None  # (room version, creator, ts)
 
 
+class StaleHead(Exception):
+    """The room moved while an optimistic writer built its batch."""
+
+
+def _new_events(entries: Sequence[Pending], now: int) -> list[NewEvent]:
+    return [
+        NewEvent(
+            event=p.event,
+            stream_ordering=p.stream_ordering,
+            state_group=p.state_group,
+            rejected_reason=p.rejected_reason,
+            soft_failed=p.soft_failed,
+            outlier=p.outlier,
+            received_ts=now,
+            txn=p.txn,
+            redacted_pdu=p.redacted_pdu,
+        )
+        for p in entries
+    ]
+
+
 def room_lock_key(room_id: str) -> tuple[int, str]:
     return (_ROOM_LOCK_NS, room_id)
 
@@ -89,10 +111,16 @@ class Persister:
 
     async def lock_room(self, conn: asyncpg.Connection, room_id: str) -> None:
         """Serialise writers of one room across processes (session lock)."""
+        note = getattr(conn, "note_session_lock", None)
+        if note is not None:
+            note(1)  # before: a cancellation mid-call must still reset
         await conn.execute("SELECT pg_advisory_lock($1, hashtext($2))", _ROOM_LOCK_NS, room_id)
 
     async def unlock_room(self, conn: asyncpg.Connection, room_id: str) -> None:
         await conn.execute("SELECT pg_advisory_unlock($1, hashtext($2))", _ROOM_LOCK_NS, room_id)
+        note = getattr(conn, "note_session_lock", None)
+        if note is not None:
+            note(-1)
 
     async def commit(
         self,
@@ -102,18 +130,25 @@ class Persister:
         change: RoomChange,
         *,
         backfill_positions: Sequence[int] | None = None,
+        reserved: Sequence[int] | None = None,
     ) -> int:
         """Write ``entries`` (in order) and ``change`` atomically; returns the
         last stream position. ``conn`` must hold the room lock.
 
         ``backfill_positions``: older history fetched over federation takes
         these (negative) positions chosen by the caller instead of new ones:
-        it sorts before the room's timeline and wakes no /sync."""
+        it sorts before the room's timeline and wakes no /sync.
+        ``reserved``: positions the caller already reserved (at least one per
+        entry; the rest stay unused), released or abandoned here."""
         if not entries:
+            if reserved:
+                await self._store.abandon_positions(conn, reserved[0])
             return 0
         backfill = backfill_positions is not None
         if backfill_positions is not None:
             positions = list(backfill_positions)
+        elif reserved is not None:
+            positions = list(reserved[: len(entries)])
         else:
             positions = await self._store.reserve_positions(conn, len(entries))
         for p, pos in zip(entries, positions, strict=True):
@@ -127,22 +162,21 @@ class Persister:
                         conn, room_id, rv, change.new_room[1], change.new_room[2]
                     )
                 await self._assign_state_groups(conn, room_id, entries)
+                users = sorted(
+                    {
+                        p.event.state_key
+                        for p in entries
+                        if p.event.type == "m.room.member" and p.event.state_key
+                    }
+                )
                 await self._store.insert_events(
                     conn,
-                    [
-                        NewEvent(
-                            event=p.event,
-                            stream_ordering=p.stream_ordering,
-                            state_group=p.state_group,
-                            rejected_reason=p.rejected_reason,
-                            soft_failed=p.soft_failed,
-                            outlier=p.outlier,
-                            received_ts=now,
-                            txn=p.txn,
-                            redacted_pdu=p.redacted_pdu,
-                        )
-                        for p in entries
-                    ],
+                    _new_events(entries, now),
+                    # Release the positions and queue the notification with
+                    # the events (both happen at commit).
+                    release=None
+                    if backfill
+                    else (positions[0], CHANNEL, payload(positions[-1], room_id, users)),
                 )
                 await self._proj.apply(
                     conn,
@@ -154,22 +188,6 @@ class Persister:
                 )
                 for hook in self.in_transaction:
                     await hook(conn, room_id, entries)
-                users = sorted(
-                    {
-                        p.event.state_key
-                        for p in entries
-                        if p.event.type == "m.room.member" and p.event.state_key
-                    }
-                )
-                # Release the positions and queue the notification together.
-                if not backfill:
-                    await conn.execute(
-                        "WITH r AS (DELETE FROM stream_inflight WHERE pos = $1) "
-                        "SELECT pg_notify($2, $3)",
-                        positions[0],
-                        CHANNEL,
-                        payload(positions[-1], room_id, users),
-                    )
         except BaseException:
             if not backfill:
                 try:
@@ -179,18 +197,69 @@ class Persister:
             raise
         if backfill:
             return positions[-1]
-        users = [
-            p.event.state_key
-            for p in entries
-            if p.event.type == "m.room.member" and p.event.state_key
-        ]
-        self._notifier.local_notify(positions[-1], room_id, users)
+        self._committed(room_id, positions[-1], users, entries)
+        return positions[-1]
+
+    async def commit_plain(
+        self,
+        conn: asyncpg.Connection,
+        room_id: str,
+        entries: Sequence[Pending],
+        change: RoomChange,
+        reserved: Sequence[int],
+    ) -> int:
+        """``commit`` for the commonest append, as one statement without the
+        room lock: local events that change no state (messages), in a room
+        no other server has joined, built on extremities read without the
+        lock. The statement removes exactly those extremities or fails —
+        then nothing is written and ``StaleHead`` is raised, for the caller
+        to rebuild the batch under the lock. A single statement is its own
+        transaction: one round trip, one fsync."""
+        assert entries and not change.state_delta and change.new_room is None
+        positions = list(reserved[: len(entries)])
+        for p, pos in zip(entries, positions, strict=True):
+            assert p.accepted and not p.event.is_state and p.before_group is not None
+            p.stream_ordering = pos
+            p.state_group, p.state_after = p.before_group, p.state_before
+        try:
+            await self._store.insert_events(
+                conn,
+                _new_events(entries, now_ms()),
+                release=(positions[0], CHANNEL, payload(positions[-1], room_id)),
+                head=head_args(
+                    room_id,
+                    [Accepted(p.event, p.stream_ordering) for p in entries],
+                    change.extremities_removed,
+                    change.extremities_added,
+                ),
+            )
+        except BaseException as e:
+            try:
+                await self._store.abandon_positions(conn, reserved[0])
+            except Exception:
+                log.exception("could not release stream positions %s", positions)
+            if isinstance(e, asyncpg.RaiseError) and "hs_require" in str(e):
+                raise StaleHead(room_id) from e
+            raise
+        self._committed(room_id, positions[-1], [], entries)
+        return positions[-1]
+
+    def _committed(
+        self, room_id: str, position: int, users: list[str], entries: Sequence[Pending]
+    ) -> None:
+        """Wake this process's readers (others hear the NOTIFY) and run the
+        after-commit hooks. Readers are woken on the next turn of the event
+        loop, after the writer has put its connection back in the pool: the
+        pool hands out the most recently used connection first, so a woken
+        /sync reads through a database session that is already running
+        rather than one that has been idle (measurably slower on the first
+        query)."""
+        asyncio.get_running_loop().call_soon(self._notifier.local_notify, position, room_id, users)
         for fn in self.on_committed:
             try:
                 fn(room_id, entries)
             except Exception:
                 log.exception("after-commit hook failed")
-        return positions[-1]
 
     async def _assign_state_groups(
         self, conn: asyncpg.Connection, room_id: str, entries: Sequence[Pending]

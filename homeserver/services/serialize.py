@@ -4,7 +4,7 @@ and redactions applied."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from homeserver.core.canonical import redact
@@ -25,10 +25,17 @@ class EventSerializer:
         *,
         viewer: tuple[str, str] | None = None,
         prev_content: bool = True,
+        redactions: Mapping[str, list[str]] | None = None,
+        redactions_cover: Collection[str] = (),
     ) -> list[dict[str, Any]]:
+        """``redactions`` (redacted id → redaction ids) is authoritative for
+        the ids in ``redactions_cover`` (already read by the caller); the
+        rest are looked up."""
         if not events:
             return []
-        redactions = await self._proj.redactions_of([e.event.event_id for e in events])
+        known = dict(redactions or {})
+        rest = [e.event.event_id for e in events if e.event.event_id not in redactions_cover]
+        redactions = {**known, **(await self._proj.redactions_of(rest))} if rest else known
         redaction_events = await self._store.get_events(
             r for ids in redactions.values() for r in ids
         )

@@ -18,7 +18,7 @@ from typing import Any
 from homeserver.core.events import StateKey
 from homeserver.services.clock import now_ms
 from homeserver.services.filters import EventFilter
-from homeserver.services.notifier import Notifier
+from homeserver.services.notifier import Notifier, wait_for
 from homeserver.services.serialize import EventSerializer
 from homeserver.services.timeline import Visibility, make_token
 from homeserver.storage.account_data import AccountDataStore
@@ -26,6 +26,7 @@ from homeserver.storage.ephemeral import EphemeralStore
 from homeserver.storage.events import EventStore, StoredEvent
 from homeserver.storage.projections import Projections
 from homeserver.storage.rooms import RoomStore
+from homeserver.storage.sync_snapshot import SyncSnapshot, SyncSnapshots
 
 # Stripped state given with invites and knocks (Client-Server API "Stripped state").
 STRIPPED_TYPES = (
@@ -97,7 +98,9 @@ class SyncService:
         serializer: EventSerializer,
         visibility: Visibility,
         notifier: Notifier,
+        snapshots: SyncSnapshots,
     ) -> None:
+        self._snapshots = snapshots
         self._store = store
         self._proj = projections
         self._eph = ephemeral
@@ -116,8 +119,8 @@ class SyncService:
         full_state: bool,
         flt: SyncFilter,
     ) -> dict[str, Any]:
-        upto = await self._store.current_position()
-        result = await self._compute(user_id, device_id, since, upto, full_state, flt)
+        mark = self._notifier.position
+        result, joined, upto = await self._compute(user_id, device_id, since, full_state, flt)
         if since is None or full_state or timeout_ms <= 0 or _has_content(result):
             return result
         deadline = time.monotonic() + min(timeout_ms, 300_000) / 1000
@@ -125,29 +128,39 @@ class SyncService:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return result
-            joined = await self._proj.rooms_for_user(user_id, ["join"])
-            # Re-check after registering interest would race; instead wait,
-            # then recompute: a wake that found nothing new just waits again.
-            woken = await self._notifier.wait(joined.keys(), [user_id], remaining)
-            new_upto = await self._store.current_position()
-            if new_upto > upto or not woken:
-                upto = max(upto, new_upto)
-                result = await self._compute(user_id, device_id, since, upto, False, flt)
-                if _has_content(result) or not woken:
-                    return result
+            # Listen first, then look at what was announced meanwhile: a
+            # write that landed during the read above is not slept through.
+            # When the stream is known to be past what we read (a writer of
+            # a lower position has not committed yet), any movement counts.
+            behind = upto < self._notifier.position
+            w = self._notifier.register(joined, [user_id], any_=behind)
+            try:
+                if self._notifier.position > mark and not behind:
+                    woken = True
+                else:
+                    woken = await wait_for(w, min(remaining, 0.05) if behind else remaining)
+                    woken = woken or behind
+            finally:
+                self._notifier.unregister(w)
+            mark = self._notifier.position
+            result, joined, upto = await self._compute(user_id, device_id, since, False, flt)
+            if _has_content(result) or not woken:
+                return result
 
     async def _compute(
         self,
         user_id: str,
         device_id: str,
         since: int | None,
-        upto: int,
         full_state: bool,
         flt: SyncFilter,
-    ) -> dict[str, Any]:
-        memberships = await self._proj.rooms_for_user(
-            user_id, ["join", "invite", "knock", "leave", "ban"]
+    ) -> tuple[dict[str, Any], list[str], int]:
+        """The response, the joined rooms and the position it reaches."""
+        snap = await self._snapshots.read(
+            user_id, since or 0, flt.timeline_limit + 1, all_rooms=since is None
         )
+        upto = snap.upto
+        memberships = snap.memberships
         joined_out: dict[str, Any] = {}
         invite_out: dict[str, Any] = {}
         leave_out: dict[str, Any] = {}
@@ -171,14 +184,13 @@ class SyncService:
                     if se:
                         left_at[r] = se.stream_ordering
         else:
-            changes = await self._proj.membership_changes(user_id, since, upto)
             last: dict[str, str] = {}
             last_pos: dict[str, int] = {}
             first_pos: dict[str, int] = {}
-            for c in changes:
-                last[c["room_id"]] = c["membership"]
-                last_pos[c["room_id"]] = c["stream_ordering"]
-                first_pos.setdefault(c["room_id"], c["stream_ordering"])
+            for room, pos, membership, _event_id in snap.changes:
+                last[room] = membership
+                last_pos[room] = pos
+                first_pos.setdefault(room, pos)
             for r, m in last.items():
                 if m == "join":
                     before = await self._proj.membership_before(user_id, r, first_pos[r])
@@ -195,9 +207,9 @@ class SyncService:
 
         targets = [r for r in targets if flt.allows_room(r)]
         fresh_rooms = {r for r in targets if since is None or r in newly_joined}
-        pre = await self._prefetch(user_id, targets, fresh_rooms, since, upto, flt)
+        pre = await self._prefetch(snap, targets, fresh_rooms, since, full_state, flt)
         if since is not None:
-            # Only rooms where something happened (one prefetch answered it).
+            # Only rooms where something happened (the snapshot answered it).
             targets = [
                 r
                 for r in targets
@@ -207,7 +219,7 @@ class SyncService:
                 or r in pre.receipts
                 or any(ad[0] == r for ad in pre.account_data)
             ]
-            pre.unread = await self._eph.unread_counts(targets, user_id) if targets else {}
+        await self._complete_rooms(pre, targets, user_id)
         for r in targets:
             fresh = r in fresh_rooms
             joined_out[r] = await self._joined_entry(
@@ -220,7 +232,7 @@ class SyncService:
                 flt,
                 pre,
             )
-        await self._fill_events(joined_out, user_id, device_id)
+        await self._fill_events(joined_out, user_id, device_id, pre)
         for r, pos in left_at.items():
             if flt.allows_room(r):
                 leave_out[r] = await self._left_entry(r, user_id, device_id, since, pos, flt)
@@ -230,20 +242,25 @@ class SyncService:
             for r, t, c in pre.account_data
             if r == "" and flt.account_data(_Typed(t))
         ]
-        return {
-            "next_batch": make_token(upto),
-            "rooms": {
-                "join": joined_out,
-                "invite": invite_out,
-                "leave": leave_out,
-                "knock": knock_out,
+        joined = [r for r, m in memberships.items() if m == "join"]
+        return (
+            {
+                "next_batch": make_token(upto),
+                "rooms": {
+                    "join": joined_out,
+                    "invite": invite_out,
+                    "leave": leave_out,
+                    "knock": knock_out,
+                },
+                "account_data": {"events": account_data},
+                "presence": {"events": []},
+                "to_device": {"events": []},
+                "device_lists": {"changed": [], "left": []},
+                "device_one_time_keys_count": {},
             },
-            "account_data": {"events": account_data},
-            "presence": {"events": []},
-            "to_device": {"events": []},
-            "device_lists": {"changed": [], "left": []},
-            "device_one_time_keys_count": {},
-        }
+            joined,
+            upto,
+        )
 
     async def _forgotten(self, user_id: str) -> set[str]:
         return await self._rooms.forgotten(user_id)
@@ -275,47 +292,59 @@ class SyncService:
 
     async def _prefetch(
         self,
-        user_id: str,
+        snap: SyncSnapshot,
         rooms: list[str],
         fresh: set[str],
         since: int | None,
-        upto: int,
+        full_state: bool,
         flt: SyncFilter,
     ) -> _Prefetch:
-        """Everything the joined rooms of one response need, in a handful of
-        queries for all rooms together rather than a dozen per room."""
-        lowers = [0 if r in fresh else (since or 0) for r in rooms]
-        timelines = (
-            await self._store.timelines(rooms, lowers, upto, flt.timeline_limit + 1)
-            if rooms
+        """The joined rooms' timelines from the snapshot (bodies from the
+        event cache); rooms joined since ``since`` start from the beginning
+        and are read separately."""
+        limit = flt.timeline_limit
+        reread = [r for r in rooms if r in fresh] if since is not None else []
+        timelines: dict[str, list[StoredEvent]] = (
+            await self._store.timelines(reread, [0] * len(reread), snap.upto, limit + 1)
+            if reread
             else {}
         )
-        receipts: dict[str, list[dict[str, Any]]] = {}
-        for rc in await self._eph.receipts(rooms, since or 0, upto) if rooms else []:
-            receipts.setdefault(rc["room_id"], []).append(rc)
-        typing = (
-            (set(rooms) if since is None else await self._eph.typing_changed(rooms, since, upto))
-            if rooms
-            else set()
-        )
-        # The state before each timeline: the state after its first event's
-        # predecessor (loaded together).
+        ids = [eid for r in rooms if r not in timelines for eid, _pos in snap.timeline.get(r, ())]
+        bodies = await self._store.get_events(ids) if ids else {}
+        for r in rooms:
+            if r not in timelines:
+                timelines[r] = [bodies[e] for e, _pos in snap.timeline.get(r, ()) if e in bodies]
+        # The state before a timeline is needed when it is sent at all: the
+        # state after its first event's predecessor (loaded together).
         firsts = {
-            r: evs[min(len(evs), flt.timeline_limit) - 1] for r, evs in timelines.items() if evs
+            r: evs[min(len(evs), limit) - 1]
+            for r, evs in timelines.items()
+            if evs and (full_state or r in fresh or len(evs) > limit)
         }
         prev_ids = [f.event.prev_events[0] for f in firsts.values() if f.event.prev_events]
-        prevs = await self._store.get_events(prev_ids) if prev_ids else {}
         return _Prefetch(
             timelines=timelines,
-            prevs=prevs,
-            account_data=await self._ad.changed(user_id, since or 0, upto),
-            receipts=receipts,
-            typing=typing,
-            stats=await self._proj.room_stats_many(rooms) if rooms else {},
-            unread=(
-                await self._eph.unread_counts(rooms, user_id) if rooms and since is None else {}
-            ),
+            prevs=await self._store.get_events(prev_ids) if prev_ids else {},
+            account_data=snap.account_data,
+            receipts=snap.receipts,
+            typing=set(rooms) if since is None else snap.typing,
+            stats=dict(snap.rooms),
+            redactions=snap.redactions,
+            redactions_cover={
+                eid for r in rooms if r not in reread for eid, _pos in snap.timeline.get(r, ())
+            },
         )
+
+    async def _complete_rooms(self, pre: _Prefetch, rooms: list[str], user_id: str) -> None:
+        """Counts and unread numbers for rooms the snapshot did not cover
+        (joined since the last sync, yet quiet in its window)."""
+        missing = [r for r in rooms if r not in pre.stats]
+        if not missing:
+            return
+        stats = await self._proj.room_stats_many(missing)
+        unread = await self._eph.unread_counts(missing, user_id)
+        for r in missing:
+            pre.stats[r] = {**stats.get(r, {}), "unread": unread.get(r, 0)}
 
     async def _joined_entry(
         self,
@@ -355,7 +384,10 @@ class SyncService:
             "m.invited_member_count": stats.get("invited_members", 0),
         }
         if not stats.get("name") and not stats.get("canonical_alias"):
-            summary["m.heroes"] = await self._proj.heroes(room_id, user_id, 5)
+            heroes = stats.get("heroes")
+            if heroes is None:
+                heroes = await self._proj.heroes(room_id, user_id, 5)
+            summary["m.heroes"] = heroes
         # Events are serialised later for all rooms together (_fill_events).
         return {
             "timeline": {
@@ -374,17 +406,27 @@ class SyncService:
             "ephemeral": {"events": await self._ephemeral(room_id, user_id, since, pre)},
             "summary": summary,
             "unread_notifications": {
-                "notification_count": pre.unread.get(room_id, 0),
+                "notification_count": int(stats.get("unread") or 0),
                 "highlight_count": 0,
             },
         }
 
-    async def _fill_events(self, rooms: dict[str, Any], user_id: str, device_id: str) -> None:
+    async def _fill_events(
+        self, rooms: dict[str, Any], user_id: str, device_id: str, pre: _Prefetch
+    ) -> None:
         """Serialise every room's timeline and state events in two calls (one
-        redaction lookup each) instead of two per room."""
+        redaction lookup each, none for what the snapshot covered) instead of
+        two per room."""
         timelines = [e for entry in rooms.values() for e in entry["timeline"]["events"]]
         states = [e for entry in rooms.values() for e in entry["state"]["events"]]
-        tl_iter = iter(await self._ser.serialize(timelines, viewer=(user_id, device_id)))
+        tl_iter = iter(
+            await self._ser.serialize(
+                timelines,
+                viewer=(user_id, device_id),
+                redactions=pre.redactions,
+                redactions_cover=pre.redactions_cover,
+            )
+        )
         st_iter = iter(await self._ser.serialize(states, prev_content=False))
         for entry in rooms.values():
             entry["timeline"]["events"] = [next(tl_iter) for _ in entry["timeline"]["events"]]
@@ -484,8 +526,10 @@ class _Prefetch:
     account_data: list[tuple[str, str, dict[str, Any]]]
     receipts: dict[str, list[dict[str, Any]]]
     typing: set[str]
+    # room → counts, name, alias, heroes, unread
     stats: dict[str, dict[str, Any]]
-    unread: dict[str, int]
+    redactions: dict[str, list[str]]
+    redactions_cover: set[str]
 
 
 @dataclass(frozen=True)

@@ -33,8 +33,45 @@ def schema_sql() -> str:
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
+    # Plan each prepared statement once. By default PostgreSQL re-plans a
+    # statement's first five executions on every connection, and planning
+    # the multi-part reads (/sync's snapshot) costs more than running them;
+    # our statements are key and range lookups whose best plan does not
+    # depend on the parameter values.
+    await conn.execute("SET plan_cache_mode = force_generic_plan")
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
     await conn.set_type_codec("json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+class HsConnection(asyncpg.Connection):  # type: ignore[misc]
+    """A pooled connection whose release costs no round trip.
+
+    asyncpg resets every connection it takes back into the pool with
+    ``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`` — one more
+    round trip per pooled query, doubling the cost of the short queries
+    /sync and sends are made of. Our pooled connections never LISTEN (the
+    notifier has its own connection), never change session settings and use
+    cursors only inside transactions; the one session state they can carry
+    is a room's advisory lock, which writers release themselves. So the reset
+    is skipped unless a session lock was taken and maybe not released (a
+    cancelled writer), in which case all are dropped before reuse.
+    """
+
+    __slots__ = ("_hs_session_locks",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._hs_session_locks = 0
+
+    def note_session_lock(self, delta: int) -> None:
+        """+1 after taking a session advisory lock, -1 after releasing it."""
+        self._hs_session_locks += delta
+
+    def get_reset_query(self) -> str:
+        if self._hs_session_locks > 0:
+            self._hs_session_locks = 0
+            return "SELECT pg_advisory_unlock_all()"
+        return ""
 
 
 class Database:
@@ -47,7 +84,11 @@ class Database:
     @classmethod
     async def connect(cls, url: str, *, min_size: int = 2, max_size: int = 20) -> Database:
         pool = await asyncpg.create_pool(
-            url, min_size=min_size, max_size=max_size, init=_init_connection
+            url,
+            min_size=min_size,
+            max_size=max_size,
+            init=_init_connection,
+            connection_class=HsConnection,
         )
         assert pool is not None
         return cls(pool, url)

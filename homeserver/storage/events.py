@@ -19,6 +19,7 @@ import asyncpg
 from homeserver.core.events import Event, StateKey
 from homeserver.core.room_versions import RoomVersion, get_room_version
 from homeserver.storage.database import Database
+from homeserver.storage.projections import head_ctes
 
 # A state group chain longer than this is cut by a full snapshot, so reading
 # the state at any event walks at most this many deltas.
@@ -39,6 +40,16 @@ class StoredEvent:
     state_group: int | None
     txn_id: str | None = None
     txn_device_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WriterContext:
+    """See ``EventStore.writer_context``."""
+
+    extremities: list[str]
+    seen_txns: dict[tuple[str, str, str], str]
+    positions: list[int]
+    federated: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +84,36 @@ class _LRU(OrderedDict[Any, Any]):
         while len(self) > self._size:
             self.popitem(last=False)
 
+
+# The highest position below which nothing can still appear: just under the
+# oldest position reserved by a writer that has not committed yet.
+CURRENT_POSITION_SQL = (
+    "SELECT COALESCE((SELECT min(pos) - 1 FROM stream_inflight), "
+    "(SELECT pos FROM stream_counter WHERE id = 1), "
+    "(SELECT max(stream_ordering) FROM events), 0)"
+)
+
+_INSERT_EVENTS_CTES = (
+    "WITH ev AS (INSERT INTO events (stream_ordering, event_id, room_id, type, state_key, "
+    "  sender, depth, origin_server_ts, received_ts, json, redacted_json, rejected_reason, "
+    "  soft_failed, outlier, state_group, txn_user_id, txn_device_id, txn_id) "
+    "  SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], "
+    "  $6::text[], $7::bigint[], $8::bigint[], $9::bigint[], $10::text[], $11::text[], "
+    "  $12::text[], $13::boolean[], $14::boolean[], $15::bigint[], $16::text[], $17::text[], "
+    "  $18::text[])), "
+    "ed AS (INSERT INTO event_edges (event_id, prev_event_id, room_id) "
+    "  SELECT * FROM unnest($19::text[], $20::text[], $21::text[]) ON CONFLICT DO NOTHING), "
+    "au AS (INSERT INTO event_auth (event_id, auth_id, room_id) "
+    "  SELECT * FROM unnest($22::text[], $23::text[], $24::text[]) ON CONFLICT DO NOTHING), "
+    "rel AS (DELETE FROM stream_inflight WHERE pos = $25::bigint) "
+)
+_INSERT_EVENTS_SQL = (
+    _INSERT_EVENTS_CTES + "SELECT pg_notify($26::text, $27::text) WHERE $26::text IS NOT NULL"
+)
+_INSERT_EVENTS_WITH_HEAD_SQL = (
+    _INSERT_EVENTS_CTES + ", " + head_ctes(28, checked=True) + " SELECT (SELECT ok FROM head_ok), "
+    "CASE WHEN $26::text IS NOT NULL THEN pg_notify($26::text, $27::text) END"
+)
 
 _EVENT_COLS = (
     "e.stream_ordering, e.event_id, e.json, e.redacted_json, e.rejected_reason, "
@@ -159,6 +200,52 @@ class EventStore:
         first = int(rows[0]["pos"])
         return list(range(first, first + n))
 
+    async def writer_context(
+        self,
+        conn: asyncpg.Connection,
+        room_id: str,
+        n: int,
+        txns: Sequence[tuple[str, str, str]],
+        server_name: str,
+    ) -> WriterContext:
+        """What a room's writer reads before building, in one statement:
+        the forward extremities, which of ``txns`` (user, device, txn id)
+        already made an event, whether users of other servers than
+        ``server_name`` are joined, and ``n`` reserved stream positions (see
+        ``reserve_positions``; the caller releases or abandons them)."""
+        while True:
+            row = await conn.fetchrow(
+                "WITH seed AS (INSERT INTO stream_counter (id, pos) "
+                "  SELECT 1, COALESCE(max(stream_ordering), 0) FROM events "
+                "  ON CONFLICT (id) DO NOTHING), "
+                "bump AS (UPDATE stream_counter SET pos = pos + $1 WHERE id = 1 RETURNING pos), "
+                "ins AS (INSERT INTO stream_inflight (pos, backend_pid) "
+                "  SELECT pos - $1 + 1, pg_backend_pid() FROM bump RETURNING pos) "
+                "SELECT (SELECT pos FROM ins) AS first, "
+                "  ARRAY(SELECT event_id FROM forward_extremities WHERE room_id = $2) AS ext, "
+                "  (SELECT json_agg(json_build_array(txn_user_id, txn_device_id, txn_id, event_id)) "
+                "   FROM events WHERE (txn_user_id, txn_device_id, txn_id) IN "
+                "   (SELECT * FROM unnest($3::text[], $4::text[], $5::text[]))) AS txns, "
+                "  EXISTS (SELECT 1 FROM room_members WHERE room_id = $2 AND membership = 'join' "
+                "   AND right(user_id, char_length($6)) <> $6) AS federated",
+                n,
+                room_id,
+                [t[0] for t in txns],
+                [t[1] for t in txns],
+                [t[2] for t in txns],
+                ":" + server_name,
+            )
+            assert row is not None
+            if row["first"] is not None:
+                break  # else the counter row was just seeded: once more
+        first = int(row["first"])
+        return WriterContext(
+            extremities=list(row["ext"]),
+            seen_txns={(u, d, t): e for u, d, t, e in row["txns"] or ()},
+            positions=list(range(first, first + n)),
+            federated=bool(row["federated"]),
+        )
+
     async def release_positions(self, conn: asyncpg.Connection, first: int) -> None:
         await conn.execute("DELETE FROM stream_inflight WHERE pos = $1", first)
 
@@ -168,11 +255,7 @@ class EventStore:
     async def current_position(self) -> int:
         """The highest position P such that every event at or below P that
         will ever exist is already visible."""
-        v = await self._db.fetchval(
-            "SELECT COALESCE((SELECT min(pos) - 1 FROM stream_inflight), "
-            "(SELECT pos FROM stream_counter WHERE id = 1), "
-            "(SELECT max(stream_ordering) FROM events), 0)"
-        )
+        v = await self._db.fetchval(CURRENT_POSITION_SQL)
         return int(v)
 
     async def clear_stale_inflight(self) -> int:
@@ -184,7 +267,22 @@ class EventStore:
         return int(r.split()[-1])
 
     # --------------------------------------------------------------- writes
-    async def insert_events(self, conn: asyncpg.Connection, items: Sequence[NewEvent]) -> None:
+    async def insert_events(
+        self,
+        conn: asyncpg.Connection,
+        items: Sequence[NewEvent],
+        *,
+        release: tuple[int, str, str] | None = None,
+        head: Sequence[Any] | None = None,
+    ) -> None:
+        """Insert ``items`` with their DAG edges in one statement (each round
+        trip to the database counts on the write path). ``release`` =
+        (first reserved position, channel, payload): drop the positions'
+        in-flight mark and queue the notification in the same statement;
+        both take effect when the caller's transaction commits. ``head``
+        (``projections.head_args``): also move the room's extremities and
+        head, failing with ``hs_require`` when the removed extremities are
+        gone — the whole append of an optimistic writer as one statement."""
         ev_rows = []
         edge_rows: list[tuple[str, str, str]] = []
         auth_rows: list[tuple[str, str, str]] = []
@@ -215,25 +313,15 @@ class EventStore:
             )
             edge_rows.extend((e.event_id, p, e.room_id) for p in e.prev_events)
             auth_rows.extend((e.event_id, a, e.room_id) for a in e.auth_events)
-        await conn.executemany(
-            "INSERT INTO events (stream_ordering, event_id, room_id, type, state_key, sender, "
-            "depth, origin_server_ts, received_ts, json, redacted_json, rejected_reason, "
-            "soft_failed, outlier, state_group, txn_user_id, txn_device_id, txn_id) "
-            "VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18)",
-            ev_rows,
-        )
-        if edge_rows:
-            await conn.executemany(
-                "INSERT INTO event_edges (event_id, prev_event_id, room_id) VALUES ($1,$2,$3) "
-                "ON CONFLICT DO NOTHING",
-                edge_rows,
-            )
-        if auth_rows:
-            await conn.executemany(
-                "INSERT INTO event_auth (event_id, auth_id, room_id) VALUES ($1,$2,$3) "
-                "ON CONFLICT DO NOTHING",
-                auth_rows,
-            )
+        columns = [list(c) for c in zip(*ev_rows, strict=True)]
+        edges = [list(c) for c in zip(*edge_rows, strict=True)] or [[], [], []]
+        auths = [list(c) for c in zip(*auth_rows, strict=True)] or [[], [], []]
+        first, channel, note = release if release is not None else (None, None, None)
+        args = [*columns, *edges, *auths, first, channel, note]
+        if head is None:
+            await conn.execute(_INSERT_EVENTS_SQL, *args)
+        else:
+            await conn.execute(_INSERT_EVENTS_WITH_HEAD_SQL, *args, *head)
         for it in items:
             self._events.put(
                 it.event.event_id,

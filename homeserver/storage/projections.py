@@ -71,6 +71,50 @@ def is_local(user_id: str, server_name: str) -> bool:
     return user_id.endswith(":" + server_name)
 
 
+def head_ctes(n: int, *, checked: bool = False) -> str:
+    """CTEs moving a room's forward extremities, head and last activity;
+    parameters ``$n`` … ``$n+5`` as ``head_args`` gives them. ``checked``:
+    every removed extremity must still be there (an optimistic writer that
+    read them without the room lock), else the statement fails through
+    ``hs_require`` — select ``ok`` from the ``head_ok`` CTE to evaluate it."""
+    r, rem, add, last, depth, ts = (f"${n + i}" for i in range(6))
+    ctes = (
+        f"head_d AS (DELETE FROM forward_extremities WHERE room_id = {r} "
+        f"  AND event_id = ANY({rem}::text[]) RETURNING 1), "
+        f"head_i AS (INSERT INTO forward_extremities (room_id, event_id) "
+        f"  SELECT {r}, unnest({add}::text[]) ON CONFLICT DO NOTHING), "
+        f"head_h AS (INSERT INTO room_heads (room_id, stream_ordering, max_depth) "
+        f"  SELECT {r}, {last}, {depth} WHERE {last}::bigint IS NOT NULL "
+        f"  ON CONFLICT (room_id) DO UPDATE SET "
+        f"  stream_ordering = GREATEST(room_heads.stream_ordering, EXCLUDED.stream_ordering), "
+        f"  max_depth = GREATEST(room_heads.max_depth, EXCLUDED.max_depth)), "
+        f"head_s AS (UPDATE room_stats SET last_event_ts = GREATEST(COALESCE(last_event_ts, 0), "
+        f"  {ts}) WHERE room_id = {r} AND {ts}::bigint IS NOT NULL)"
+    )
+    if checked:
+        ctes += (
+            f", head_ok AS (SELECT hs_require((SELECT count(*) FROM head_d) = "
+            f"cardinality({rem}::text[]), 'stale extremities') AS ok)"
+        )
+    return ctes
+
+
+def head_args(
+    room_id: str,
+    accepted: Sequence[Accepted],
+    removed: Iterable[str],
+    added: Iterable[str],
+) -> list[Any]:
+    return [
+        room_id,
+        list(removed),
+        list(added),
+        max((a.stream_ordering for a in accepted), default=None),
+        max((a.event.depth for a in accepted), default=None),
+        max((a.event.origin_server_ts for a in accepted), default=None),
+    ]
+
+
 class Projections:
     def __init__(self, db: Database, server_name: str) -> None:
         self._db = db
@@ -93,27 +137,9 @@ class Projections:
         """
         # Forward extremities, the room head and its last activity, in one
         # statement (this runs for every append).
-        last = max((a.stream_ordering for a in accepted), default=None)
-        depth = max((a.event.depth for a in accepted), default=None)
-        last_ts = max((a.event.origin_server_ts for a in accepted), default=None)
         await conn.execute(
-            "WITH d AS (DELETE FROM forward_extremities WHERE room_id = $1 "
-            "  AND event_id = ANY($2::text[])), "
-            "i AS (INSERT INTO forward_extremities (room_id, event_id) "
-            "  SELECT $1, unnest($3::text[]) ON CONFLICT DO NOTHING), "
-            "h AS (INSERT INTO room_heads (room_id, stream_ordering, max_depth) "
-            "  SELECT $1, $4, $5 WHERE $4::bigint IS NOT NULL "
-            "  ON CONFLICT (room_id) DO UPDATE SET "
-            "  stream_ordering = GREATEST(room_heads.stream_ordering, EXCLUDED.stream_ordering), "
-            "  max_depth = GREATEST(room_heads.max_depth, EXCLUDED.max_depth)) "
-            "UPDATE room_stats SET last_event_ts = GREATEST(COALESCE(last_event_ts, 0), $6) "
-            "WHERE room_id = $1 AND $6::bigint IS NOT NULL",
-            room_id,
-            list(extremities_removed),
-            list(extremities_added),
-            last,
-            depth,
-            last_ts,
+            f"WITH {head_ctes(1)} SELECT 1",
+            *head_args(room_id, accepted, extremities_removed, extremities_added),
         )
         # Per-user membership stream and redactions: every accepted event.
         ums = [

@@ -18,7 +18,6 @@ from tests.conftest import create_test_database, drop_test_database
 from tests.federation.harness import REPO, Client, OurServer, SynapseServer
 
 
-
 def free_port() -> int:
     """A loopback port nobody listens on now: each run picks its own, so
     concurrent runs (CI, a developer, helpers) do not meet each other."""

@@ -12,7 +12,7 @@ import pytest
 from homeserver.core.room_versions import V12
 from homeserver.services.event_creator import Draft, EventCreator
 from homeserver.services.notifier import Notifier
-from homeserver.services.persister import Persister
+from homeserver.services.persister import Persister, RoomChange, StaleHead, room_lock_key
 from homeserver.services.projection_rebuild import ProjectionRebuilder
 from homeserver.services.server_keys import ServerKeys
 from homeserver.storage.database import Database
@@ -212,3 +212,50 @@ async def test_state_snapshots_are_deltas(writers: tuple[Writer, Writer]) -> Non
     state = await EventStore(a.db).state_after_event(ext[0])
     assert state is not None
     assert sum(1 for (t, _) in state if t == "m.room.member") == 31
+
+
+async def test_optimistic_append_refused_when_the_head_moved(
+    writers: tuple[Writer, Writer],
+) -> None:
+    """A message batch is first written without the room lock, in one
+    statement that must remove the extremities it was built on: when
+    another process moved the room meanwhile, nothing is written, its
+    positions are released, and the next send goes through normally."""
+    a, b = writers
+    room = await new_room(a)
+    async with a.db.pool.acquire() as conn:
+        wc = await a.store.writer_context(conn, room, 1, [], SERVER)
+        ctx = await a.creator._load_context(room, conn, wc.extremities)
+        assert ctx is not None
+        entries, events = await a.creator._build_request(
+            ctx, room, [Draft("m.room.message", ALICE, {"body": "stale"})]
+        )
+        (moved,) = await b.creator.send(room, [Draft("m.room.message", ALICE, {"body": "b"})])
+        with pytest.raises(StaleHead):
+            await a.creator._persister.commit_plain(
+                conn, room, entries, RoomChange({}, wc.extremities, ctx.extremities), wc.positions
+            )
+    stale = events[0].event_id
+    assert await a.db.fetchval("SELECT count(*) FROM events WHERE event_id = $1", stale) == 0
+    assert await a.db.fetchval("SELECT count(*) FROM stream_inflight") == 0
+    assert await a.store.forward_extremities(room) == [moved.event_id]
+    (ev,) = await a.creator.send(room, [Draft("m.room.message", ALICE, {"body": "again"})])
+    assert list(ev.prev_events) == [moved.event_id]
+    assert await a.store.forward_extremities(room) == [ev.event_id]
+
+
+async def test_pooled_connection_keeps_no_room_lock(writers: tuple[Writer, Writer]) -> None:
+    """Pooled connections skip asyncpg's reset round trip, except after a
+    session lock was left held (a cancelled writer): then it is dropped
+    before the connection is reused."""
+    a, _ = writers
+    async with a.db.pool.acquire() as conn:
+        await a.creator._persister.lock_room(conn, "!left:hs.test")
+    other = await asyncpg.connect(a.db.url)
+    try:
+        got = await other.fetchval(
+            "SELECT pg_try_advisory_lock($1, hashtext($2))", *room_lock_key("!left:hs.test")
+        )
+        assert got is True
+    finally:
+        await other.close()
