@@ -83,14 +83,20 @@ class Edus:
             if not isinstance(reads, Mapping):
                 continue
             for user_id, r in reads.items():
-                if not isinstance(r, Mapping) or _server(user_id) != origin:
+                if not isinstance(r, Mapping) or not isinstance(user_id, str):
+                    continue
+                if not isinstance(room_id, str) or _server(user_id) != origin:
                     continue
                 if not await self._joined(room_id, user_id):
                     continue
                 ids = r.get("event_ids")
-                data = r.get("data") if isinstance(r.get("data"), Mapping) else {}
-                ts = data.get("ts") if isinstance(data.get("ts"), int) else now_ms()
-                thread = data.get("thread_id") if isinstance(data.get("thread_id"), str) else ""
+                raw = r.get("data")
+                data: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
+                raw_ts, raw_thread = data.get("ts"), data.get("thread_id")
+                ts = (
+                    raw_ts if isinstance(raw_ts, int) and not isinstance(raw_ts, bool) else now_ms()
+                )
+                thread = raw_thread if isinstance(raw_thread, str) else ""
                 for eid in ids if isinstance(ids, list) else []:
                     if isinstance(eid, str):
                         await self._eph.put_receipt(room_id, "m.read", user_id, thread, eid, ts)

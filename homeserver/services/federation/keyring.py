@@ -23,6 +23,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from signedjson.key import get_verify_key
 from signedjson.types import VerifyKey
 
 from homeserver.core.canonical import redact
@@ -82,13 +83,15 @@ class Keyring:
         (fetching fresh keys when unknown or too old), else None."""
         if server == self._own.server_name:
             if key_id == self._own.key_id:
-                return self._own.signing_key.verify_key
+                return get_verify_key(self._own.signing_key)
             return None
         k = (await self._known(server)).get(key_id)
         if k is None or k.valid_until_ts < valid_at:
             # A key id we have never seen (a restarted or re-keyed server) is
             # worth asking for at once; only repeated misses are rate-limited.
-            await self.fetch(server, force=k is None and self._unknown_ok(server, key_id))
+            await self.fetch(
+                server, force=k is None and self._unknown_ok(server, key_id), key_id=key_id
+            )
             k = (await self._known(server)).get(key_id)
         if k is None or k.valid_until_ts < valid_at:
             return None
@@ -105,7 +108,7 @@ class Keyring:
         self._unknown_asked[(server, key_id)] = now
         return True
 
-    async def fetch(self, server: str, *, force: bool = False) -> None:
+    async def fetch(self, server: str, *, force: bool = False, key_id: str | None = None) -> None:
         """Fetch ``server``'s keys (directly, then through notaries)."""
         lock = self._locks.setdefault(server, asyncio.Lock())
         async with lock:
@@ -121,7 +124,12 @@ class Keyring:
                 log.info("fetching keys of %s directly failed: %s", server, e)
             for notary in self._notaries:
                 try:
-                    body = {"server_keys": {server: {}}}
+                    # The spec asks for minimum_valid_until_ts, so the notary
+                    # refreshes keys that would not be valid long enough.
+                    crit = {"minimum_valid_until_ts": now_ms()}
+                    body: dict[str, Any] = {"server_keys": {server: {}}}
+                    if key_id is not None:
+                        body["server_keys"][server][key_id] = crit
                     got = await self._client.post_json(notary, "/_matrix/key/v2/query", body)
                     for resp in got.get("server_keys", []):
                         if isinstance(resp, dict) and resp.get("server_name") == server:
