@@ -64,6 +64,13 @@ CREATE UNLOGGED TABLE IF NOT EXISTS stream_counter (
     id   integer PRIMARY KEY,
     pos  bigint NOT NULL
 );
+-- The listening connection of every server process on this database: a
+-- writer sends pg_notify only when another process is there to hear it.
+CREATE UNLOGGED TABLE IF NOT EXISTS stream_listeners (
+    backend_pid  integer PRIMARY KEY,
+    started_ts   bigint NOT NULL
+);
+
 CREATE UNLOGGED TABLE IF NOT EXISTS stream_inflight (
     pos         bigint PRIMARY KEY,
     backend_pid integer NOT NULL

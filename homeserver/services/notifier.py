@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -22,12 +23,26 @@ from homeserver.storage.accounts import AUTH_CHANNEL
 log = logging.getLogger(__name__)
 
 CHANNEL = "hs_stream"
+CHECK_OTHERS_S = 30.0  # how often a process looks whether it is alone
+HELLO = "hello"  # a process announcing itself on CHANNEL: "hello <backend pid>"
 
 
 def payload(position: int, room_id: str | None, users: Iterable[str] = ()) -> str:
     """``pos room_or_dash user…``: what ``pg_notify`` carries (8000 bytes max)."""
     text = " ".join([str(position), room_id or "-", *users])
     return text[:7900]
+
+
+@dataclass(frozen=True, slots=True)
+class LocalAppend:
+    """Messages this process appended: stream positions ``first`` …
+    ``last`` (all reserved for that append, some maybe unused) hold exactly
+    ``events`` of ``room_id``, and nothing else."""
+
+    first: int
+    last: int
+    room_id: str
+    events: Sequence[Any]  # StoredEvent, oldest first
 
 
 class Waiter:
@@ -48,11 +63,62 @@ class Notifier:
         self._auth_listeners: list[Callable[[str], None]] = []
         self.position = 0
         self.closing = False
+        self._appends: deque[LocalAppend] = deque(maxlen=1024)
+        self._pid: int | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+        # Another process shares the database (``channel``); conservatively
+        # True until ``start`` has looked.
+        self.others_listening = True
 
     async def start(self) -> None:
         self._conn = await asyncpg.connect(self._url)
         await self._conn.add_listener(CHANNEL, self._on_notify)
         await self._conn.add_listener(AUTH_CHANNEL, self._on_auth)
+        # Announce this process (after listening, so no announcement of a
+        # process starting at the same time is missed), then look for others.
+        self._pid = await self._conn.fetchval(
+            "INSERT INTO stream_listeners (backend_pid, started_ts) VALUES "
+            "(pg_backend_pid(), (extract(epoch from clock_timestamp()) * 1000)::bigint) "
+            "ON CONFLICT (backend_pid) DO UPDATE SET started_ts = EXCLUDED.started_ts "
+            "RETURNING backend_pid"
+        )
+        await self._conn.execute("SELECT pg_notify($1, $2)", CHANNEL, f"{HELLO} {self._pid}")
+        await self.check_others()
+        self._watcher = asyncio.create_task(self._watch())
+
+    async def _watch(self) -> None:
+        while not self.closing:
+            await asyncio.sleep(CHECK_OTHERS_S)
+            try:
+                await self.check_others()
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+                log.warning("could not look for other server processes", exc_info=True)
+
+    async def check_others(self) -> bool:
+        """Whether another server process listens on this database (its
+        listening session is alive); forget listeners that are gone. Called
+        at start and periodically: a process that left stops costing the
+        others their ``pg_notify``."""
+        if self._conn is None:
+            return self.others_listening
+        async with self._lock:
+            self.others_listening = bool(
+                await self._conn.fetchval(
+                    "WITH gone AS (DELETE FROM stream_listeners WHERE backend_pid NOT IN "
+                    "  (SELECT pid FROM pg_stat_activity WHERE pid IS NOT NULL)) "
+                    "SELECT EXISTS (SELECT 1 FROM stream_listeners l JOIN pg_stat_activity a "
+                    "  ON a.pid = l.backend_pid WHERE l.backend_pid <> pg_backend_pid())"
+                )
+            )
+        return self.others_listening
+
+    @property
+    def channel(self) -> str | None:
+        """The channel writers notify on, or None when this process is alone
+        on the database (a notification costs the committing transaction
+        and wakes PostgreSQL's listening sessions for nothing)."""
+        return CHANNEL if self.others_listening else None
 
     def close_waiters(self) -> None:
         """Server shutdown: end every long-poll now and refuse new waits, so
@@ -64,8 +130,17 @@ class Notifier:
 
     async def stop(self) -> None:
         self.closing = True
+        if self._watcher is not None:
+            self._watcher.cancel()
+            self._watcher = None
         if self._conn is not None:
             try:
+                try:
+                    await self._conn.execute(
+                        "DELETE FROM stream_listeners WHERE backend_pid = pg_backend_pid()"
+                    )
+                except Exception:  # best effort: the row is swept when stale
+                    log.debug("could not unregister the listener", exc_info=True)
                 await self._conn.remove_listener(CHANNEL, self._on_notify)
                 await self._conn.remove_listener(AUTH_CHANNEL, self._on_auth)
             finally:
@@ -74,6 +149,25 @@ class Notifier:
         for ws in [*self._by_user.values(), *self._by_room.values(), self._any]:
             for w in ws:
                 w.event.set()
+
+    def record_append(self, append: LocalAppend) -> None:
+        """Remember a committed message append (before waking anyone)."""
+        self._appends.append(append)
+
+    def appends_after(self, position: int) -> tuple[int, list[LocalAppend]]:
+        """The appends that account for *every* stream position after
+        ``position`` up to the returned bound, in order: what was written
+        there is then known without reading the database. The bound equals
+        ``position`` when the next position is not one of them (written by
+        another process, or not a message append)."""
+        following = sorted((a for a in self._appends if a.first > position), key=lambda a: a.first)
+        upto, out = position, []
+        for a in following:
+            if a.first != upto + 1:
+                break
+            out.append(a)
+            upto = a.last
+        return upto, out
 
     def add_listener(self, fn: Callable[[int, str | None, list[str]], None]) -> None:
         """Called for every stream movement (cache invalidation, etc.)."""
@@ -89,6 +183,10 @@ class Notifier:
 
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, data: str) -> None:
         parts = data.split(" ")
+        if parts[0] == HELLO:
+            if len(parts) > 1 and parts[1] != str(self._pid):
+                self.others_listening = True  # a process started: notify it
+            return
         try:
             pos = int(parts[0])
         except ValueError:

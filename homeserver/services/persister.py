@@ -22,7 +22,7 @@ import asyncpg
 
 from homeserver.core.events import Event, StateKey
 from homeserver.services.clock import now_ms
-from homeserver.services.notifier import CHANNEL, Notifier, payload
+from homeserver.services.notifier import LocalAppend, Notifier, payload
 from homeserver.storage.events import EventStore, NewEvent
 from homeserver.storage.projections import Accepted, Projections, head_args
 
@@ -176,7 +176,11 @@ class Persister:
                     # the events (both happen at commit).
                     release=None
                     if backfill
-                    else (positions[0], CHANNEL, payload(positions[-1], room_id, users)),
+                    else (
+                        positions[0],
+                        self._notifier.channel,
+                        payload(positions[-1], room_id, users),
+                    ),
                 )
                 await self._proj.apply(
                     conn,
@@ -222,10 +226,10 @@ class Persister:
             p.stream_ordering = pos
             p.state_group, p.state_after = p.before_group, p.state_before
         try:
-            await self._store.insert_events(
+            stored = await self._store.insert_events(
                 conn,
                 _new_events(entries, now_ms()),
-                release=(positions[0], CHANNEL, payload(positions[-1], room_id)),
+                release=(positions[0], self._notifier.channel, payload(positions[-1], room_id)),
                 head=head_args(
                     room_id,
                     [Accepted(p.event, p.stream_ordering) for p in entries],
@@ -241,6 +245,8 @@ class Persister:
             if isinstance(e, asyncpg.RaiseError) and "hs_require" in str(e):
                 raise StaleHead(room_id) from e
             raise
+        # Readers woken by this append may answer from it (sync).
+        self._notifier.record_append(LocalAppend(reserved[0], reserved[-1], room_id, stored))
         self._committed(room_id, positions[-1], [], entries)
         return positions[-1]
 

@@ -11,7 +11,7 @@ writes from this process and, through LISTEN/NOTIFY, from any other.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +27,9 @@ from homeserver.storage.events import EventStore, StoredEvent
 from homeserver.storage.projections import Projections
 from homeserver.storage.rooms import RoomStore
 from homeserver.storage.sync_snapshot import SyncSnapshot, SyncSnapshots
+
+MAX_VIEWS = 200_000
+UNREAD_TYPES = ("m.room.message", "m.room.encrypted")
 
 # Stripped state given with invites and knocks (Client-Server API "Stripped state").
 STRIPPED_TYPES = (
@@ -101,6 +104,9 @@ class SyncService:
         snapshots: SyncSnapshots,
     ) -> None:
         self._snapshots = snapshots
+        # (user, room) → (position, counts as the user last saw them)
+        self._views: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}
+        self.answered_from_memory = 0  # long-polls answered by _from_memory
         self._store = store
         self._proj = projections
         self._eph = ephemeral
@@ -143,7 +149,15 @@ class SyncService:
             finally:
                 self._notifier.unregister(w)
             mark = self._notifier.position
-            result, joined, upto = await self._compute(user_id, device_id, since, False, flt)
+            quick = (
+                await self._from_memory(user_id, device_id, since, joined, flt)
+                if woken and since == upto
+                else None
+            )
+            if quick is not None:
+                result, upto = quick
+            else:
+                result, joined, upto = await self._compute(user_id, device_id, since, False, flt)
             if _has_content(result) or not woken:
                 return result
 
@@ -243,24 +257,84 @@ class SyncService:
             if r == "" and flt.account_data(_Typed(t))
         ]
         joined = [r for r, m in memberships.items() if m == "join"]
+        # (only counts read with the snapshot: consistent with ``upto``)
+        self._remember_views(
+            user_id, upto, {r: pre.stats[r] for r in joined_out if r in snap.rooms}
+        )
         return (
-            {
-                "next_batch": make_token(upto),
-                "rooms": {
-                    "join": joined_out,
-                    "invite": invite_out,
-                    "leave": leave_out,
-                    "knock": knock_out,
-                },
-                "account_data": {"events": account_data},
-                "presence": {"events": []},
-                "to_device": {"events": []},
-                "device_lists": {"changed": [], "left": []},
-                "device_one_time_keys_count": {},
-            },
+            _response(upto, joined_out, invite_out, leave_out, knock_out, account_data),
             joined,
             upto,
         )
+
+    def _remember_views(self, user_id: str, upto: int, stats: Mapping[str, Any]) -> None:
+        """Keep each room's counts as the user last saw them, at ``upto``."""
+        if len(self._views) > MAX_VIEWS:
+            self._views.clear()
+        for room_id, st in stats.items():
+            self._views[(user_id, room_id)] = (upto, st)
+
+    async def _from_memory(
+        self, user_id: str, device_id: str, since: int, joined: list[str], flt: SyncFilter
+    ) -> tuple[dict[str, Any], int] | None:
+        """The answer to a long-poll woken by this process's own message
+        appends, without reading the database: when every stream position
+        after ``since`` (where the reader's view was complete and empty) is
+        one of those appends (``Notifier.appends_after``), the response is
+        their events in the reader's joined rooms, with the counts the reader
+        saw at ``since`` (messages change no state, no membership, no
+        receipts) plus the new unread messages. None when that does not hold
+        — another writer, a state change, a room not seen at ``since``, more
+        events than the timeline limit: the caller then reads the database
+        (which gives the same answer; tests/api/client/test_sync.py)."""
+        upto, appends = self._notifier.appends_after(since)
+        if upto == since:
+            return None
+        member_of = set(joined)
+        by_room: dict[str, list[StoredEvent]] = {}
+        for a in appends:
+            if a.room_id in member_of and flt.allows_room(a.room_id):
+                by_room.setdefault(a.room_id, []).extend(a.events)
+        views: dict[str, dict[str, Any]] = {}
+        for room_id, evs in by_room.items():
+            seen = self._views.get((user_id, room_id))
+            if seen is None or seen[0] != since or len(evs) > flt.timeline_limit:
+                return None
+            stats = seen[1]
+            if _needs_heroes(stats) and stats.get("heroes") is None:
+                return None
+            views[room_id] = {
+                **stats,
+                "unread": int(stats.get("unread") or 0) + _unread_increment(user_id, evs),
+            }
+        joined_out: dict[str, Any] = {}
+        for room_id, evs in by_room.items():
+            timeline = await self._vis.filter(user_id, evs, now_joined=True)
+            joined_out[room_id] = {
+                "timeline": {
+                    "events": [e for e in timeline if flt.timeline(e.event)],
+                    "limited": False,
+                    "prev_batch": make_token(evs[0].stream_ordering - 1),
+                },
+                "state": {"events": []},
+                "account_data": {"events": []},
+                "ephemeral": {"events": []},
+                "summary": _summary(views[room_id]),
+                "unread_notifications": {
+                    "notification_count": views[room_id]["unread"],
+                    "highlight_count": 0,
+                },
+            }
+        covered = {e.event.event_id for evs in by_room.values() for e in evs}
+        await self._fill_events(
+            joined_out,
+            user_id,
+            device_id,
+            _Prefetch({}, {}, [], {}, set(), {}, redactions={}, redactions_cover=covered),
+        )
+        self._remember_views(user_id, upto, views)
+        self.answered_from_memory += 1
+        return _response(upto, joined_out, {}, {}, {}, []), upto
 
     async def _forgotten(self, user_id: str) -> set[str]:
         return await self._rooms.forgotten(user_id)
@@ -379,15 +453,12 @@ class SyncService:
         state_evs = list((await self._store.get_events(state_ids.values())).values())
         state_evs = [e for e in state_evs if flt.state(e.event)]
         stats = pre.stats.get(room_id, {})
-        summary: dict[str, Any] = {
-            "m.joined_member_count": stats.get("joined_members", 0),
-            "m.invited_member_count": stats.get("invited_members", 0),
-        }
-        if not stats.get("name") and not stats.get("canonical_alias"):
-            heroes = stats.get("heroes")
-            if heroes is None:
-                heroes = await self._proj.heroes(room_id, user_id, 5)
-            summary["m.heroes"] = heroes
+        if _needs_heroes(stats) and stats.get("heroes") is None:
+            stats = pre.stats[room_id] = {
+                **stats,
+                "heroes": await self._proj.heroes(room_id, user_id, 5),
+            }
+        summary = _summary(stats)
         # Events are serialised later for all rooms together (_fill_events).
         return {
             "timeline": {
@@ -540,6 +611,46 @@ class _Typed:
     sender: str = ""
     room_id: str = ""
     content: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _needs_heroes(stats: Mapping[str, Any]) -> bool:
+    return not stats.get("name") and not stats.get("canonical_alias")
+
+
+def _summary(stats: Mapping[str, Any]) -> dict[str, Any]:
+    """A room's ``summary`` from its counts (see ``SyncSnapshot.rooms``)."""
+    out: dict[str, Any] = {
+        "m.joined_member_count": stats.get("joined_members", 0),
+        "m.invited_member_count": stats.get("invited_members", 0),
+    }
+    if _needs_heroes(stats):
+        out["m.heroes"] = stats.get("heroes") or []
+    return out
+
+
+def _unread_increment(user_id: str, events: Sequence[StoredEvent]) -> int:
+    """Messages among ``events`` that count as unread for ``user_id`` (as
+    the snapshot counts them)."""
+    return sum(1 for e in events if e.event.sender != user_id and e.event.type in UNREAD_TYPES)
+
+
+def _response(
+    upto: int,
+    join: dict[str, Any],
+    invite: dict[str, Any],
+    leave: dict[str, Any],
+    knock: dict[str, Any],
+    account_data: list[dict[str, Any]],
+) -> dict[str, Any]:
+    return {
+        "next_batch": make_token(upto),
+        "rooms": {"join": join, "invite": invite, "leave": leave, "knock": knock},
+        "account_data": {"events": account_data},
+        "presence": {"events": []},
+        "to_device": {"events": []},
+        "device_lists": {"changed": [], "left": []},
+        "device_one_time_keys_count": {},
+    }
 
 
 def _has_content(result: Mapping[str, Any]) -> bool:

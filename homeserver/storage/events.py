@@ -272,9 +272,9 @@ class EventStore:
         conn: asyncpg.Connection,
         items: Sequence[NewEvent],
         *,
-        release: tuple[int, str, str] | None = None,
+        release: tuple[int, str | None, str] | None = None,
         head: Sequence[Any] | None = None,
-    ) -> None:
+    ) -> list[StoredEvent]:
         """Insert ``items`` with their DAG edges in one statement (each round
         trip to the database counts on the write path). ``release`` =
         (first reserved position, channel, payload): drop the positions'
@@ -322,20 +322,21 @@ class EventStore:
             await conn.execute(_INSERT_EVENTS_SQL, *args)
         else:
             await conn.execute(_INSERT_EVENTS_WITH_HEAD_SQL, *args, *head)
+        stored = []
         for it in items:
-            self._events.put(
-                it.event.event_id,
-                StoredEvent(
-                    it.event,
-                    it.stream_ordering,
-                    it.rejected_reason,
-                    it.soft_failed,
-                    it.outlier,
-                    it.state_group,
-                    it.txn[2] if it.txn else None,
-                    it.txn[1] if it.txn else None,
-                ),
+            se = StoredEvent(
+                it.event,
+                it.stream_ordering,
+                it.rejected_reason,
+                it.soft_failed,
+                it.outlier,
+                it.state_group,
+                it.txn[2] if it.txn else None,
+                it.txn[1] if it.txn else None,
             )
+            self._events.put(it.event.event_id, se)
+            stored.append(se)
+        return stored
 
     async def create_state_group(
         self,

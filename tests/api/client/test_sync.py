@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+from homeserver.api.appkeys import SYNC
 from tests.helpers import CS, MatrixClient, User
 
 
@@ -140,3 +141,55 @@ async def test_filters_stored(client: MatrixClient) -> None:
     room = await alice.create_room()
     s = await sync(alice, filter=fid)
     assert len(s["rooms"]["join"][room]["timeline"]["events"]) == 2
+
+
+def _comparable(resp: dict) -> dict:
+    """A sync response without what legitimately differs between two reads
+    of the same stream range (event ages)."""
+    for room in resp["rooms"]["join"].values():
+        for e in room["timeline"]["events"]:
+            e.get("unsigned", {}).pop("age", None)
+    return resp
+
+
+async def test_long_poll_woken_by_local_messages_answers_like_the_database(
+    client: MatrixClient,
+) -> None:
+    """A long-poll woken by messages this process appended is answered from
+    memory (no database read); the answer equals what a /sync over the same
+    range reads from the database: timeline, transaction id echo, summary,
+    unread count, next_batch."""
+    app = client.http.server.app
+    sync_service = app[SYNC]
+    alice = await client.register("alice")
+    bob = await client.register("bob")
+    room = await alice.create_room(preset="private_chat")  # no name: heroes
+    await alice.call("POST", f"{CS}/rooms/{room}/invite", {"user_id": bob.user_id})
+    await bob.call("POST", f"{CS}/join/{room}", {})
+    await alice.send(room, "seen")
+    first = await sync(bob)
+    since = first["next_batch"]
+    for i in range(3):
+        before = sync_service.answered_from_memory
+        poll = asyncio.create_task(sync(bob, since, timeout=10_000))
+        await asyncio.sleep(0.1)
+        await alice.send(room, f"new {i}")
+        woken = await asyncio.wait_for(poll, 5)
+        assert sync_service.answered_from_memory == before + 1
+        again = await sync(bob, since)  # the same range, read from the database
+        assert _comparable(woken) == _comparable(again)
+        entry = woken["rooms"]["join"][room]
+        assert [e["content"]["body"] for e in entry["timeline"]["events"]] == [f"new {i}"]
+        assert entry["unread_notifications"]["notification_count"] == 2 + i
+        assert entry["summary"]["m.heroes"] == [alice.user_id]
+        since = woken["next_batch"]
+    # The sender's own long-poll sees the transaction id, like from the database.
+    s = await sync(alice)
+    poll = asyncio.create_task(sync(alice, s["next_batch"], timeout=10_000))
+    await asyncio.sleep(0.1)
+    await alice.send(room, "mine")
+    woken = await asyncio.wait_for(poll, 5)
+    again = await sync(alice, s["next_batch"])
+    assert _comparable(woken) == _comparable(again)
+    (ev,) = woken["rooms"]["join"][room]["timeline"]["events"]
+    assert "transaction_id" in ev["unsigned"]

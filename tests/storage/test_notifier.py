@@ -1,0 +1,39 @@
+"""The notifier: who needs a pg_notify, and the record of local appends."""
+
+from __future__ import annotations
+
+import asyncio
+
+from homeserver.services.notifier import LocalAppend, Notifier
+
+
+async def test_notifies_only_when_another_process_listens(db_url: str) -> None:
+    a = Notifier(db_url)
+    await a.start()
+    b = Notifier(db_url)
+    try:
+        assert a.channel is None  # alone: writers skip pg_notify
+        await b.start()
+        assert b.channel is not None  # b found a
+        for _ in range(100):  # a hears b's hello
+            if a.channel is not None:
+                break
+            await asyncio.sleep(0.02)
+        assert a.channel is not None
+        await b.stop()
+        assert await a.check_others() is False
+        assert a.channel is None
+    finally:
+        await a.stop()
+        await b.stop()
+
+
+def test_appends_after_accounts_for_every_position() -> None:
+    n = Notifier("postgresql://unused")
+    n.record_append(LocalAppend(11, 12, "!a:x", ["e11"]))  # 12 reserved, unused
+    n.record_append(LocalAppend(13, 13, "!b:x", ["e13"]))
+    n.record_append(LocalAppend(15, 15, "!a:x", ["e15"]))  # 14: someone else's
+    upto, appends = n.appends_after(10)
+    assert upto == 13 and [a.first for a in appends] == [11, 13]
+    assert n.appends_after(13) == (13, [])  # 14 is unknown: read the database
+    assert n.appends_after(14)[0] == 15
