@@ -97,6 +97,8 @@ class EventCreator:
         self._keys = keys
         self._queues: dict[str, list[_Request]] = {}
         self._last_create_ts = 0
+        # room → whether another server had joined it when last written
+        self._federated: dict[str, bool] = {}
         self._writers: dict[str, asyncio.Task[None]] = {}
 
     @property
@@ -214,7 +216,7 @@ class EventCreator:
     async def _run_batch(self, room_id: str, batch: list[_Request]) -> None:
         async with self._db.pool.acquire() as conn:
             done: _Outcomes | None = None
-            if all(_plain(d) for r in batch for d in r.drafts):
+            if not self._federated.get(room_id) and all(_plain(d) for r in batch for d in r.drafts):
                 # Messages first try without the room lock (one statement
                 # that fails if the room moved meanwhile).
                 try:
@@ -257,6 +259,11 @@ class EventCreator:
             self._keys.server_name,
         )
         reserved = wc.positions
+        # Remembered so that sends to a federated room skip the optimistic
+        # attempt (which would only read, give up and read again).
+        if len(self._federated) > 100_000:
+            self._federated.clear()
+        self._federated[room_id] = wc.federated
         try:
             ctx = await self._load_context(room_id, conn, wc.extremities)
             assert ctx is not None
