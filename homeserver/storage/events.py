@@ -186,19 +186,29 @@ class EventStore:
         event transaction, or ``abandon_positions`` if that fails.
         """
         rows = await conn.fetch(
-            "WITH seed AS (INSERT INTO stream_counter (id, pos) "
-            "  SELECT 1, COALESCE(max(stream_ordering), 0) FROM events "
-            "  ON CONFLICT (id) DO NOTHING), "
-            "bump AS (UPDATE stream_counter SET pos = pos + $1 WHERE id = 1 RETURNING pos), "
+            "WITH bump AS (UPDATE stream_counter SET pos = pos + $1 WHERE id = 1 RETURNING pos), "
             "ins AS (INSERT INTO stream_inflight (pos, backend_pid) "
             "  SELECT pos - $1 + 1, pg_backend_pid() FROM bump RETURNING pos) "
             "SELECT pos FROM ins",
             n,
         )
         if not rows:  # the counter row was missing (first use / after a crash)
+            await self._seed_counter(conn)
             return await self.reserve_positions(conn, n)
         first = int(rows[0]["pos"])
         return list(range(first, first + n))
+
+    async def _seed_counter(self, conn: asyncpg.Connection) -> None:
+        """(Re)create the unlogged counter above every position in use: by
+        events and by the other streams sharing the counter."""
+        await conn.execute(
+            "INSERT INTO stream_counter (id, pos) SELECT 1, GREATEST("
+            "  (SELECT max(stream_ordering) FROM events), "
+            "  (SELECT max(stream_ordering) FROM account_data), "
+            "  (SELECT max(stream_ordering) FROM receipts), "
+            "  (SELECT max(stream_ordering) FROM user_membership_stream), 0) "
+            "ON CONFLICT (id) DO NOTHING"
+        )
 
     async def writer_context(
         self,
@@ -215,10 +225,7 @@ class EventStore:
         ``reserve_positions``; the caller releases or abandons them)."""
         while True:
             row = await conn.fetchrow(
-                "WITH seed AS (INSERT INTO stream_counter (id, pos) "
-                "  SELECT 1, COALESCE(max(stream_ordering), 0) FROM events "
-                "  ON CONFLICT (id) DO NOTHING), "
-                "bump AS (UPDATE stream_counter SET pos = pos + $1 WHERE id = 1 RETURNING pos), "
+                "WITH bump AS (UPDATE stream_counter SET pos = pos + $1 WHERE id = 1 RETURNING pos), "
                 "ins AS (INSERT INTO stream_inflight (pos, backend_pid) "
                 "  SELECT pos - $1 + 1, pg_backend_pid() FROM bump RETURNING pos) "
                 "SELECT (SELECT pos FROM ins) AS first, "
@@ -237,7 +244,8 @@ class EventStore:
             )
             assert row is not None
             if row["first"] is not None:
-                break  # else the counter row was just seeded: once more
+                break
+            await self._seed_counter(conn)  # first use, or after a crash: once more
         first = int(row["first"])
         return WriterContext(
             extremities=list(row["ext"]),
