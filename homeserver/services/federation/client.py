@@ -37,6 +37,7 @@ import struct
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -216,30 +217,51 @@ WellKnownFetcher = Callable[[str], Awaitable[tuple[str | None, float]]]
 SrvLookup = Callable[[str], Awaitable[list[SrvRecord]]]
 
 
-def _cache_ttl(headers: Mapping[str, str]) -> float:
-    cc = headers.get("Cache-Control", "")
-    m = re.search(r"max-age\s*=\s*(\d+)", cc)
+def _cache_ttl(headers: Mapping[str, str], now: float | None = None) -> float:
+    """Seconds to keep a well-known answer: its Cache-Control max-age (or
+    none for no-store / no-cache), else its Expires, else 24 h; at most 48 h."""
+    cc = headers.get("Cache-Control", "").lower()
     if "no-store" in cc or "no-cache" in cc:
         return 0.0
+    m = re.search(r"max-age\s*=\s*(\d+)", cc)
     if m:
         return float(min(int(m.group(1)), WELL_KNOWN_MAX_TTL))
+    expires = headers.get("Expires")
+    if expires is not None:
+        try:
+            at = parsedate_to_datetime(expires).timestamp()
+        except (TypeError, ValueError, IndexError):
+            return 0.0  # an invalid Expires means already expired (RFC 9111)
+        left = at - (time.time() if now is None else now)
+        return float(max(0.0, min(left, WELL_KNOWN_MAX_TTL)))
     return float(WELL_KNOWN_DEFAULT_TTL)
 
 
 class ServerResolver:
     """Server name → Target, with the well-known cache."""
 
-    def __init__(self, fetch_well_known: WellKnownFetcher, srv: SrvLookup = lookup_srv) -> None:
+    def __init__(
+        self,
+        fetch_well_known: WellKnownFetcher,
+        srv: SrvLookup = lookup_srv,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._fetch = fetch_well_known
         self._srv = srv
+        self._clock = clock
         self._well_known: dict[str, tuple[str | None, float]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
     def forget(self, server_name: str) -> None:
         self._well_known.pop(ServerName(server_name).host, None)
 
+    def cached(self, hostname: str) -> tuple[str | None, float] | None:
+        """(delegated name or None for a failure, expiry on the clock) of the
+        well-known answer kept for ``hostname``."""
+        return self._well_known.get(hostname)
+
     async def _delegation(self, hostname: str) -> str | None:
-        now = time.monotonic()
+        now = self._clock()
         hit = self._well_known.get(hostname)
         if hit is not None and hit[1] > now:
             return hit[0]
@@ -327,6 +349,8 @@ class FederationClient:
         resolver: ServerResolver | None = None,
         timeout: float = 60.0,
         well_known_port: int = 443,
+        srv: SrvLookup = lookup_srv,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.server_name = server_name
         self._key = signing_key
@@ -335,7 +359,7 @@ class FederationClient:
         self._well_known_port = well_known_port
         self._session: aiohttp.ClientSession | None = None
         self._dns = _OverrideResolver()
-        self.resolver = resolver or ServerResolver(self._fetch_well_known)
+        self.resolver = resolver or ServerResolver(self._fetch_well_known, srv, clock)
         # Called with a destination after any successful exchange (the sender
         # uses it to end a backoff early).
         self.on_reachable: list[Callable[[str], None]] = []
