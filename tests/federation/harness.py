@@ -140,6 +140,37 @@ class Client:
         path = f"{CS}/sync?timeout={timeout}&filter={flt}" + (f"&since={since}" if since else "")
         return await self.call("GET", path)  # type: ignore[no-any-return]
 
+    # ------------------------------------------------------ ephemeral
+    async def typing(self, room_id: str, typing: bool = True, timeout: int = 30_000) -> None:
+        body: dict[str, Any] = {"typing": typing}
+        if typing:
+            body["timeout"] = timeout
+        await self.call("PUT", f"{CS}/rooms/{q(room_id)}/typing/{q(self.user_id)}", body)
+
+    async def read(self, room_id: str, event_id: str) -> None:
+        await self.call("POST", f"{CS}/rooms/{q(room_id)}/receipt/m.read/{q(event_id)}", {})
+
+    async def ephemeral(self, room_id: str) -> list[dict[str, Any]]:
+        """The room's ephemeral events in an initial /sync."""
+        room = (await self.sync())["rooms"].get("join", {}).get(room_id, {})
+        return list(room.get("ephemeral", {}).get("events", []))
+
+    async def typing_users(self, room_id: str) -> set[str]:
+        for e in await self.ephemeral(room_id):
+            if e["type"] == "m.typing":
+                return set(e["content"].get("user_ids", []))
+        return set()
+
+    async def read_up_to(self, room_id: str, user_id: str) -> set[str]:
+        """The event ids ``user_id`` has a public read receipt on."""
+        out = set()
+        for e in await self.ephemeral(room_id):
+            if e["type"] == "m.receipt":
+                for eid, by_type in e["content"].items():
+                    if user_id in by_type.get("m.read", {}):
+                        out.add(eid)
+        return out
+
     async def bodies(self, room_id: str, limit: int = 100) -> list[str]:
         return [
             e["content"]["body"]

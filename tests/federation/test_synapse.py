@@ -4,6 +4,7 @@ cannot be started (shared/peers/synapse.sh installs it from PyPI)."""
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
@@ -87,6 +88,7 @@ from tests.federation.test_membership import (  # noqa: E402
     test_knock_then_accept,
     test_reject_invite_with_reason,
 )
+from tests.federation.test_two_servers import exchange_typing_and_receipts  # noqa: E402
 
 __all__ = [
     "test_direct_message_carries_is_direct",
@@ -105,3 +107,59 @@ async def sides(
     """(host user, guest user) for the shared membership scenarios."""
     mine, theirs = users
     return (mine, theirs) if request.param == "ours_hosts" else (theirs, mine)
+
+
+async def test_typing_and_receipts_with_synapse(users: tuple[Client, Client]) -> None:
+    mine, theirs = users
+    room = await theirs.create_room(preset="public_chat")
+    await mine.join(room, [theirs.server_name])
+    await eventually(lambda: theirs.joined_members(room), lambda m: mine.user_id in m, timeout=30)
+    await exchange_typing_and_receipts(mine, theirs, room)
+
+
+async def test_notaries_both_ways(ours: OurServer, synapse: SynapseServer) -> None:
+    """Synapse as notary for our keys, and ours for Synapse's: each answer
+    carries the server's own signature and the notary's."""
+    import aiohttp
+    import signedjson.key
+
+    from homeserver.core.signing import decode_verify_key, verify_json_signature
+    from tests.federation.fake import insecure_tls, key_id, signing_key_of
+
+    async def fetch(port: int, path: str, body: object = None) -> dict:  # type: ignore[type-arg]
+        async with aiohttp.ClientSession() as s:
+            url = f"https://127.0.0.1:{port}{path}"
+            method = "POST" if body is not None else "GET"
+            async with s.request(method, url, json=body, ssl=insecure_tls()) as r:
+                assert r.status == 200, await r.text()
+                return await r.json()  # type: ignore[no-any-return]
+
+    our_key = signing_key_of(ours)
+    our_kid, our_vk = key_id(our_key), signedjson.key.get_verify_key(our_key)
+    syn_own = await fetch(synapse.fed_port, "/_matrix/key/v2/server")
+    syn_keys = {kid: decode_verify_key(kid, v["key"]) for kid, v in syn_own["verify_keys"].items()}
+
+    def check_signed(obj: dict, server: str, keys: dict) -> None:  # type: ignore[type-arg]
+        sigs = obj["signatures"][server]
+        assert sigs, (server, obj)
+        for kid in sigs:
+            verify_json_signature(obj, server, kid, keys[kid])
+
+    # Synapse fetches on a cache miss only for named key ids (all keys: cache).
+    now = int(time.time() * 1000)
+    wanted = {"server_keys": {ours.server_name: {our_kid: {"minimum_valid_until_ts": now}}}}
+    got = await fetch(synapse.fed_port, "/_matrix/key/v2/query", wanted)
+    (ours_via_syn,) = got["server_keys"]
+    got = await fetch(synapse.fed_port, f"/_matrix/key/v2/query/{ours.server_name}")
+    assert [k["server_name"] for k in got["server_keys"]] == [ours.server_name]
+    assert ours_via_syn["server_name"] == ours.server_name
+    assert our_kid in ours_via_syn["verify_keys"]
+    check_signed(ours_via_syn, ours.server_name, {our_kid: our_vk})
+    check_signed(ours_via_syn, synapse.server_name, syn_keys)
+
+    body = {"server_keys": {synapse.server_name: {}}}
+    got = await fetch(ours.fed_port, "/_matrix/key/v2/query", body)
+    (syn_via_ours,) = got["server_keys"]
+    assert set(syn_keys) <= set(syn_via_ours["verify_keys"])
+    check_signed(syn_via_ours, synapse.server_name, syn_keys)
+    check_signed(syn_via_ours, ours.server_name, {our_kid: our_vk})

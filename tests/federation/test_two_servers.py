@@ -8,7 +8,7 @@ import uuid
 import aiohttp
 
 from tests.federation.conftest import Pair
-from tests.federation.harness import eventually, state_map
+from tests.federation.harness import Client, eventually, state_map
 
 
 def uniq(name: str) -> str:
@@ -179,3 +179,30 @@ async def test_backfill_fetches_history_from_before_the_join(pair: Pair) -> None
     assert [e["content"].get("body") for e in timeline if e["type"] == "m.room.message"][
         -1
     ] == "new"
+
+
+async def test_typing_and_receipts_flow_both_ways(pair: Pair) -> None:
+    alice = await pair.client(pair.a).register(uniq("alice"))
+    bob = await pair.client(pair.b).register(uniq("bob"))
+    room = await alice.create_room(preset="public_chat")
+    await bob.join(room, [pair.a.server_name])
+    await eventually(lambda: alice.joined_members(room), lambda m: bob.user_id in m)
+    await exchange_typing_and_receipts(alice, bob, room)
+
+
+async def exchange_typing_and_receipts(x: Client, y: Client, room: str) -> None:
+    """Typing and read receipts of each side reach the other (any servers)."""
+    await typing_and_receipt_reach(x, y, room)
+    await typing_and_receipt_reach(y, x, room)
+
+
+async def typing_and_receipt_reach(me: Client, other: Client, room: str) -> None:
+    await me.typing(room, True)
+    await eventually(lambda: other.typing_users(room), lambda u: me.user_id in u, timeout=30)
+    await me.typing(room, False)
+    await eventually(lambda: other.typing_users(room), lambda u: me.user_id not in u, timeout=30)
+    text = f"read me, {me.user_id}"
+    eid = await other.send(room, text)
+    await eventually(lambda: me.bodies(room), lambda b: text in b, timeout=30)
+    await me.read(room, eid)
+    await eventually(lambda: other.read_up_to(room, me.user_id), lambda r: eid in r, timeout=30)

@@ -36,6 +36,7 @@ async def send_transaction(request: web.Request) -> web.Response:
         raise MatrixError(400, "M_BAD_JSON", "Too many PDUs or EDUs in one transaction")
     if body.get("origin", origin) != origin:
         raise MatrixError(400, "M_BAD_JSON", "origin does not match the authenticated server")
+    log.info("transaction %s from %s: %d PDUs, %d EDUs", txn_id, origin, len(pdus), len(edus))
     fed = request.app[FEDERATION]
     # One transaction per origin at a time: a retry waits for the first try.
     async with fed.ingest.origin_lock(origin):

@@ -414,6 +414,7 @@ class Ingest:
         events = resp.get("events") if isinstance(resp, dict) else None
         if not isinstance(events, list):
             return
+        log.info("get_missing_events: %d before %s from %s", len(events), ev.event_id, origin)
         checked: list[Checked] = []
         for pdu in events:
             try:
@@ -460,6 +461,7 @@ class Ingest:
             {"event_id": event_id},
         )
         pdu_ids = [i for i in resp.get("pdu_ids", []) if isinstance(i, str)]
+        log.info("state_ids: %d state events at gap %s from %s", len(pdu_ids), event_id, origin)
         chain_ids = [i for i in resp.get("auth_chain_ids", []) if isinstance(i, str)]
         wanted = set(pdu_ids) | set(chain_ids) | {event_id}
         missing = wanted - await self._store.have_events(wanted)

@@ -230,8 +230,7 @@ class FederationSender:
             if e.status is not None and e.status in (400, 403, 404, 413):
                 log.warning("%s refused transaction %s (%s): dropped", dest, txn_id, e)
             else:
-                backoff = min(self._max, self._initial * 2 ** min(failures, 30))
-                backoff = int(backoff * random.uniform(0.8, 1.0))
+                backoff = next_backoff_ms(failures, self._initial, self._max, random.random())
                 log.info("sending to %s failed (%s); retry in %d ms", dest, e, backoff)
                 await self._store.record_failure(dest, backoff, now_ms() + backoff)
                 return False
@@ -242,6 +241,14 @@ class FederationSender:
 
     async def pending(self, destination: str) -> int:
         return await self._store.queue_length(destination)
+
+
+def next_backoff_ms(failures: int, initial_ms: int, max_ms: int, jitter: float) -> int:
+    """The wait after the ``failures``-th failure in a row (0-based): doubling
+    from ``initial_ms`` up to ``max_ms``, less up to 20 % (``jitter`` in
+    [0, 1)) so that servers which went down together do not retry together."""
+    base = min(max_ms, initial_ms * 2 ** min(max(failures, 0), 30))
+    return int(base * (1.0 - 0.2 * jitter))
 
 
 def is_local(user_id: str, server_name: str) -> bool:
