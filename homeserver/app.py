@@ -57,6 +57,7 @@ from homeserver.services.serialize import EventSerializer
 from homeserver.services.server_keys import (
     ServerKeys,
     ensure_tls_certificate,
+    load_old_keys,
     load_or_create_signing_key,
 )
 from homeserver.services.sync import SyncService
@@ -85,7 +86,9 @@ def create_app(
     """The aiohttp application with every service wired in."""
     app = web.Application(middlewares=[cors_middleware, error_middleware], client_max_size=MAX_BODY)
     server_keys = server_keys or ServerKeys(
-        config.server_name, load_or_create_signing_key(config.signing_key_path)
+        config.server_name,
+        load_or_create_signing_key(config.signing_key_path),
+        load_old_keys(config.old_signing_keys_path),
     )
     name = config.server_name
     # storage

@@ -56,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     reb = sub.add_parser("rebuild", help="rewrite the projections from the log")
     _add_config_flags(reb)
     reb.add_argument("--room", help="only this room")
+    rot = sub.add_parser(
+        "rotate-signing-key",
+        help="retire the signing key (still published as old) and make a new one; then restart",
+    )
+    _add_config_flags(rot)
     adm = sub.add_parser("admin", help="operator tools for rooms")
     _add_config_flags(adm)
     adm.add_argument(
@@ -214,6 +219,14 @@ async def _admin(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _rotate_signing_key(config: Config, args: argparse.Namespace) -> int:
+    from homeserver.services.server_keys import rotate_signing_key
+
+    old, new = rotate_signing_key(config.signing_key_path, config.old_signing_keys_path)
+    print(f"retired {old}; the signing key is now {new} (restart the server to use it)")
+    return 0
+
+
 COMMANDS: dict[str | None, Any] = {
     "admin": _admin,
     "verify": _verify,
@@ -221,6 +234,7 @@ COMMANDS: dict[str | None, Any] = {
     None: _serve,
     "serve": _serve,
     "register-user": _register_user,
+    "rotate-signing-key": _rotate_signing_key,
 }
 
 if __name__ == "__main__":

@@ -74,6 +74,10 @@ class Config:
         return self.data_dir / "signing.key"
 
     @property
+    def old_signing_keys_path(self) -> Path:
+        return self.data_dir / "old_signing_keys.json"
+
+    @property
     def embedded_pg_dir(self) -> Path:
         return self.data_dir / "postgres"
 

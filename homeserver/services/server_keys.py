@@ -2,14 +2,19 @@
 
 Both are generated on first start under ``data_dir`` and kept, so a restart
 serves the same key (remote servers cache it) and the same certificate.
+``rotate_signing_key`` replaces the key; the retired one is kept (its public
+half, with the time it expired) in ``old_signing_keys.json`` and published
+under ``old_verify_keys``, so events signed with it still verify elsewhere.
 """
 
 from __future__ import annotations
 
 import datetime
 import ipaddress
+import json
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +45,35 @@ def load_or_create_signing_key(path: Path) -> SigningKey:
     tmp.replace(path)
     log.info("generated signing key ed25519:%s in %s", key.version, path)
     return key
+
+
+def load_old_keys(path: Path) -> dict[str, tuple[str, int]]:
+    """key id → (unpadded base64 verify key, expired_ts) of retired keys."""
+    if not path.exists():
+        return {}
+    raw = json.loads(path.read_text())
+    return {kid: (str(v["key"]), int(v["expired_ts"])) for kid, v in raw.items()}
+
+
+def rotate_signing_key(key_path: Path, old_keys_path: Path) -> tuple[str, str]:
+    """Retire the current signing key (kept as an old key, expired now) and
+    make a new one. Returns (old key id, new key id). Restart to serve it."""
+    current = load_or_create_signing_key(key_path)
+    old = load_old_keys(old_keys_path)
+    old_id = f"ed25519:{current.version}"
+    old[old_id] = (encode_base64(current.verify_key.encode()), now_ms())
+    body = {kid: {"key": k, "expired_ts": ts} for kid, (k, ts) in old.items()}
+    tmp = old_keys_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(body, indent=1))
+    tmp.replace(old_keys_path)
+    new = signedjson.key.generate_signing_key("a_" + os.urandom(3).hex())
+    tmp = key_path.with_suffix(".tmp")
+    with tmp.open("w") as f:
+        signedjson.key.write_signing_keys(f, [new])
+    os.chmod(tmp, 0o600)
+    tmp.replace(key_path)
+    log.info("signing key %s retired, ed25519:%s is current", old_id, new.version)
+    return old_id, f"ed25519:{new.version}"
 
 
 def ensure_tls_certificate(cert_path: Path, key_path: Path, host: str) -> None:
@@ -90,9 +124,16 @@ def ensure_tls_certificate(cert_path: Path, key_path: Path, host: str) -> None:
 class ServerKeys:
     """The signing identity of this server."""
 
-    def __init__(self, server_name: str, signing_key: SigningKey) -> None:
+    def __init__(
+        self,
+        server_name: str,
+        signing_key: SigningKey,
+        old_keys: Mapping[str, tuple[str, int]] | None = None,
+    ) -> None:
         self.server_name = server_name
         self.signing_key = signing_key
+        # Retired keys: key id → (unpadded base64 verify key, expired_ts).
+        self.old_keys = dict(old_keys or {})
 
     @property
     def key_id(self) -> str:
@@ -112,6 +153,10 @@ class ServerKeys:
                 "server_name": self.server_name,
                 "valid_until_ts": now_ms() + KEY_VALIDITY_MS,
                 "verify_keys": {self.key_id: {"key": self.verify_key_base64}},
-                "old_verify_keys": {},
+                "old_verify_keys": {
+                    kid: {"key": key, "expired_ts": ts}
+                    for kid, (key, ts) in self.old_keys.items()
+                    if kid != self.key_id
+                },
             }
         )

@@ -310,3 +310,59 @@ async def test_replayed_transaction_is_answered_once(pair: Pair) -> None:
     bodies = await eventually(lambda: bob.bodies(room), lambda x: "later" in x)
     assert bodies.count("once") == 1
     assert "never" not in bodies
+
+
+# ------------------------------------------------------------ key rotation
+async def test_rotated_key_is_published_as_old_and_peers_follow(pair: Pair) -> None:
+    """Last in this module: restarts B with a new signing key."""
+    import subprocess
+    import sys
+
+    from tests.federation.harness import REPO
+
+    a, b = pair.a, pair.b
+    alice = await pair.client(a).register(uniq("alice"))
+    bob = await pair.client(b).register(uniq("bob"))
+    room = await alice.create_room(preset="public_chat")
+    await bob.join(room, [a.server_name])
+    await bob.send(room, "signed with the old key")
+    await eventually(lambda: alice.bodies(room), lambda x: "signed with the old key" in x)
+    old_key = signing_key_of(b)
+    old_kid = key_id(old_key)
+
+    b.stop()
+    rotated_at = now_ms()
+    cmd = [sys.executable, "-m", "homeserver.cli", "rotate-signing-key"]
+    subprocess.run(
+        [*cmd, "--data-dir", str(b.data_dir), "--server-name", b.server_name],
+        check=True,
+        cwd=REPO,
+        capture_output=True,
+    )
+    b.start()
+    await b.wait_ready()
+    new_key = signing_key_of(b)
+    assert key_id(new_key) != old_kid
+
+    keys = await get_json(b, "/_matrix/key/v2/server")
+    assert list(keys["verify_keys"]) == [key_id(new_key)]
+    assert rotated_at <= keys["old_verify_keys"][old_kid]["expired_ts"] <= now_ms()
+    verify_json_signature(
+        keys, b.server_name, key_id(new_key), signedjson.key.get_verify_key(new_key)
+    )
+
+    # A learns the new key on B's first request signed with it, and keeps
+    # accepting B's events; its notary now relays B's old key as well.
+    await bob.send(room, "signed with the new key")
+    await eventually(lambda: alice.bodies(room), lambda x: "signed with the new key" in x)
+    got = await get_json(a, f"/_matrix/key/v2/query/{q(b.server_name)}")
+    assert old_kid in got["server_keys"][0]["old_verify_keys"]
+    # A request signed with the retired key is refused now.
+    old = await signed_request(
+        "GET",
+        a,
+        f"{V1}/query/profile?user_id={q(alice.user_id)}",
+        origin=b.server_name,
+        key=old_key,
+    )
+    assert old.status == 401, old

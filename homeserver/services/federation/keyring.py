@@ -84,6 +84,9 @@ class Keyring:
         if server == self._own.server_name:
             if key_id == self._own.key_id:
                 return get_verify_key(self._own.signing_key)
+            old = self._own.old_keys.get(key_id)
+            if old is not None and old[1] >= valid_at:
+                return decode_verify_key(key_id, old[0])
             return None
         k = (await self._known(server)).get(key_id)
         if k is None or k.valid_until_ts < valid_at:
