@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -206,6 +207,18 @@ async def eventually(
 
 def state_map(events: list[dict[str, Any]]) -> dict[tuple[str, str], str]:
     return {(e["type"], e["state_key"]): e["event_id"] for e in events}
+
+
+TXN_LINE = re.compile(r"transaction (\S+) from (\S+): (\d+) PDUs, (\d+) EDUs")
+
+
+def transactions_logged(server: OurServer, origin: str, since: int) -> list[tuple[str, int, int]]:
+    """(txn id, PDUs, EDUs) of each /send from ``origin`` that ``server``
+    logged after byte ``since`` of its log."""
+    with open(server.log_path, "rb") as f:
+        f.seek(since)
+        text = f.read().decode(errors="replace")
+    return [(m[1], int(m[3]), int(m[4])) for m in TXN_LINE.finditer(text) if m[2] == origin]
 
 
 # ------------------------------------------------------------ our server

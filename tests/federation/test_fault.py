@@ -17,18 +17,7 @@ import asyncpg
 
 from homeserver.services.federation.sender import next_backoff_ms
 from tests.federation.conftest import Pair
-from tests.federation.harness import OurServer, eventually, state_map
-
-TXN_LINE = re.compile(r"transaction (\S+) from (\S+): (\d+) PDUs, (\d+) EDUs")
-
-
-def transactions_logged(server: OurServer, origin: str, since: int) -> list[tuple[str, int, int]]:
-    """(txn id, PDUs, EDUs) of each /send from ``origin`` in the server's log
-    after byte ``since``."""
-    with open(server.log_path, "rb") as f:
-        f.seek(since)
-        text = f.read().decode(errors="replace")
-    return [(m[1], int(m[3]), int(m[4])) for m in TXN_LINE.finditer(text) if m[2] == origin]
+from tests.federation.harness import OurServer, eventually, state_map, transactions_logged
 
 
 async def destination_row(server: OurServer, destination: str) -> asyncpg.Record | None:

@@ -8,7 +8,7 @@ import uuid
 import aiohttp
 
 from tests.federation.conftest import Pair
-from tests.federation.harness import Client, eventually, state_map
+from tests.federation.harness import Client, eventually, state_map, transactions_logged
 
 
 def uniq(name: str) -> str:
@@ -206,3 +206,24 @@ async def typing_and_receipt_reach(me: Client, other: Client, room: str) -> None
     await eventually(lambda: me.bodies(room), lambda b: text in b, timeout=30)
     await me.read(room, eid)
     await eventually(lambda: other.read_up_to(room, me.user_id), lambda r: eid in r, timeout=30)
+
+
+async def test_a_burst_of_120_arrives_in_order_in_batches_of_at_most_50(pair: Pair) -> None:
+    alice = await pair.client(pair.a).register(uniq("alice"))
+    bob = await pair.client(pair.b).register(uniq("bob"))
+    room = await alice.create_room(preset="public_chat")
+    await bob.join(room, [pair.a.server_name])
+    await alice.send(room, "warm-up")
+    await eventually(lambda: bob.bodies(room), lambda b: "warm-up" in b)
+    log_start = pair.b.log_path.stat().st_size
+    want = [f"burst{i:03d}" for i in range(120)]
+    for body in want:
+        await alice.send(room, body)
+
+    async def received() -> list[str]:
+        return [b for b in await bob.bodies(room, limit=200) if b.startswith("burst")]
+
+    assert await eventually(received, lambda b: len(b) >= 120, timeout=60) == want
+    txns = transactions_logged(pair.b, pair.a.server_name, log_start)
+    assert sum(p for _, p, _ in txns) >= 120
+    assert max(p for _, p, _ in txns) <= 50
