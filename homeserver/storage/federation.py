@@ -250,6 +250,14 @@ class FederationStore:
             now,
         )
 
+    async def prune_received_txns(self, before_ts: int) -> int:
+        """Forget transactions received before ``before_ts`` (a retry comes
+        within minutes; a replay after that is handled by event ids)."""
+        r = await self._db.execute(
+            "DELETE FROM federation_received_txns WHERE received_ts < $1", before_ts
+        )
+        return int(r.split()[-1])
+
     # ----------------------------------------------------- reads over the log
     async def backfill_positions(self, n: int) -> list[int]:
         """``n`` fresh negative stream positions, decreasing."""

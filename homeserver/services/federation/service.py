@@ -8,10 +8,13 @@ Resident (other servers' users in our rooms), Edus.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 from homeserver.config import Config
+from homeserver.services.clock import now_ms
 from homeserver.services.federation.backfill import Backfiller
 from homeserver.services.federation.client import FederationClient
 from homeserver.services.federation.edus import Edus
@@ -29,6 +32,10 @@ from homeserver.storage.events import EventStore
 from homeserver.storage.federation import FederationStore
 from homeserver.storage.projections import Projections
 
+log = logging.getLogger(__name__)
+
+RECEIVED_TXN_KEEP_MS = 24 * 3600 * 1000
+
 
 @dataclass
 class Federation:
@@ -44,12 +51,27 @@ class Federation:
     edus: Edus
     backfiller: Backfiller
 
+    _housekeeping: asyncio.Task[None] | None = None
+
     async def start(self) -> None:
         await self.sender.start()
+        self._housekeeping = asyncio.create_task(self._prune_received_txns())
 
     async def stop(self) -> None:
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+            await asyncio.gather(self._housekeeping, return_exceptions=True)
         await self.sender.stop()
         await self.client.close()
+
+    async def _prune_received_txns(self) -> None:
+        """Received transaction ids are kept a day for idempotency, then dropped."""
+        while True:
+            try:
+                await self.store.prune_received_txns(now_ms() - RECEIVED_TXN_KEEP_MS)
+            except Exception:
+                log.exception("pruning received federation transactions failed")
+            await asyncio.sleep(3600)
 
 
 def build_federation(
