@@ -68,6 +68,7 @@ from homeserver.storage.database import Database
 from homeserver.storage.embedded import EmbeddedPostgres
 from homeserver.storage.ephemeral import EphemeralStore
 from homeserver.storage.events import EventStore
+from homeserver.storage.federation import FED_CHANNEL
 from homeserver.storage.lifecycle import LifecycleStore
 from homeserver.storage.projections import Projections
 from homeserver.storage.rooms import RoomStore
@@ -181,6 +182,7 @@ def create_app(
     ephemeral.on_local_edu.append(federation.edus.local_change)
     timeline.backfill = federation.backfiller.backfill
     app[FEDERATION] = federation
+    notifier.subscribe(FED_CHANNEL, federation.sender.wake)
 
     async def background(app: web.Application) -> AsyncIterator[None]:
         await notifier.start()

@@ -65,16 +65,24 @@ class Notifier:
         self.closing = False
         self._appends: deque[LocalAppend] = deque(maxlen=1024)
         self._pid: int | None = None
+        self._subscriptions: list[tuple[str, Callable[[str], None]]] = []
         self._watcher: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         # Another process shares the database (``channel``); conservatively
         # True until ``start`` has looked.
         self.others_listening = True
 
+    def subscribe(self, channel: str, fn: Callable[[str], None]) -> None:
+        """Call ``fn(payload)`` for notifications on another channel (from
+        any process); subscribe before ``start``."""
+        self._subscriptions.append((channel, fn))
+
     async def start(self) -> None:
         self._conn = await asyncpg.connect(self._url)
         await self._conn.add_listener(CHANNEL, self._on_notify)
         await self._conn.add_listener(AUTH_CHANNEL, self._on_auth)
+        for channel, fn in self._subscriptions:
+            await self._conn.add_listener(channel, _payload_only(fn))
         # Announce this process (after listening, so no announcement of a
         # process starting at the same time is missed), then look for others.
         self._pid = await self._conn.fetchval(
@@ -251,6 +259,16 @@ class Notifier:
             return await wait_for(w, timeout)
         finally:
             self.unregister(w)
+
+
+def _payload_only(fn: Callable[[str], None]) -> Callable[[Any, int, str, str], None]:
+    def listener(_conn: Any, _pid: int, _channel: str, data: str) -> None:
+        try:
+            fn(data)
+        except Exception:
+            log.exception("notification listener failed")
+
+    return listener
 
 
 async def wait_for(w: Waiter, timeout: float) -> bool:

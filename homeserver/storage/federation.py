@@ -16,6 +16,8 @@ import asyncpg
 
 from homeserver.storage.database import Database
 
+FED_CHANNEL = "hs_federation"  # payload: a destination that is reachable again
+
 
 @dataclass(frozen=True, slots=True)
 class StoredKey:
@@ -222,12 +224,16 @@ class FederationStore:
 
     async def reset_backoff(self, destination: str) -> bool:
         """The destination contacted us: it is up. True when it was backed off."""
-        r = await self._db.execute(
-            "UPDATE federation_destinations SET retry_after_ts = 0, backoff_ms = 0, failures = 0 "
-            "WHERE destination = $1 AND failures > 0",
+        # Other processes hear it (FED_CHANNEL): the one holding the
+        # destination's lease resumes sending at once, not when its backoff ends.
+        rows = await self._db.fetch(
+            "WITH u AS (UPDATE federation_destinations SET retry_after_ts = 0, backoff_ms = 0, "
+            "  failures = 0 WHERE destination = $1 AND failures > 0 RETURNING destination) "
+            "SELECT pg_notify($2, destination) FROM u",
             destination,
+            FED_CHANNEL,
         )
-        return r.endswith(" 1")
+        return bool(rows)
 
     # ------------------------------------------------ received transactions
     async def received_txn(self, origin: str, txn_id: str) -> dict[str, Any] | None:

@@ -37,3 +37,32 @@ def test_appends_after_accounts_for_every_position() -> None:
     assert upto == 13 and [a.first for a in appends] == [11, 13]
     assert n.appends_after(13) == (13, [])  # 14 is unknown: read the database
     assert n.appends_after(14)[0] == 15
+
+
+async def test_peer_back_up_is_heard_by_every_process(db_url: str) -> None:
+    """A peer that contacts one process ends its backoff for all: the
+    process holding that destination's queue hears it and resumes at once."""
+    from homeserver.storage.database import Database
+    from homeserver.storage.federation import FED_CHANNEL, FederationStore
+
+    heard: list[str] = []
+    a = Notifier(db_url)
+    a.subscribe(FED_CHANNEL, heard.append)
+    await a.start()
+    db = await Database.connect(db_url, min_size=1, max_size=2)
+    try:
+        await db.execute(
+            "INSERT INTO federation_destinations (destination, retry_after_ts, backoff_ms, "
+            "failures) VALUES ('peer.test', 9999999999999, 60000, 3)"
+        )
+        store = FederationStore(db)
+        assert await store.reset_backoff("peer.test") is True
+        assert await store.reset_backoff("peer.test") is False  # not backed off any more
+        for _ in range(100):
+            if heard:
+                break
+            await asyncio.sleep(0.02)
+        assert heard == ["peer.test"]
+    finally:
+        await db.close()
+        await a.stop()

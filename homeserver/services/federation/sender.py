@@ -20,6 +20,7 @@ import logging
 import os
 import random
 import socket
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -33,6 +34,8 @@ from homeserver.storage.events import EventStore
 from homeserver.storage.federation import FederationStore
 
 log = logging.getLogger(__name__)
+
+UP_RECHECK_S = 10.0
 
 MAX_PDUS = 50
 MAX_EDUS = 100
@@ -66,6 +69,7 @@ class FederationSender:
         self._wake: dict[str, asyncio.Event] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._queued_now: dict[str, set[str]] = {}  # event id → destinations (until commit)
+        self._seen_up: dict[str, float] = {}  # destination → when it last contacted us
         self._sweeper: asyncio.Task[None] | None = None
         self._stopping = False
         # Sent transactions, for tests and metrics: destination → count.
@@ -142,7 +146,15 @@ class FederationSender:
             self.wake(d)
 
     def peer_is_up(self, destination: str) -> None:
-        """A request from ``destination`` arrived: end its backoff now."""
+        """A request from ``destination`` arrived: end its backoff now (the
+        database is asked at most every ``UP_RECHECK_S`` per destination,
+        unless our own sending to it failed meanwhile)."""
+        now = time.monotonic()
+        if now - self._seen_up.get(destination, -UP_RECHECK_S) < UP_RECHECK_S:
+            return
+        if len(self._seen_up) > 100_000:
+            self._seen_up.clear()
+        self._seen_up[destination] = now
 
         async def reset() -> None:
             try:
@@ -233,6 +245,7 @@ class FederationSender:
                 backoff = next_backoff_ms(failures, self._initial, self._max, random.random())
                 log.info("sending to %s failed (%s); retry in %d ms", dest, e, backoff)
                 await self._store.record_failure(dest, backoff, now_ms() + backoff)
+                self._seen_up.pop(dest, None)
                 return False
         await self._store.delete_outbox(ids)
         await self._store.record_success(dest, now_ms())
