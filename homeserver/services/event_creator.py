@@ -256,7 +256,6 @@ class EventCreator:
             room_id,
             sum(len(r.drafts) for r in batch),
             [t for t in txns if t is not None],
-            self._keys.server_name,
         )
         reserved = wc.positions
         # Remembered so that sends to a federated room skip the optimistic

@@ -216,12 +216,11 @@ class EventStore:
         room_id: str,
         n: int,
         txns: Sequence[tuple[str, str, str]],
-        server_name: str,
     ) -> WriterContext:
         """What a room's writer reads before building, in one statement:
         the forward extremities, which of ``txns`` (user, device, txn id)
-        already made an event, whether users of other servers than
-        ``server_name`` are joined, and ``n`` reserved stream positions (see
+        already made an event, whether users of other servers are joined
+        (``room_stats``), and ``n`` reserved stream positions (see
         ``reserve_positions``; the caller releases or abandons them)."""
         while True:
             row = await conn.fetchrow(
@@ -233,14 +232,14 @@ class EventStore:
                 "  (SELECT json_agg(json_build_array(txn_user_id, txn_device_id, txn_id, event_id)) "
                 "   FROM events WHERE (txn_user_id, txn_device_id, txn_id) IN "
                 "   (SELECT * FROM unnest($3::text[], $4::text[], $5::text[]))) AS txns, "
-                "  EXISTS (SELECT 1 FROM room_members WHERE room_id = $2 AND membership = 'join' "
-                "   AND right(user_id, char_length($6)) <> $6) AS federated",
+                # (counts kept with the room's state: no scan of its members)
+                "  COALESCE((SELECT joined_members > local_joined FROM room_stats "
+                "   WHERE room_id = $2), true) AS federated",
                 n,
                 room_id,
                 [t[0] for t in txns],
                 [t[1] for t in txns],
                 [t[2] for t in txns],
-                ":" + server_name,
             )
             assert row is not None
             if row["first"] is not None:

@@ -224,7 +224,7 @@ async def test_optimistic_append_refused_when_the_head_moved(
     a, b = writers
     room = await new_room(a)
     async with a.db.pool.acquire() as conn:
-        wc = await a.store.writer_context(conn, room, 1, [], SERVER)
+        wc = await a.store.writer_context(conn, room, 1, [])
         ctx = await a.creator._load_context(room, conn, wc.extremities)
         assert ctx is not None
         entries, events = await a.creator._build_request(
