@@ -229,16 +229,19 @@ class EventCreator:
                     done = await self._build_and_commit(conn, room_id, batch, optimistic=False)
                 finally:
                     await self._persister.unlock_room(conn, room_id)
-        assert done is not None
-        for r, result in done:
-            if isinstance(result, BaseException):
-                r.future.set_exception(result)
-            elif isinstance(result, str):
-                existing = await self._store.get_event(result)
-                assert existing is not None
-                r.future.set_result([existing.event])
-            else:
-                r.future.set_result(result)
+            # Answer the senders before the connection goes back to the pool:
+            # their responses then leave ahead of the long-polls this append
+            # woke (whose wake-up is queued behind them).
+            assert done is not None
+            for r, result in done:
+                if isinstance(result, BaseException):
+                    r.future.set_exception(result)
+                elif isinstance(result, str):
+                    existing = await self._store.get_event(result)
+                    assert existing is not None
+                    r.future.set_result([existing.event])
+                else:
+                    r.future.set_result(result)
 
     async def _build_and_commit(
         self, conn: asyncpg.Connection, room_id: str, batch: list[_Request], *, optimistic: bool

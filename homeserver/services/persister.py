@@ -255,11 +255,10 @@ class Persister:
     ) -> None:
         """Wake this process's readers (others hear the NOTIFY) and run the
         after-commit hooks. Readers are woken on the next turn of the event
-        loop, after the writer has put its connection back in the pool: the
-        pool hands out the most recently used connection first, so a woken
-        /sync reads through a database session that is already running
-        rather than one that has been idle (measurably slower on the first
-        query)."""
+        loop: after the writer has answered its senders, and put its
+        connection back in the pool (which hands out the most recently used
+        connection first, so a woken /sync that reads goes through a
+        database session that is already running)."""
         asyncio.get_running_loop().call_soon(self._notifier.local_notify, position, room_id, users)
         for fn in self.on_committed:
             try:
