@@ -24,6 +24,8 @@ from signedjson.types import SigningKey
 from unpaddedbase64 import encode_base64
 from yarl import URL
 
+from homeserver.core.canonical import redact
+from homeserver.core.room_versions import get_room_version
 from homeserver.core.signing import sign_json, sign_request
 from homeserver.services.server_keys import ensure_tls_certificate
 from tests.federation.harness import OurServer
@@ -116,6 +118,7 @@ class FakeOrigin:
         self.old_expired_ts = int(time.time() * 1000) - DAY_MS
         self.valid_for_ms = valid_for_ms
         self.key_requests = 0
+        self.invites: list[dict[str, Any]] = []  # bodies of PUT /v2/invite received
         self._runner: web.AppRunner | None = None
 
     def key_response(self) -> dict[str, Any]:
@@ -139,6 +142,16 @@ class FakeOrigin:
         self.key_requests += 1
         return web.json_response(self.key_response())
 
+    async def _invite(self, request: web.Request) -> web.Response:
+        """Accept any invite: record the body, countersign the event."""
+        body = await request.json()
+        self.invites.append(body)
+        ev = body["event"]
+        rv = get_room_version(body["room_version"])
+        sig = sign_json(redact(ev, rv), self.server_name, self.key)["signatures"]
+        signed = dict(ev, signatures={**ev.get("signatures", {}), **sig})
+        return web.json_response({"event": signed})
+
     async def start(self) -> None:
         tmp = Path(tempfile.mkdtemp(prefix="hs-fake-"))
         ensure_tls_certificate(tmp / "tls.crt", tmp / "tls.key", "localhost")
@@ -146,6 +159,7 @@ class FakeOrigin:
         ctx.load_cert_chain(tmp / "tls.crt", tmp / "tls.key")
         app = web.Application()
         app.router.add_get("/_matrix/key/v2/server", self._keys)
+        app.router.add_put("/_matrix/federation/v2/invite/{room_id}/{event_id}", self._invite)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.port, ssl_context=ctx).start()

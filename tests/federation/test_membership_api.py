@@ -1,0 +1,365 @@
+"""The membership endpoints our server serves to other servers, asked
+directly with signed requests: make_join / send_join (v1, v2), make_leave /
+send_leave (v1, v2), make_knock / send_knock and invite v2, with what each
+must refuse; and a join that survives a dead first resident server.
+
+The asking server is a ``FakeOrigin`` (a third server run inside the test,
+whose keys our processes really fetch); its users' events are built and
+signed here, so each test controls exactly what is sent."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+import signedjson.key
+
+from homeserver.core.canonical import compute_event_id
+from homeserver.core.events import build_event
+from homeserver.core.room_versions import V12
+from homeserver.core.signing import sign_event, verify_event_signature
+from tests.federation.conftest import Pair, free_port
+from tests.federation.fake import Answer, FakeOrigin, key_id, signing_key_of
+from tests.federation.harness import Client, eventually, state_map
+
+V1 = "/_matrix/federation/v1"
+V2 = "/_matrix/federation/v2"
+
+
+def uniq(name: str) -> str:
+    return f"{name}{uuid.uuid4().hex[:6]}"
+
+
+def q(s: str) -> str:
+    return quote(s, safe="")
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@pytest.fixture(scope="module")
+async def fake() -> AsyncIterator[FakeOrigin]:
+    f = FakeOrigin(free_port())
+    await f.start()
+    yield f
+    await f.stop()
+
+
+def fake_user(fake: FakeOrigin, name: str) -> str:
+    return f"@{uniq(name)}:{fake.server_name}"
+
+
+async def make(
+    fake: FakeOrigin, target: Any, kind: str, room: str, user: str, ver: list[str] | None
+) -> Answer:
+    qs = "&".join(f"ver={q(v)}" for v in ver) if ver is not None else ""
+    path = f"{V1}/make_{kind}/{q(room)}/{q(user)}" + (f"?{qs}" if qs else "")
+    return await fake.request("GET", target, path)
+
+
+def signed_from(fake: FakeOrigin, template: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    """The template, changed as asked, hashed and signed by the fake."""
+    pdu = dict(template, origin_server_ts=now_ms(), **changes)
+    return sign_event(pdu, fake.server_name, fake.key, V12)
+
+
+async def send(fake: FakeOrigin, target: Any, v: str, kind: str, pdu: dict[str, Any]) -> Answer:
+    eid = compute_event_id(pdu, V12)
+    path = f"/_matrix/federation/{v}/send_{kind}/{q(pdu['room_id'])}/{q(eid)}"
+    return await fake.request("PUT", target, path, body=pdu)
+
+
+def ids(pdus: list[dict[str, Any]]) -> set[str]:
+    return {compute_event_id(p, V12) for p in pdus}
+
+
+async def public_room(pair: Pair) -> tuple[Client, str]:
+    alice = await pair.client(pair.a).register(uniq("alice"))
+    room = await alice.create_room(preset="public_chat")
+    return alice, room
+
+
+# ------------------------------------------------------------ make_join
+async def test_make_join_refusals_and_template(pair: Pair, fake: FakeOrigin) -> None:
+    a = pair.a
+    alice, room = await public_room(pair)
+    joiner = fake_user(fake, "joiner")
+
+    ok = await make(fake, a, "join", room, joiner, ["10", "11", "12"])
+    assert ok.status == 200, ok
+    assert ok.body["room_version"] == "12"
+    t = ok.body["event"]
+    assert (t["type"], t["room_id"], t["sender"], t["state_key"]) == (
+        "m.room.member",
+        room,
+        joiner,
+        joiner,
+    )
+    assert t["content"]["membership"] == "join"
+    state = state_map(await alice.state(room))
+    assert set(t["auth_events"]) == {
+        state[("m.room.power_levels", "")],
+        state[("m.room.join_rules", "")],
+    }  # v12: the create event is not cited
+    assert t["prev_events"] and t["depth"] > 1
+
+    for ver in (["1", "2"], ["11"], None):  # no ver at all means ["1"]
+        bad = await make(fake, a, "join", room, joiner, ver)
+        assert bad.status == 400, (ver, bad)
+        assert bad.body["errcode"] == "M_INCOMPATIBLE_ROOM_VERSION", (ver, bad)
+        assert bad.body["room_version"] == "12", (ver, bad)
+
+    other = f"@{uniq('notyours')}:{pair.b.server_name}"
+    wrong_server = await make(fake, a, "join", room, other, ["12"])
+    assert wrong_server.status == 403 and wrong_server.body["errcode"] == "M_FORBIDDEN"
+
+    unknown = await make(fake, a, "join", f"!nosuchroom:{a.server_name}", joiner, ["12"])
+    assert unknown.status == 404 and unknown.body["errcode"] == "M_NOT_FOUND", unknown
+
+    banned = fake_user(fake, "banned")
+    await alice.membership(room, "ban", user_id=banned, reason="no")
+    refused = await make(fake, a, "join", room, banned, ["12"])
+    assert refused.status == 403 and refused.body["errcode"] == "M_FORBIDDEN", refused
+
+
+# ------------------------------------------------------------ send_join
+async def test_send_join_v1_and_v2(pair: Pair, fake: FakeOrigin) -> None:
+    a = pair.a
+    alice, room = await public_room(pair)
+    before = state_map(await alice.state(room))
+    u1, u2 = fake_user(fake, "one"), fake_user(fake, "two")
+    t1 = (await make(fake, a, "join", room, u1, ["12"])).body["event"]
+
+    not_joins = {
+        "leave": signed_from(fake, t1, content={"membership": "leave"}),
+        "invite": signed_from(fake, t1, content={"membership": "invite"}),
+        "wrong type": signed_from(fake, t1, type="m.room.topic"),
+        "state_key of another": signed_from(fake, t1, state_key=u2),
+    }
+    # A join of a user of another server than the one asking.
+    stranger = f"@{uniq('stranger')}:{pair.b.server_name}"
+    not_theirs = signed_from(fake, t1, sender=stranger, state_key=stranger)
+    for v in ("v1", "v2"):
+        for name, pdu in not_joins.items():
+            got = await send(fake, a, v, "join", pdu)
+            assert got.status == 400, (v, name, got)
+            assert got.body["errcode"] in ("M_BAD_JSON", "M_INVALID_PARAM"), (v, name, got)
+        got = await send(fake, a, v, "join", not_theirs)
+        assert got.status == 403 and got.body["errcode"] == "M_FORBIDDEN", (v, got)
+    assert await alice.joined_members(room) == {alice.user_id}
+
+    # v1: [200, {origin, state, auth_chain}], the state before the join.
+    join1 = signed_from(fake, t1)
+    r1 = await send(fake, a, "v1", "join", join1)
+    assert r1.status == 200, r1
+    assert isinstance(r1.body, list) and r1.body[0] == 200, r1
+    body1 = r1.body[1]
+    assert body1["origin"] == a.server_name
+    assert ids(body1["state"]) == set(before.values())
+    # (v12: no event cites the create event, which comes in ``state``.)
+    assert ids(body1["auth_chain"]) >= {
+        before[("m.room.power_levels", "")],
+        before[("m.room.join_rules", "")],
+        before[("m.room.member", alice.user_id)],
+    }
+
+    # v2: {origin, state, auth_chain, event}; the state now has u1's join.
+    t2 = (await make(fake, a, "join", room, u2, ["12"])).body["event"]
+    join2 = signed_from(fake, t2)
+    r2 = await send(fake, a, "v2", "join", join2)
+    assert r2.status == 200, r2
+    assert isinstance(r2.body, dict), r2
+    assert compute_event_id(r2.body["event"], V12) == compute_event_id(join2, V12)
+    state2 = ids(r2.body["state"])
+    assert compute_event_id(join1, V12) in state2
+    assert set(before.values()) <= state2
+    assert ids(r2.body["auth_chain"]) >= {
+        before[("m.room.power_levels", "")],
+        before[("m.room.member", alice.user_id)],
+    }
+
+    members = await eventually(
+        lambda: alice.joined_members(room), lambda m: m == {alice.user_id, u1, u2}
+    )
+    assert members == {alice.user_id, u1, u2}
+
+
+# ------------------------------------------------------- make/send_leave
+async def test_make_and_send_leave_v1_and_v2(pair: Pair, fake: FakeOrigin) -> None:
+    a = pair.a
+    alice, room = await public_room(pair)
+    users = [fake_user(fake, "leaver"), fake_user(fake, "leaver")]
+    for u in users:
+        t = (await make(fake, a, "join", room, u, ["12"])).body["event"]
+        assert (await send(fake, a, "v2", "join", signed_from(fake, t))).status == 200
+
+    other = f"@{uniq('notyours')}:{pair.b.server_name}"
+    assert (await make(fake, a, "leave", room, other, None)).status == 403
+    unknown = await make(fake, a, "leave", f"!nosuch:{a.server_name}", users[0], None)
+    assert unknown.status == 404
+
+    for u, v, want in ((users[0], "v1", [200, {}]), (users[1], "v2", {})):
+        got = await make(fake, a, "leave", room, u, None)
+        assert got.status == 200, got
+        t = got.body["event"]
+        assert t["content"]["membership"] == "leave" and t["state_key"] == u
+        assert got.body["room_version"] == "12"
+        not_leave = signed_from(fake, t, content={"membership": "join"})
+        bad = await send(fake, a, v, "leave", not_leave)
+        assert bad.status == 400 and bad.body["errcode"] in ("M_BAD_JSON", "M_INVALID_PARAM")
+        r = await send(fake, a, v, "leave", signed_from(fake, t))
+        assert r.status == 200 and r.body == want, (v, r)
+        assert await alice.membership_of(room, u) == "leave"
+    assert await alice.joined_members(room) == {alice.user_id}
+
+
+# ------------------------------------------------------ make/send_knock
+async def test_make_and_send_knock(pair: Pair, fake: FakeOrigin) -> None:
+    a = pair.a
+    alice, public = await public_room(pair)
+    knocky = await alice.create_room(preset="private_chat", name="knock here")
+    await alice.put_state(knocky, "m.room.join_rules", {"join_rule": "knock"})
+    knocker = fake_user(fake, "knocker")
+
+    refused = await make(fake, a, "knock", public, knocker, ["12"])
+    assert refused.status == 403 and refused.body["errcode"] == "M_FORBIDDEN", refused
+    old = await make(fake, a, "knock", knocky, knocker, ["1"])
+    assert old.status == 400 and old.body["errcode"] == "M_INCOMPATIBLE_ROOM_VERSION", old
+    assert old.body["room_version"] == "12"
+
+    # A knock sent to a room whose join rule is not knock, without make_knock.
+    jt = (await make(fake, a, "join", public, knocker, ["12"])).body["event"]
+    sneaky = signed_from(fake, jt, content={"membership": "knock"})
+    r = await send(fake, a, "v1", "knock", sneaky)
+    assert r.status == 403 and r.body["errcode"] == "M_FORBIDDEN", r
+
+    got = await make(fake, a, "knock", knocky, knocker, ["12"])
+    assert got.status == 200, got
+    t = got.body["event"]
+    assert t["content"]["membership"] == "knock" and got.body["room_version"] == "12"
+    r = await send(fake, a, "v1", "knock", signed_from(fake, t, content={"membership": "knock"}))
+    assert r.status == 200, r
+    by_type = {e["type"]: e for e in r.body["knock_room_state"]}
+    assert by_type["m.room.join_rules"]["content"]["join_rule"] == "knock"
+    assert by_type["m.room.name"]["content"]["name"] == "knock here"
+    assert by_type["m.room.create"]["sender"] == alice.user_id
+    assert await alice.membership_of(knocky, knocker) == "knock"
+
+
+# ---------------------------------------------------------------- invite
+def fake_room(fake: FakeOrigin) -> tuple[str, str, list[dict[str, Any]]]:
+    """A v12 room on the fake: (room id, creator, [create, creator's join])."""
+    creator = fake_user(fake, "creator")
+    common = {"server_name": fake.server_name, "signing_key": fake.key, "sender": creator}
+    create = build_event(
+        V12,
+        room_id=None,
+        type="m.room.create",
+        state_key="",
+        content={"room_version": "12"},
+        prev_events=[],
+        auth_events=[],
+        depth=1,
+        origin_server_ts=now_ms(),
+        **common,
+    )
+    join = build_event(
+        V12,
+        room_id=create.room_id,
+        type="m.room.member",
+        state_key=creator,
+        content={"membership": "join"},
+        prev_events=[create.event_id],
+        auth_events=[],
+        depth=2,
+        origin_server_ts=now_ms(),
+        **common,
+    )
+    return create.room_id, creator, [dict(create.pdu), dict(join.pdu)]
+
+
+async def test_invite_v2(pair: Pair, fake: FakeOrigin) -> None:
+    a = pair.a
+    bob = await pair.client(a).register(uniq("bob"))
+    room, creator, (create, join) = fake_room(fake)
+    invite = build_event(
+        V12,
+        room_id=room,
+        sender=creator,
+        type="m.room.member",
+        state_key=bob.user_id,
+        content={"membership": "invite"},
+        prev_events=[compute_event_id(join, V12)],
+        auth_events=[compute_event_id(join, V12)],
+        depth=3,
+        origin_server_ts=now_ms(),
+        server_name=fake.server_name,
+        signing_key=fake.key,
+    )
+    name = {"type": "m.room.name", "state_key": "", "sender": creator, "content": {"name": "Fk"}}
+    body = {"room_version": "12", "event": dict(invite.pdu), "invite_room_state": [create, name]}
+    path = f"{V2}/invite/{q(room)}/{q(invite.event_id)}"
+
+    old = await fake.request("PUT", a, path, body=dict(body, room_version="1"))
+    assert old.status == 400 and old.body["errcode"] == "M_INCOMPATIBLE_ROOM_VERSION", old
+    assert old.body.get("room_version") == "1"
+
+    got = await fake.request("PUT", a, path, body=body)
+    assert got.status == 200, got
+    signed = got.body["event"]
+    assert compute_event_id(signed, V12) == invite.event_id
+    a_key = signing_key_of(a)
+    verify_event_signature(
+        signed, V12, a.server_name, key_id(a_key), signedjson.key.get_verify_key(a_key)
+    )
+    verify_event_signature(
+        signed, V12, fake.server_name, key_id(fake.key), signedjson.key.get_verify_key(fake.key)
+    )
+
+    sync = await eventually(bob.sync, lambda s: room in s.get("rooms", {}).get("invite", {}))
+    shown = sync["rooms"]["invite"][room]["invite_state"]["events"]
+    by_type = {e["type"]: e for e in shown}
+    assert by_type["m.room.name"]["content"] == {"name": "Fk"}
+    assert by_type["m.room.create"]["sender"] == creator
+    assert by_type["m.room.member"]["state_key"] == bob.user_id
+
+
+async def test_outgoing_invite_carries_the_create_event(pair: Pair, fake: FakeOrigin) -> None:
+    alice, room = await public_room(pair)
+    await alice.put_state(room, "m.room.name", {"name": "Out"})
+    invitee = fake_user(fake, "invitee")
+    await alice.membership(room, "invite", user_id=invitee)
+    sent = [i for i in fake.invites if i["event"]["state_key"] == invitee]
+    assert len(sent) == 1
+    assert sent[0]["room_version"] == "12"
+    state = state_map(await alice.state(room))
+    by_type = {e["type"]: e for e in sent[0]["invite_room_state"]}
+    create = by_type["m.room.create"]
+    assert compute_event_id(create, V12) == state[("m.room.create", "")]  # the full PDU
+    assert by_type["m.room.name"]["content"] == {"name": "Out"}
+    assert await alice.membership_of(room, invitee) == "invite"
+
+
+# -------------------------------------------------- dead first resident
+async def test_join_skips_resident_servers_that_fail(pair: Pair, fake: FakeOrigin) -> None:
+    """The first server named is down (nobody listens on its port), the
+    second answers 404 to make_join (the fake is not in the room): the join
+    goes through the third."""
+    alice, room = await public_room(pair)
+    bob = await pair.client(pair.b).register(uniq("bob"))
+    dead = f"localhost:{free_port()}"
+    t0 = time.monotonic()
+    r = await bob.join(room, [dead, fake.server_name, pair.a.server_name])
+    assert r["room_id"] == room
+    assert time.monotonic() - t0 < 20
+    log = pair.b.log_path.read_text(errors="replace")
+    assert f"joining {room} via {dead} failed" in log
+    assert f"joining {room} via {fake.server_name} failed" in log
+    await eventually(lambda: alice.joined_members(room), lambda m: bob.user_id in m)
+    await bob.send(room, "through the third server")
+    await eventually(lambda: alice.bodies(room), lambda b: "through the third server" in b)
