@@ -567,8 +567,10 @@ class Ingest:
             # state after it, which is ``before`` when that was its only prev.
             head = await self._store.get_event(ext[0])
             if head is not None and len(prev) == 1:
-                delta = {ev.state_tuple: ev} if ev.is_state else {}
-                return False, RoomChange(delta, ext, [ev.event_id])
+                head_delta: dict[StateKey, Event | None] = (
+                    {ev.state_tuple: ev} if ev.is_state else {}
+                )
+                return False, RoomChange(head_delta, ext, [ev.event_id])
         current = await self._proj.current_state_ids(room_id)
         try:
             check_auth(ev, await self.auth_map_from_state(ev, current))

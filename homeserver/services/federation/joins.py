@@ -143,20 +143,20 @@ class RemoteRooms:
         if m is not None:
             se = await self._store.get_event(m[1])
             if se is not None:
-                for s in (_server_of(se.event.sender), _server_of(se.event.state_key or "")):
-                    if s and s != self._name and s not in out:
-                        out.append(s)
+                for by in (_server_of(se.event.sender), _server_of(se.event.state_key or "")):
+                    if by and by != self._name and by not in out:
+                        out.append(by)
         stripped_state = await self._eph.invite_state(room_id, user_id) or []
         for ev in stripped_state:
-            s = _server_of(str(ev.get("sender", "")))
-            if s and s != self._name and s not in out:
-                out.append(s)
+            sender = _server_of(str(ev.get("sender", "")))
+            if sender and sender != self._name and sender not in out:
+                out.append(sender)
         for s in sorted(await self._proj.room_servers(room_id)):
             if s != self._name and s not in out:
                 out.append(s)
-        s = _server_of(room_id)
-        if s and s != self._name and s not in out:
-            out.append(s)
+        of_room = _server_of(room_id)
+        if of_room and of_room != self._name and of_room not in out:
+            out.append(of_room)
         return out
 
     # ---------------------------------------------------------------- join
@@ -381,12 +381,12 @@ class RemoteRooms:
                 log.info("leaving %s via %s failed: %s", room_id, server, e)
                 last = e
         # Nobody could be reached: still end the invite here, as the user asked.
-        ev = await self._local_leave(user_id, room_id, content)
-        if ev is None:
+        local = await self._local_leave(user_id, room_id, content)
+        if local is None:
             if isinstance(last, FederationError):
                 raise _federation_to_matrix(last, "Leave failed")
             raise last or not_found("No known servers for this room")
-        return ev.event_id
+        return local.event_id
 
     async def _local_leave(
         self, user_id: str, room_id: str, content: dict[str, Any]
