@@ -20,7 +20,7 @@ import signedjson.key
 
 from homeserver.core.canonical import compute_event_id
 from homeserver.core.events import build_event
-from homeserver.core.room_versions import V12
+from homeserver.core.room_versions import V12, RoomVersion, get_room_version
 from homeserver.core.signing import sign_event, verify_event_signature
 from tests.federation.conftest import Pair, free_port
 from tests.federation.fake import Answer, FakeOrigin, key_id, signing_key_of
@@ -62,25 +62,30 @@ async def make(
     return await fake.request("GET", target, path)
 
 
-def signed_from(fake: FakeOrigin, template: dict[str, Any], **changes: Any) -> dict[str, Any]:
+def signed_from(
+    fake: FakeOrigin, template: dict[str, Any], rv: RoomVersion = V12, **changes: Any
+) -> dict[str, Any]:
     """The template, changed as asked, hashed and signed by the fake."""
     pdu = dict(template, origin_server_ts=now_ms(), **changes)
-    return sign_event(pdu, fake.server_name, fake.key, V12)
+    return sign_event(pdu, fake.server_name, fake.key, rv)
 
 
-async def send(fake: FakeOrigin, target: Any, v: str, kind: str, pdu: dict[str, Any]) -> Answer:
-    eid = compute_event_id(pdu, V12)
+async def send(
+    fake: FakeOrigin, target: Any, v: str, kind: str, pdu: dict[str, Any], rv: RoomVersion = V12
+) -> Answer:
+    eid = compute_event_id(pdu, rv)
     path = f"/_matrix/federation/{v}/send_{kind}/{q(pdu['room_id'])}/{q(eid)}"
     return await fake.request("PUT", target, path, body=pdu)
 
 
-def ids(pdus: list[dict[str, Any]]) -> set[str]:
-    return {compute_event_id(p, V12) for p in pdus}
+def ids(pdus: list[dict[str, Any]], rv: RoomVersion = V12) -> set[str]:
+    return {compute_event_id(p, rv) for p in pdus}
 
 
-async def public_room(pair: Pair) -> tuple[Client, str]:
+async def public_room(pair: Pair, version: str | None = None) -> tuple[Client, str]:
     alice = await pair.client(pair.a).register(uniq("alice"))
-    room = await alice.create_room(preset="public_chat")
+    extra = {"room_version": version} if version else {}
+    room = await alice.create_room(preset="public_chat", **extra)
     return alice, room
 
 
@@ -128,60 +133,61 @@ async def test_make_join_refusals_and_template(pair: Pair, fake: FakeOrigin) -> 
 
 
 # ------------------------------------------------------------ send_join
-async def test_send_join_v1_and_v2(pair: Pair, fake: FakeOrigin) -> None:
+@pytest.mark.parametrize("version", ["10", "11", "12"])
+async def test_send_join_v1_and_v2(pair: Pair, fake: FakeOrigin, version: str) -> None:
     a = pair.a
-    alice, room = await public_room(pair)
+    rv = get_room_version(version)
+    alice, room = await public_room(pair, version)
     before = state_map(await alice.state(room))
     u1, u2 = fake_user(fake, "one"), fake_user(fake, "two")
-    t1 = (await make(fake, a, "join", room, u1, ["12"])).body["event"]
+    made = await make(fake, a, "join", room, u1, ["10", "11", "12"])
+    assert made.status == 200 and made.body["room_version"] == version, made
+    t1 = made.body["event"]
+    cited = {before[("m.room.power_levels", "")], before[("m.room.join_rules", "")]}
+    if version != "12":  # v12 events do not cite the create event
+        cited.add(before[("m.room.create", "")])
+    assert set(t1["auth_events"]) == cited
 
     not_joins = {
-        "leave": signed_from(fake, t1, content={"membership": "leave"}),
-        "invite": signed_from(fake, t1, content={"membership": "invite"}),
-        "wrong type": signed_from(fake, t1, type="m.room.topic"),
-        "state_key of another": signed_from(fake, t1, state_key=u2),
+        "leave": signed_from(fake, t1, rv, content={"membership": "leave"}),
+        "invite": signed_from(fake, t1, rv, content={"membership": "invite"}),
+        "wrong type": signed_from(fake, t1, rv, type="m.room.topic"),
+        "state_key of another": signed_from(fake, t1, rv, state_key=u2),
     }
     # A join of a user of another server than the one asking.
     stranger = f"@{uniq('stranger')}:{pair.b.server_name}"
-    not_theirs = signed_from(fake, t1, sender=stranger, state_key=stranger)
+    not_theirs = signed_from(fake, t1, rv, sender=stranger, state_key=stranger)
     for v in ("v1", "v2"):
         for name, pdu in not_joins.items():
-            got = await send(fake, a, v, "join", pdu)
+            got = await send(fake, a, v, "join", pdu, rv)
             assert got.status == 400, (v, name, got)
             assert got.body["errcode"] in ("M_BAD_JSON", "M_INVALID_PARAM"), (v, name, got)
-        got = await send(fake, a, v, "join", not_theirs)
+        got = await send(fake, a, v, "join", not_theirs, rv)
         assert got.status == 403 and got.body["errcode"] == "M_FORBIDDEN", (v, got)
     assert await alice.joined_members(room) == {alice.user_id}
 
     # v1: [200, {origin, state, auth_chain}], the state before the join.
-    join1 = signed_from(fake, t1)
-    r1 = await send(fake, a, "v1", "join", join1)
+    join1 = signed_from(fake, t1, rv)
+    r1 = await send(fake, a, "v1", "join", join1, rv)
     assert r1.status == 200, r1
     assert isinstance(r1.body, list) and r1.body[0] == 200, r1
     body1 = r1.body[1]
     assert body1["origin"] == a.server_name
-    assert ids(body1["state"]) == set(before.values())
-    # (v12: no event cites the create event, which comes in ``state``.)
-    assert ids(body1["auth_chain"]) >= {
-        before[("m.room.power_levels", "")],
-        before[("m.room.join_rules", "")],
-        before[("m.room.member", alice.user_id)],
-    }
+    assert ids(body1["state"], rv) == set(before.values())
+    # (in v12 no event cites the create event, which comes in ``state``)
+    assert ids(body1["auth_chain"], rv) >= cited | {before[("m.room.member", alice.user_id)]}
 
     # v2: {origin, state, auth_chain, event}; the state now has u1's join.
-    t2 = (await make(fake, a, "join", room, u2, ["12"])).body["event"]
-    join2 = signed_from(fake, t2)
-    r2 = await send(fake, a, "v2", "join", join2)
+    t2 = (await make(fake, a, "join", room, u2, [version])).body["event"]
+    join2 = signed_from(fake, t2, rv)
+    r2 = await send(fake, a, "v2", "join", join2, rv)
     assert r2.status == 200, r2
     assert isinstance(r2.body, dict), r2
-    assert compute_event_id(r2.body["event"], V12) == compute_event_id(join2, V12)
-    state2 = ids(r2.body["state"])
-    assert compute_event_id(join1, V12) in state2
+    assert compute_event_id(r2.body["event"], rv) == compute_event_id(join2, rv)
+    state2 = ids(r2.body["state"], rv)
+    assert compute_event_id(join1, rv) in state2
     assert set(before.values()) <= state2
-    assert ids(r2.body["auth_chain"]) >= {
-        before[("m.room.power_levels", "")],
-        before[("m.room.member", alice.user_id)],
-    }
+    assert ids(r2.body["auth_chain"], rv) >= cited | {before[("m.room.member", alice.user_id)]}
 
     members = await eventually(
         lambda: alice.joined_members(room), lambda m: m == {alice.user_id, u1, u2}
@@ -228,6 +234,8 @@ async def test_make_and_send_knock(pair: Pair, fake: FakeOrigin) -> None:
 
     refused = await make(fake, a, "knock", public, knocker, ["12"])
     assert refused.status == 403 and refused.body["errcode"] == "M_FORBIDDEN", refused
+    no_ver = await make(fake, a, "knock", knocky, knocker, None)  # required for knocks
+    assert no_ver.status == 400 and no_ver.body["errcode"] == "M_MISSING_PARAM", no_ver
     old = await make(fake, a, "knock", knocky, knocker, ["1"])
     assert old.status == 400 and old.body["errcode"] == "M_INCOMPATIBLE_ROOM_VERSION", old
     assert old.body["room_version"] == "12"
@@ -308,11 +316,22 @@ async def test_invite_v2(pair: Pair, fake: FakeOrigin) -> None:
     old = await fake.request("PUT", a, path, body=dict(body, room_version="1"))
     assert old.status == 400 and old.body["errcode"] == "M_INCOMPATIBLE_ROOM_VERSION", old
     assert old.body.get("room_version") == "1"
+    malformed = {
+        "no room_version": ({k: v for k, v in body.items() if k != "room_version"}, 400),
+        "invite_room_state not a list": (dict(body, invite_room_state=5), 400),
+        "no event": ({"room_version": "12"}, 400),
+        "for another room": (dict(body, event=dict(invite.pdu, room_id="!x:elsewhere")), 400),
+    }
+    for name, (bad, status) in malformed.items():
+        got = await fake.request("PUT", a, path, body=bad)
+        assert got.status == status and got.body["errcode"].startswith("M_"), (name, got)
 
     got = await fake.request("PUT", a, path, body=body)
     assert got.status == 200, got
     signed = got.body["event"]
     assert compute_event_id(signed, V12) == invite.event_id
+    untouched = {k: v for k, v in signed.items() if k != "signatures"}
+    assert untouched == {k: v for k, v in invite.pdu.items() if k != "signatures"}
     a_key = signing_key_of(a)
     verify_event_signature(
         signed, V12, a.server_name, key_id(a_key), signedjson.key.get_verify_key(a_key)

@@ -209,6 +209,8 @@ class Resident:
     async def make_knock(
         self, origin: str, room_id: str, user_id: str, versions: Sequence[str]
     ) -> dict[str, Any]:
+        if not versions:  # required here, unlike make_join's (which defaults to ["1"])
+            raise MatrixError(400, "M_MISSING_PARAM", "Missing the room versions (ver)")
         return await self._template(origin, room_id, user_id, "knock", list(versions))
 
     # ------------------------------------------------------------- send_*
@@ -294,6 +296,13 @@ class Resident:
     async def invite(self, origin: str, room_id: str, event_id: str, body: Any) -> dict[str, Any]:
         if not isinstance(body, Mapping):
             raise _bad("Expected an object")
+        if "room_version" not in body:
+            raise MatrixError(400, "M_MISSING_PARAM", "Missing the room version")
+        invite_room_state = body.get("invite_room_state")
+        if invite_room_state is None:
+            invite_room_state = []
+        if not isinstance(invite_room_state, list):
+            raise _bad("invite_room_state must be a list")
         try:
             rv = get_room_version(body.get("room_version"))
         except UnsupportedRoomVersion as e:
@@ -335,9 +344,7 @@ class Resident:
                 raise forbidden(f"{target} is banned from the room")
         signed = self._countersign(dict(pdu), rv)
         ev = Event.from_pdu(signed, rv)  # type: ignore[attr-defined]
-        room_state = [
-            s for s in (stripped(e) for e in body.get("invite_room_state") or []) if s is not None
-        ]
+        room_state = [s for s in (stripped(e) for e in invite_room_state) if s is not None]
         if not any(s["type"] == "m.room.create" for s in room_state):
             log.info("invite %s from %s comes without the create event", event_id, origin)
         await self._eph.put_invite_state(room_id, target, room_state)
