@@ -119,6 +119,7 @@ class FakeOrigin:
         self.valid_for_ms = valid_for_ms
         self.key_requests = 0
         self.invites: list[dict[str, Any]] = []  # bodies of PUT /v2/invite received
+        self._extra_routes: list[tuple[str, str, Any]] = []
         self._runner: web.AppRunner | None = None
 
     def key_response(self) -> dict[str, Any]:
@@ -152,6 +153,10 @@ class FakeOrigin:
         signed = dict(ev, signatures={**ev.get("signatures", {}), **sig})
         return web.json_response({"event": signed})
 
+    def add_route(self, method: str, path: str, handler: Any) -> None:
+        """Serve one more (unauthenticated) endpoint; call before ``start``."""
+        self._extra_routes.append((method, path, handler))
+
     async def start(self) -> None:
         tmp = Path(tempfile.mkdtemp(prefix="hs-fake-"))
         ensure_tls_certificate(tmp / "tls.crt", tmp / "tls.key", "localhost")
@@ -160,6 +165,8 @@ class FakeOrigin:
         app = web.Application()
         app.router.add_get("/_matrix/key/v2/server", self._keys)
         app.router.add_put("/_matrix/federation/v2/invite/{room_id}/{event_id}", self._invite)
+        for method, path, handler in self._extra_routes:
+            app.router.add_route(method, path, handler)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.port, ssl_context=ctx).start()

@@ -17,6 +17,7 @@ from urllib.parse import quote
 
 import pytest
 import signedjson.key
+from aiohttp import web
 
 from homeserver.core.canonical import compute_event_id
 from homeserver.core.events import build_event
@@ -261,40 +262,42 @@ async def test_make_and_send_knock(pair: Pair, fake: FakeOrigin) -> None:
 
 # ---------------------------------------------------------------- invite
 def fake_room(fake: FakeOrigin) -> tuple[str, str, list[dict[str, Any]]]:
-    """A v12 room on the fake: (room id, creator, [create, creator's join])."""
+    """A public v12 room on the fake: (room id, creator, [create, creator's
+    join, power levels, join rules]), each citing the one before."""
     creator = fake_user(fake, "creator")
-    common = {"server_name": fake.server_name, "signing_key": fake.key, "sender": creator}
-    create = build_event(
-        V12,
-        room_id=None,
-        type="m.room.create",
-        state_key="",
-        content={"room_version": "12"},
-        prev_events=[],
-        auth_events=[],
-        depth=1,
-        origin_server_ts=now_ms(),
-        **common,
-    )
-    join = build_event(
-        V12,
-        room_id=create.room_id,
-        type="m.room.member",
-        state_key=creator,
-        content={"membership": "join"},
-        prev_events=[create.event_id],
-        auth_events=[],
-        depth=2,
-        origin_server_ts=now_ms(),
-        **common,
-    )
-    return create.room_id, creator, [dict(create.pdu), dict(join.pdu)]
+    pdus: list[dict[str, Any]] = []
+    room_id: str | None = None
+    steps: list[tuple[str, str, dict[str, Any], list[int]]] = [
+        ("m.room.create", "", {"room_version": "12"}, []),
+        ("m.room.member", creator, {"membership": "join"}, []),
+        ("m.room.power_levels", "", {"users": {}}, [1]),
+        ("m.room.join_rules", "", {"join_rule": "public"}, [1, 2]),
+    ]
+    for depth, (type_, key, content, auth) in enumerate(steps, start=1):
+        ev = build_event(
+            V12,
+            room_id=room_id,
+            sender=creator,
+            type=type_,
+            state_key=key,
+            content=content,
+            prev_events=[compute_event_id(pdus[-1], V12)] if pdus else [],
+            auth_events=[compute_event_id(pdus[i], V12) for i in auth],
+            depth=depth,
+            origin_server_ts=now_ms(),
+            server_name=fake.server_name,
+            signing_key=fake.key,
+        )
+        room_id = ev.room_id
+        pdus.append(dict(ev.pdu))
+    assert room_id is not None
+    return room_id, creator, pdus
 
 
 async def test_invite_v2(pair: Pair, fake: FakeOrigin) -> None:
     a = pair.a
     bob = await pair.client(a).register(uniq("bob"))
-    room, creator, (create, join) = fake_room(fake)
+    room, creator, (create, join, *_) = fake_room(fake)
     invite = build_event(
         V12,
         room_id=room,
@@ -382,3 +385,66 @@ async def test_join_skips_resident_servers_that_fail(pair: Pair, fake: FakeOrigi
     await eventually(lambda: alice.joined_members(room), lambda m: bob.user_id in m)
     await bob.send(room, "through the third server")
     await eventually(lambda: alice.bodies(room), lambda b: "through the third server" in b)
+
+
+# ------------------------------------------------ send_join v1 fallback
+@pytest.fixture(scope="module")
+async def old_resident() -> AsyncIterator[tuple[FakeOrigin, str, list[str]]]:
+    """A fake resident server of one public room that serves make_join and
+    send_join v1 only (v2 answers 404 M_UNRECOGNIZED, as older servers do).
+    Yields (the fake, the room id, the paths it was asked in order)."""
+    f = FakeOrigin(free_port())
+    asked: list[str] = []
+    room, _creator, pdus = fake_room(f)
+    last = compute_event_id(pdus[-1], V12)
+    pl, jr = compute_event_id(pdus[2], V12), compute_event_id(pdus[3], V12)
+
+    async def make_join(request: web.Request) -> web.Response:
+        asked.append(request.path)
+        if request.match_info["room_id"] != room:
+            return web.json_response({"errcode": "M_NOT_FOUND", "error": "?"}, status=404)
+        user = request.match_info["user_id"]
+        template = {
+            "type": "m.room.member",
+            "room_id": room,
+            "sender": user,
+            "state_key": user,
+            "content": {"membership": "join"},
+            "depth": len(pdus) + 1,
+            "prev_events": [last],
+            "auth_events": [pl, jr],
+            "origin_server_ts": now_ms(),
+        }
+        return web.json_response({"room_version": "12", "event": template})
+
+    async def send_join_v2(request: web.Request) -> web.Response:
+        asked.append(request.path)
+        return web.json_response({"errcode": "M_UNRECOGNIZED", "error": "?"}, status=404)
+
+    async def send_join_v1(request: web.Request) -> web.Response:
+        asked.append(request.path)
+        event = await request.json()
+        body = {"origin": f.server_name, "state": pdus, "auth_chain": pdus, "event": event}
+        return web.json_response([200, body])
+
+    f.add_route("GET", V1 + "/make_join/{room_id}/{user_id}", make_join)
+    f.add_route("PUT", V2 + "/send_join/{room_id}/{event_id}", send_join_v2)
+    f.add_route("PUT", V1 + "/send_join/{room_id}/{event_id}", send_join_v1)
+    await f.start()
+    yield f, room, asked
+    await f.stop()
+
+
+async def test_join_falls_back_to_send_join_v1(
+    pair: Pair, old_resident: tuple[FakeOrigin, str, list[str]]
+) -> None:
+    f, room, asked = old_resident
+    carol = await pair.client(pair.a).register(uniq("carol"))
+    r = await carol.join(room, [f.server_name])
+    assert r["room_id"] == room
+    kinds = [p.split("/")[3:5] for p in asked]
+    assert kinds == [["v1", "make_join"], ["v2", "send_join"], ["v1", "send_join"]], asked
+    state = state_map(await carol.state(room))
+    assert state[("m.room.member", carol.user_id)]
+    assert len(state) == 5  # the fake's four events and carol's join
+    assert await carol.membership_of(room, carol.user_id) == "join"
