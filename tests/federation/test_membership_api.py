@@ -133,6 +133,21 @@ async def test_make_join_refusals_and_template(pair: Pair, fake: FakeOrigin) -> 
     assert refused.status == 403 and refused.body["errcode"] == "M_FORBIDDEN", refused
 
 
+async def test_make_join_in_a_restricted_room(pair: Pair, fake: FakeOrigin) -> None:
+    """Allowed through a room A does not know: 400 M_UNABLE_TO_AUTHORISE_JOIN
+    (another server may know it), but a banned user is refused outright."""
+    a = pair.a
+    alice, room = await public_room(pair)
+    allow = [{"type": "m.room_membership", "room_id": f"!unknown:{pair.b.server_name}"}]
+    await alice.put_state(room, "m.room.join_rules", {"join_rule": "restricted", "allow": allow})
+    joiner, banned = fake_user(fake, "joiner"), fake_user(fake, "banned")
+    await alice.membership(room, "ban", user_id=banned)
+    got = await make(fake, a, "join", room, joiner, ["12"])
+    assert got.status == 400 and got.body["errcode"] == "M_UNABLE_TO_AUTHORISE_JOIN", got
+    got = await make(fake, a, "join", room, banned, ["12"])
+    assert got.status == 403 and got.body["errcode"] == "M_FORBIDDEN", got
+
+
 # ------------------------------------------------------------ send_join
 @pytest.mark.parametrize("version", ["10", "11", "12"])
 async def test_send_join_v1_and_v2(pair: Pair, fake: FakeOrigin, version: str) -> None:
