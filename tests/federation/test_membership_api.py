@@ -198,7 +198,7 @@ async def test_send_join_v1_and_v2(pair: Pair, fake: FakeOrigin, version: str) -
     join2 = signed_from(fake, t2, rv)
     r2 = await send(fake, a, "v2", "join", join2, rv)
     assert r2.status == 200, r2
-    assert isinstance(r2.body, dict), r2
+    assert isinstance(r2.body, dict) and r2.body["origin"] == a.server_name, r2
     assert compute_event_id(r2.body["event"], rv) == compute_event_id(join2, rv)
     state2 = ids(r2.body["state"], rv)
     assert compute_event_id(join1, rv) in state2
