@@ -86,6 +86,17 @@ class _Context:
     # The writer's connection (reads under the room lock go through it).
     conn: asyncpg.Connection | None = None
 
+    def copy(self) -> _Context:
+        """A copy to build on (the copy's builds do not touch this one)."""
+        return _Context(
+            self.room_version,
+            self.state,
+            self.group,
+            list(self.extremities),
+            self.depth,
+            dict(self.events),
+        )
+
 
 class EventCreator:
     def __init__(
@@ -99,6 +110,9 @@ class EventCreator:
         self._last_create_ts = 0
         # room → whether another server had joined it when last written
         self._federated: dict[str, bool] = {}
+        # room → its head after this process's last commit there (local rooms)
+        self._heads: dict[str, _Context] = {}
+        self.one_statement_appends = 0  # batches _commit_on_known_head wrote
         self._writers: dict[str, asyncio.Task[None]] = {}
 
     @property
@@ -216,9 +230,16 @@ class EventCreator:
     async def _run_batch(self, room_id: str, batch: list[_Request]) -> None:
         async with self._db.pool.acquire() as conn:
             done: _Outcomes | None = None
-            if not self._federated.get(room_id) and all(_plain(d) for r in batch for d in r.drafts):
-                # Messages first try without the room lock (one statement
-                # that fails if the room moved meanwhile).
+            plain = not self._federated.get(room_id) and all(
+                _plain(d) for r in batch for d in r.drafts
+            )
+            if plain and len(self._writers) == 1:
+                # The only writer in this process: one round trip, on the
+                # head this process wrote last.
+                done = await self._commit_on_known_head(conn, room_id, batch)
+            if plain and done is None:
+                # Messages try without the room lock (one statement that
+                # fails if the room moved meanwhile).
                 try:
                     done = await self._build_and_commit(conn, room_id, batch, optimistic=True)
                 except StaleHead:
@@ -242,6 +263,40 @@ class EventCreator:
                     r.future.set_result([existing.event])
                 else:
                     r.future.set_result(result)
+
+    async def _commit_on_known_head(
+        self, conn: asyncpg.Connection, room_id: str, batch: list[_Request]
+    ) -> _Outcomes | None:
+        """Build ``batch`` on the room's head as this process left it and
+        append it in one statement that also allocates the stream positions
+        (``Persister.commit_plain`` without ``reserved``). None — the caller
+        then takes the usual path — when there is no such head, when a
+        request is refused (on a head that may be stale, a refusal is not
+        trusted), or when the statement fails: the head moved (another
+        process wrote), a repeated transaction id, a missing counter."""
+        head = self._heads.get(room_id)
+        if head is None:
+            return None
+        ctx = head.copy()
+        ctx.conn = conn
+        old_state, old_ext = ctx.state, list(ctx.extremities)
+        entries, done = await self._build_batch(ctx, room_id, batch, {})
+        if not entries or any(isinstance(result, BaseException) for _, result in done):
+            return None
+        change = RoomChange(
+            state_delta=self._state_delta(old_state, ctx),
+            extremities_removed=old_ext,
+            extremities_added=ctx.extremities,
+        )
+        try:
+            await self._persister.commit_plain(conn, room_id, entries, change, None)
+        except (StaleHead, asyncpg.PostgresError) as e:
+            log.debug("one-statement append to %s fell back: %s", room_id, e)
+            self._heads.pop(room_id, None)
+            return None
+        self._remember_head(room_id, ctx, entries[-1])
+        self.one_statement_appends += 1
+        return done
 
     async def _build_and_commit(
         self, conn: asyncpg.Connection, room_id: str, batch: list[_Request], *, optimistic: bool
@@ -271,28 +326,8 @@ class EventCreator:
             assert ctx is not None
             if optimistic and (wc.federated or ctx.group is None):
                 return None
-            seen_txns = wc.seen_txns
             old_state, old_ext = ctx.state, list(ctx.extremities)
-            entries: list[Pending] = []
-            done: _Outcomes = []
-            for r in batch:
-                txn = r.drafts[0].txn if len(r.drafts) == 1 else None
-                if txn is not None and txn in seen_txns:
-                    done.append((r, seen_txns[txn]))
-                    continue
-                snapshot = (ctx.state, ctx.group, list(ctx.extremities), ctx.depth)
-                try:
-                    new, events = await self._build_request(
-                        ctx, room_id, r.drafts, chained=bool(entries)
-                    )
-                except (AuthError, ValueError) as e:
-                    ctx.state, ctx.group, ctx.extremities, ctx.depth = snapshot
-                    done.append((r, e))
-                    continue
-                entries.extend(new)
-                if txn is not None:
-                    seen_txns[txn] = events[0].event_id
-                done.append((r, events))
+            entries, done = await self._build_batch(ctx, room_id, batch, wc.seen_txns)
             if entries:
                 change = RoomChange(
                     state_delta=self._state_delta(old_state, ctx),
@@ -306,10 +341,66 @@ class EventCreator:
                     await self._persister.commit(
                         conn, room_id, entries, change, reserved=wc.positions
                     )
+                if wc.federated:
+                    self._heads.pop(room_id, None)
+                else:
+                    self._remember_head(room_id, ctx, entries[-1])
             return done
         finally:
             if reserved:
                 await self._store.abandon_positions(conn, reserved[0])
+
+    async def _build_batch(
+        self,
+        ctx: _Context,
+        room_id: str,
+        batch: list[_Request],
+        seen_txns: dict[tuple[str, str, str], str],
+    ) -> tuple[list[Pending], _Outcomes]:
+        """Build and authorise each request of ``batch`` on ``ctx`` (which
+        advances); a refused request leaves ``ctx`` as it was, a repeated
+        transaction id answers with the event it made before."""
+        seen = dict(seen_txns)
+        entries: list[Pending] = []
+        done: _Outcomes = []
+        for r in batch:
+            txn = r.drafts[0].txn if len(r.drafts) == 1 else None
+            if txn is not None and txn in seen:
+                done.append((r, seen[txn]))
+                continue
+            snapshot = (ctx.state, ctx.group, list(ctx.extremities), ctx.depth)
+            try:
+                new, events = await self._build_request(
+                    ctx, room_id, r.drafts, chained=bool(entries)
+                )
+            except (AuthError, ValueError) as e:
+                ctx.state, ctx.group, ctx.extremities, ctx.depth = snapshot
+                done.append((r, e))
+                continue
+            entries.extend(new)
+            if txn is not None:
+                seen[txn] = events[0].event_id
+            done.append((r, events))
+        return entries, done
+
+    def _remember_head(self, room_id: str, ctx: _Context, last: Pending) -> None:
+        """The room's head after this process's commit, for building the
+        next batch without reading it (``_commit_on_known_head``)."""
+        if last.state_group is None or last.state_after is None:
+            self._heads.pop(room_id, None)
+            return
+        if len(self._heads) > 10_000:
+            self._heads.clear()
+        state = last.state_after
+        wanted = set(state.values())
+        self._heads[room_id] = _Context(
+            room_version=ctx.room_version,
+            state=state,
+            group=last.state_group,
+            extremities=list(ctx.extremities),
+            depth=ctx.depth,
+            events={k: v for k, v in ctx.events.items() if k in wanted},
+        )
 
     async def _load_context(
         self, room_id: str, conn: asyncpg.Connection, ext_ids: list[str] | None = None

@@ -210,7 +210,7 @@ class Persister:
         room_id: str,
         entries: Sequence[Pending],
         change: RoomChange,
-        reserved: Sequence[int],
+        reserved: Sequence[int] | None,
     ) -> int:
         """``commit`` for the commonest append, as one statement without the
         room lock: local events that change no state (messages), in a room
@@ -218,8 +218,11 @@ class Persister:
         lock. The statement removes exactly those extremities or fails —
         then nothing is written and ``StaleHead`` is raised, for the caller
         to rebuild the batch under the lock. A single statement is its own
-        transaction: one round trip, one fsync."""
+        transaction: one round trip, one fsync. ``reserved`` None: the
+        statement allocates the positions itself (``append_allocating``)."""
         assert entries and not change.state_delta and change.new_room is None
+        if reserved is None:
+            return await self._commit_allocating(conn, room_id, entries, change)
         positions = list(reserved[: len(entries)])
         for p, pos in zip(entries, positions, strict=True):
             assert p.accepted and not p.event.is_state and p.before_group is not None
@@ -249,6 +252,39 @@ class Persister:
         self._notifier.record_append(LocalAppend(reserved[0], reserved[-1], room_id, stored))
         self._committed(room_id, positions[-1], [], entries)
         return positions[-1]
+
+    async def _commit_allocating(
+        self,
+        conn: asyncpg.Connection,
+        room_id: str,
+        entries: Sequence[Pending],
+        change: RoomChange,
+    ) -> int:
+        for p in entries:
+            assert p.accepted and not p.event.is_state and p.before_group is not None
+            p.state_group, p.state_after = p.before_group, p.state_before
+        try:
+            stored = await self._store.append_allocating(
+                conn,
+                _new_events(entries, now_ms()),
+                head_args(
+                    room_id,
+                    [Accepted(p.event, 0) for p in entries],
+                    change.extremities_removed,
+                    change.extremities_added,
+                ),
+                self._notifier.channel,
+            )
+        except asyncpg.RaiseError as e:
+            if "hs_require" in str(e):
+                raise StaleHead(room_id) from e
+            raise
+        for p, se in zip(entries, stored, strict=True):
+            p.stream_ordering = se.stream_ordering
+        first, last = stored[0].stream_ordering, stored[-1].stream_ordering
+        self._notifier.record_append(LocalAppend(first, last, room_id, stored))
+        self._committed(room_id, last, [], entries)
+        return last
 
     def _committed(
         self, room_id: str, position: int, users: list[str], entries: Sequence[Pending]

@@ -115,10 +115,75 @@ _INSERT_EVENTS_WITH_HEAD_SQL = (
     "CASE WHEN $26::text IS NOT NULL THEN pg_notify($26::text, $27::text) END"
 )
 
+# The same, for a writer that also allocates the stream positions (see
+# ``append_allocating``): $1 = how many, event columns without positions.
+_APPEND_ALLOCATING_SQL = (
+    "WITH bump AS (UPDATE stream_counter SET pos = pos + $1 WHERE id = 1 RETURNING pos), "
+    "ev AS (INSERT INTO events (stream_ordering, event_id, room_id, type, state_key, "
+    "  sender, depth, origin_server_ts, received_ts, json, redacted_json, rejected_reason, "
+    "  soft_failed, outlier, state_group, txn_user_id, txn_device_id, txn_id) "
+    "  SELECT (SELECT pos FROM bump) - $1 + u.ord, u.event_id, u.room_id, u.type, "
+    "  u.state_key, u.sender, u.depth, u.ots, u.rts, u.json, u.rjson, u.rej, u.sf, u.outlier, "
+    "  u.sg, u.tu, u.td, u.ti FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], "
+    "  $6::text[], $7::bigint[], $8::bigint[], $9::bigint[], $10::text[], $11::text[], "
+    "  $12::text[], $13::boolean[], $14::boolean[], $15::bigint[], $16::text[], $17::text[], "
+    "  $18::text[]) WITH ORDINALITY AS u(event_id, room_id, type, state_key, sender, depth, "
+    "  ots, rts, json, rjson, rej, sf, outlier, sg, tu, td, ti, ord)), "
+    "ed AS (INSERT INTO event_edges (event_id, prev_event_id, room_id) "
+    "  SELECT * FROM unnest($19::text[], $20::text[], $21::text[]) ON CONFLICT DO NOTHING), "
+    "au AS (INSERT INTO event_auth (event_id, auth_id, room_id) "
+    "  SELECT * FROM unnest($22::text[], $23::text[], $24::text[]) ON CONFLICT DO NOTHING), "
+    + head_ctes(25, checked=True, last_expr="(SELECT pos FROM bump)")
+    + " SELECT (SELECT pos FROM bump) AS last, (SELECT ok FROM head_ok) AS ok, "
+    "CASE WHEN $31::text IS NOT NULL "
+    "THEN pg_notify($31::text, (SELECT pos FROM bump)::text || ' ' || $25::text) END"
+)
+
 _EVENT_COLS = (
     "e.stream_ordering, e.event_id, e.json, e.redacted_json, e.rejected_reason, "
     "e.soft_failed, e.outlier, e.state_group, e.txn_id, e.txn_device_id, r.room_version"
 )
+
+
+def _columns(
+    items: Sequence[NewEvent],
+) -> tuple[list[list[Any]], list[list[str]], list[list[str]]]:
+    """``items`` as parallel arrays for ``unnest``: the event columns (from
+    stream_ordering on), the DAG edges and the auth edges."""
+    ev_rows = []
+    edge_rows: list[tuple[str, str, str]] = []
+    auth_rows: list[tuple[str, str, str]] = []
+    for it in items:
+        e = it.event
+        txn = it.txn or (None, None, None)
+        ev_rows.append(
+            (
+                it.stream_ordering,
+                e.event_id,
+                e.room_id,
+                e.type,
+                e.state_key,
+                e.sender,
+                e.depth,
+                e.origin_server_ts,
+                it.received_ts,
+                json.dumps(e.pdu),
+                json.dumps(it.redacted_pdu) if it.redacted_pdu is not None else None,
+                it.rejected_reason,
+                it.soft_failed,
+                it.outlier,
+                it.state_group,
+                txn[0],
+                txn[1],
+                txn[2],
+            )
+        )
+        edge_rows.extend((e.event_id, p, e.room_id) for p in e.prev_events)
+        auth_rows.extend((e.event_id, a, e.room_id) for a in e.auth_events)
+    columns = [list(c) for c in zip(*ev_rows, strict=True)]
+    edges = [list(c) for c in zip(*edge_rows, strict=True)] or [[], [], []]
+    auths = [list(c) for c in zip(*auth_rows, strict=True)] or [[], [], []]
+    return columns, edges, auths
 
 
 class EventStore:
@@ -290,50 +355,54 @@ class EventStore:
         (``projections.head_args``): also move the room's extremities and
         head, failing with ``hs_require`` when the removed extremities are
         gone — the whole append of an optimistic writer as one statement."""
-        ev_rows = []
-        edge_rows: list[tuple[str, str, str]] = []
-        auth_rows: list[tuple[str, str, str]] = []
-        for it in items:
-            e = it.event
-            txn = it.txn or (None, None, None)
-            ev_rows.append(
-                (
-                    it.stream_ordering,
-                    e.event_id,
-                    e.room_id,
-                    e.type,
-                    e.state_key,
-                    e.sender,
-                    e.depth,
-                    e.origin_server_ts,
-                    it.received_ts,
-                    json.dumps(e.pdu),
-                    json.dumps(it.redacted_pdu) if it.redacted_pdu is not None else None,
-                    it.rejected_reason,
-                    it.soft_failed,
-                    it.outlier,
-                    it.state_group,
-                    txn[0],
-                    txn[1],
-                    txn[2],
-                )
-            )
-            edge_rows.extend((e.event_id, p, e.room_id) for p in e.prev_events)
-            auth_rows.extend((e.event_id, a, e.room_id) for a in e.auth_events)
-        columns = [list(c) for c in zip(*ev_rows, strict=True)]
-        edges = [list(c) for c in zip(*edge_rows, strict=True)] or [[], [], []]
-        auths = [list(c) for c in zip(*auth_rows, strict=True)] or [[], [], []]
+        columns, edges, auths = _columns(items)
         first, channel, note = release if release is not None else (None, None, None)
         args = [*columns, *edges, *auths, first, channel, note]
         if head is None:
             await conn.execute(_INSERT_EVENTS_SQL, *args)
         else:
             await conn.execute(_INSERT_EVENTS_WITH_HEAD_SQL, *args, *head)
+        return self._cache_new(items, [it.stream_ordering for it in items])
+
+    async def append_allocating(
+        self,
+        conn: asyncpg.Connection,
+        items: Sequence[NewEvent],
+        head: Sequence[Any],
+        channel: str | None,
+    ) -> list[StoredEvent]:
+        """``insert_events`` with ``head`` (checked) for a writer that
+        allocates the stream positions in the same statement rather than
+        reserving them first: the counter's row stays locked until the
+        statement's transaction commits, and readers see the new counter and
+        the events together. One round trip instead of two, at the price of
+        serialising such writers on the counter — for a process with a
+        single active writer. ``head[3]`` (the last position) is ignored."""
+        columns, edges, auths = _columns(items)
+        row = await conn.fetchrow(
+            _APPEND_ALLOCATING_SQL,
+            len(items),
+            *columns[1:],
+            *edges,
+            *auths,
+            head[0],
+            head[1],
+            head[2],
+            None,
+            head[4],
+            head[5],
+            channel,
+        )
+        assert row is not None and row["last"] is not None
+        last = int(row["last"])
+        return self._cache_new(items, list(range(last - len(items) + 1, last + 1)))
+
+    def _cache_new(self, items: Sequence[NewEvent], positions: Sequence[int]) -> list[StoredEvent]:
         stored = []
-        for it in items:
+        for it, pos in zip(items, positions, strict=True):
             se = StoredEvent(
                 it.event,
-                it.stream_ordering,
+                pos,
                 it.rejected_reason,
                 it.soft_failed,
                 it.outlier,

@@ -71,13 +71,17 @@ def is_local(user_id: str, server_name: str) -> bool:
     return user_id.endswith(":" + server_name)
 
 
-def head_ctes(n: int, *, checked: bool = False) -> str:
+def head_ctes(n: int, *, checked: bool = False, last_expr: str | None = None) -> str:
     """CTEs moving a room's forward extremities, head and last activity;
     parameters ``$n`` … ``$n+5`` as ``head_args`` gives them. ``checked``:
     every removed extremity must still be there (an optimistic writer that
     read them without the room lock), else the statement fails through
-    ``hs_require`` — select ``ok`` from the ``head_ok`` CTE to evaluate it."""
+    ``hs_require`` — select ``ok`` from the ``head_ok`` CTE to evaluate it.
+    ``last_expr``: SQL for the last stream position when the statement
+    allocates it (the parameter is then NULL)."""
     r, rem, add, last, depth, ts = (f"${n + i}" for i in range(6))
+    if last_expr is not None:
+        last = f"COALESCE({last}::bigint, {last_expr})"
     ctes = (
         f"head_d AS (DELETE FROM forward_extremities WHERE room_id = {r} "
         f"  AND event_id = ANY({rem}::text[]) RETURNING 1), "

@@ -276,3 +276,43 @@ async def test_counter_reseeded_above_every_stream(writers: tuple[Writer, Writer
     (ev,) = await a.creator.send(room, [Draft("m.room.message", ALICE, {"body": "after"})])
     got = await a.store.get_event(ev.event_id)
     assert got is not None and got.stream_ordering > 1_000_000
+
+
+async def test_messages_on_a_known_head_take_one_statement(
+    writers: tuple[Writer, Writer],
+) -> None:
+    """A process that wrote a room last appends the next messages in one
+    statement (positions allocated in it); when another process moved the
+    room meanwhile, or a transaction id repeats, it falls back and the log
+    stays one consistent DAG."""
+    a, b = writers
+    room = await new_room(a)
+
+    def msg(body: str, txn: str | None = None) -> list[Draft]:
+        return [
+            Draft(
+                "m.room.message",
+                ALICE,
+                {"body": body},
+                txn=(ALICE, "DEV", txn) if txn else None,
+            )
+        ]
+
+    await a.creator.send(room, msg("first"))
+    before = a.creator.one_statement_appends
+    (e2,) = await a.creator.send(room, msg("second"))
+    assert a.creator.one_statement_appends == before + 1
+    (e3,) = await b.creator.send(room, msg("from the other process"))
+    (e4,) = await a.creator.send(room, msg("after it"))  # stale head: falls back
+    assert list(e4.prev_events) == [e3.event_id]
+    (e5,) = await a.creator.send(room, msg("once", "t1"))
+    (e6,) = await a.creator.send(room, msg("once", "t1"))  # a retried request
+    assert e6.event_id == e5.event_id
+    got = [await a.store.get_event(e.event_id) for e in (e2, e3, e4, e5)]
+    positions = [g.stream_ordering for g in got if g is not None]
+    assert positions == sorted(positions) and len(positions) == 4
+    assert await a.store.current_position() >= positions[-1]
+    assert await a.db.fetchval("SELECT count(*) FROM stream_inflight") == 0
+    assert await a.store.forward_extremities(room) == [e5.event_id]
+    drift = await ProjectionRebuilder(a.db, a.store, a.projections).verify_room(room)
+    assert drift.clean, drift.tables
