@@ -463,3 +463,125 @@ async def test_join_falls_back_to_send_join_v1(
     assert state[("m.room.member", carol.user_id)]
     assert len(state) == 5  # the fake's four events and carol's join
     assert await carol.membership_of(room, carol.user_id) == "join"
+
+
+async def test_send_join_of_a_user_banned_since_make_join_is_refused(
+    pair: Pair, fake: FakeOrigin
+) -> None:
+    alice, room = await public_room(pair)
+    user = fake_user(fake, "latecomer")
+    made = await make(fake, pair.a, "join", room, user, ["12"])
+    assert made.status == 200, made
+    await alice.membership(room, "ban", user_id=user, reason="changed my mind")
+    for v in ("v1", "v2"):
+        got = await send(fake, pair.a, v, "join", signed_from(fake, made.body["event"]))
+        assert got.status == 403 and got.body["errcode"] == "M_FORBIDDEN", (v, got)
+    assert await alice.membership_of(room, user) == "ban"
+
+
+# ------------------------------------- what a send_join answer must pass
+@pytest.fixture(scope="module")
+async def sly_residents() -> AsyncIterator[tuple[FakeOrigin, FakeOrigin, str, dict[str, str]]]:
+    """Two fake resident servers of one v12 room. The first hands out a
+    join template for someone else; the second answers send_join v2 with the
+    room's four events plus a state event with a forged signature, one whose
+    content was changed after signing and one whose sender is not in the
+    room. Yields (first, second, room id, {kind: event id})."""
+    bad, sly = FakeOrigin(free_port()), FakeOrigin(free_port())
+    room, creator, pdus = fake_room(sly)
+    last = compute_event_id(pdus[-1], V12)
+    member, pl, jr = (compute_event_id(pdus[i], V12) for i in (1, 2, 3))
+
+    def state_event(type_: str, sender: str, content: dict[str, Any], key: Any) -> dict[str, Any]:
+        ev = build_event(
+            V12,
+            room_id=room,
+            sender=sender,
+            type=type_,
+            state_key="",
+            content=content,
+            prev_events=[last],
+            auth_events=[pl, member] if sender == creator else [pl],
+            depth=len(pdus) + 1,
+            origin_server_ts=now_ms(),
+            server_name=sly.server_name,
+            signing_key=key,
+        )
+        return dict(ev.pdu)
+
+    forged = state_event(
+        "m.room.topic", creator, {"topic": "forged"}, signedjson.key.generate_signing_key("fake1")
+    )
+    tampered = state_event("m.room.name", creator, {"name": "signed"}, sly.key)
+    tampered["content"] = {"name": "changed after signing"}
+    mallory = f"@mallory:{sly.server_name}"
+    unauthorised = state_event("m.room.avatar", mallory, {"url": "mxc://x/y"}, sly.key)
+    extra = {"forged": forged, "tampered": tampered, "unauthorised": unauthorised}
+
+    def template(user: str, sender: str) -> dict[str, Any]:
+        return {
+            "room_version": "12",
+            "event": {
+                "type": "m.room.member",
+                "room_id": room,
+                "sender": sender,
+                "state_key": sender,
+                "content": {"membership": "join"},
+                "depth": len(pdus) + 2,
+                "prev_events": [last],
+                "auth_events": [pl, jr],
+                "origin_server_ts": now_ms(),
+            },
+        }
+
+    async def bad_make_join(request: web.Request) -> web.Response:
+        return web.json_response(template("", f"@someone:{bad.server_name}"))
+
+    async def make_join(request: web.Request) -> web.Response:
+        user = request.match_info["user_id"]
+        return web.json_response(template(user, user))
+
+    async def send_join(request: web.Request) -> web.Response:
+        event = await request.json()
+        body = {
+            "origin": sly.server_name,
+            "state": [*pdus, *extra.values()],
+            "auth_chain": pdus,
+            "event": event,
+            "members_omitted": False,
+        }
+        return web.json_response(body)
+
+    bad.add_route("GET", V1 + "/make_join/{room_id}/{user_id}", bad_make_join)
+    sly.add_route("GET", V1 + "/make_join/{room_id}/{user_id}", make_join)
+    sly.add_route("PUT", V2 + "/send_join/{room_id}/{event_id}", send_join)
+    await bad.start()
+    await sly.start()
+    yield bad, sly, room, {k: compute_event_id(v, V12) for k, v in extra.items()}
+    await sly.stop()
+    await bad.stop()
+
+
+async def test_join_checks_the_template_and_the_returned_state(
+    pair: Pair, sly_residents: tuple[FakeOrigin, FakeOrigin, str, dict[str, str]]
+) -> None:
+    bad, sly, room, extra = sly_residents
+    dave = await pair.client(pair.b).register(uniq("dave"))
+    r = await dave.join(room, [bad.server_name, sly.server_name])
+    assert r["room_id"] == room
+    log = pair.b.log_path.read_text(errors="replace")
+    assert f"joining {room} via {bad.server_name} failed" in log  # someone else's template
+    state = {(e["type"], e["state_key"]): e for e in await dave.state(room)}
+    assert set(state) == {
+        ("m.room.create", ""),
+        ("m.room.member", state[("m.room.create", "")]["sender"]),
+        ("m.room.power_levels", ""),
+        ("m.room.join_rules", ""),
+        ("m.room.name", ""),
+        ("m.room.member", dave.user_id),
+    }
+    # The forged topic was dropped, the avatar of a non-member rejected, and
+    # the name whose content does not match its hash kept only redacted.
+    assert state[("m.room.name", "")]["event_id"] == extra["tampered"]
+    assert state[("m.room.name", "")]["content"] == {}
+    assert state[("m.room.member", dave.user_id)]["content"]["membership"] == "join"
