@@ -315,6 +315,7 @@ class Ingest:
         """Check and store events as outliers (state and auth chains):
         format, signatures, hash, and auth against their own auth events.
         Events whose auth events cannot be found are not stored."""
+        await self._prefetch_keys(pdus)
         checked: dict[str, Checked] = {}
         for pdu in pdus:
             try:
@@ -389,6 +390,32 @@ class Ingest:
             async with self._db.pool.acquire() as conn:
                 await self._persister.commit(conn, room_id, entries, RoomChange({}, [], []))
         return out
+
+    async def _prefetch_keys(self, pdus: Sequence[Any]) -> None:
+        """Look up the keys of the servers of the senders of ``pdus`` all at
+        once, so a large state (a join) waits for one key round trip per
+        server concurrently rather than one after another."""
+        wanted: dict[tuple[str, str], int] = {}
+        for pdu in pdus:
+            if not isinstance(pdu, Mapping):
+                continue
+            sigs, ts, sender = pdu.get("signatures"), pdu.get("origin_server_ts"), pdu.get("sender")
+            if not isinstance(sigs, Mapping) or not isinstance(ts, int):
+                continue
+            if not isinstance(sender, str) or ":" not in sender:
+                continue
+            # Only the servers whose signatures the receipt checks require
+            # (the sender's; a restricted join's vouching server is rare).
+            server = sender.split(":", 1)[1]
+            keys = sigs.get(server)
+            for kid in keys if isinstance(keys, Mapping) else ():
+                if isinstance(kid, str) and kid.startswith("ed25519:"):
+                    wanted.setdefault((server, kid), ts)
+        if len({s for s, _ in wanted}) > 1:
+            await asyncio.gather(
+                *(self._keyring.get_key(s, k, ts) for (s, k), ts in wanted.items()),
+                return_exceptions=True,
+            )
 
     # ---------------------------------------------------------- prev events
     async def _fetch_missing_prevs(self, origin: str, ev: Event) -> None:

@@ -275,8 +275,10 @@ class RemoteRooms:
     async def _join_via(
         self, server: str, user_id: str, room_id: str, content: dict[str, Any]
     ) -> None:
+        t_make = now_ms()
         rv, template = await self._make(server, "join", room_id, user_id, True)
         ev = self._sign_template(rv, template, room_id, user_id, "join", content)
+        t_send = now_ms()
         resp = await self._send(server, "join", ev)
         if not isinstance(resp, dict):
             raise MatrixError(502, "M_UNKNOWN", "bad send_join answer")
@@ -297,6 +299,7 @@ class RemoteRooms:
         stored = await self._ingest.persist_outliers(
             server, room_id, rv, [*chain_pdus, *state_pdus]
         )
+        t_checked = now_ms()
         have = await self._store.get_events(stored)
         state: dict[StateKey, str] = {}
         for p in state_pdus:
@@ -317,13 +320,19 @@ class RemoteRooms:
         except AuthError as e:
             raise MatrixError(502, "M_UNKNOWN", f"our join does not pass auth: {e}") from e
         await self.commit_with_state(ev, state, rv, create.event.sender)
+        done = now_ms()
         log.info(
-            "joined %s via %s: %d state events, %d in auth chain, checked in %d ms",
+            "joined %s via %s: %d state events, %d in auth chain, checked in %d ms "
+            "(make_join %d ms, send_join %d ms, verify+store %d ms, commit %d ms)",
             room_id,
             server,
             len(state_pdus),
             len(chain_pdus),
-            now_ms() - t0,
+            done - t0,
+            t_send - t_make,
+            t0 - t_send,
+            t_checked - t0,
+            done - t_checked,
         )
 
     async def commit_with_state(
