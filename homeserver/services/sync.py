@@ -171,7 +171,7 @@ class SyncService:
     ) -> tuple[dict[str, Any], list[str], int]:
         """The response, the joined rooms and the position it reaches."""
         snap = await self._snapshots.read(
-            user_id, since or 0, flt.timeline_limit + 1, all_rooms=since is None
+            user_id, since or 0, flt.timeline_limit + 1, all_rooms=since is None, now_ms=now_ms()
         )
         upto = snap.upto
         memberships = snap.memberships
@@ -330,7 +330,7 @@ class SyncService:
             joined_out,
             user_id,
             device_id,
-            _Prefetch({}, {}, [], {}, set(), {}, redactions={}, redactions_cover=covered),
+            _Prefetch({}, {}, [], {}, set(), {}, {}, redactions={}, redactions_cover=covered),
         )
         self._remember_views(user_id, upto, views)
         self.answered_from_memory += 1
@@ -402,6 +402,7 @@ class SyncService:
             account_data=snap.account_data,
             receipts=snap.receipts,
             typing=set(rooms) if since is None else snap.typing,
+            typers=snap.typers,
             stats=dict(snap.rooms),
             redactions=snap.redactions,
             redactions_cover={
@@ -570,7 +571,7 @@ class SyncService:
     ) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         if room_id in pre.typing:
-            users = await self._eph.typing_users(room_id, now_ms())
+            users = pre.typers.get(room_id, [])
             if users or since is not None:
                 out.append({"type": "m.typing", "content": {"user_ids": users}})
         content: dict[str, Any] = {}
@@ -596,7 +597,9 @@ class _Prefetch:
     prevs: dict[str, StoredEvent]
     account_data: list[tuple[str, str, dict[str, Any]]]
     receipts: dict[str, list[dict[str, Any]]]
+    # rooms whose typing notification is sent, and who types in them now
     typing: set[str]
+    typers: dict[str, list[str]]
     # room → counts, name, alias, heroes, unread
     stats: dict[str, dict[str, Any]]
     redactions: dict[str, list[str]]

@@ -87,24 +87,6 @@ class EphemeralStore:
             notify_room=room_id,
         )
 
-    async def typing_changed(self, room_ids: Sequence[str], after: int, upto: int) -> set[str]:
-        rows = await self._db.fetch(
-            "SELECT DISTINCT room_id FROM typing WHERE room_id = ANY($1::text[]) "
-            "AND stream_ordering > $2 AND stream_ordering <= $3",
-            list(room_ids),
-            after,
-            upto,
-        )
-        return {r["room_id"] for r in rows}
-
-    async def typing_users(self, room_id: str, now: int) -> list[str]:
-        rows = await self._db.fetch(
-            "SELECT user_id FROM typing WHERE room_id = $1 AND expires_ts > $2 ORDER BY user_id",
-            room_id,
-            now,
-        )
-        return [r["user_id"] for r in rows]
-
     async def unread_count(self, room_id: str, user_id: str, after_stream: int) -> int:
         v = await self._db.fetchval(
             "SELECT count(*) FROM events WHERE room_id = $1 AND stream_ordering > $2 "

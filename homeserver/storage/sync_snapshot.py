@@ -45,6 +45,12 @@ ty AS (
     WHERE room_id IN (SELECT room_id FROM joined) AND stream_ordering > $2
       AND stream_ordering <= (SELECT upto FROM pos)
 ),
+typers AS (
+    SELECT room_id, array_agg(user_id ORDER BY user_id) AS users FROM typing
+    WHERE expires_ts > $5 AND room_id IN (SELECT room_id FROM joined)
+      AND ($4 OR room_id IN (SELECT room_id FROM ty))
+    GROUP BY room_id
+),
 ad AS (
     SELECT room_id, type, content, stream_ordering FROM account_data
     WHERE user_id = $1 AND stream_ordering > $2 AND stream_ordering <= (SELECT upto FROM pos)
@@ -68,6 +74,7 @@ SELECT
     WHERE r.redacted_id IN (SELECT event_id FROM tl)) AS redactions,
   (SELECT json_agg(rc) FROM rc) AS receipts,
   (SELECT array_agg(room_id) FROM ty) AS typing,
+  (SELECT json_object_agg(room_id, users) FROM typers) AS typers,
   (SELECT json_agg(json_build_array(room_id, type, content) ORDER BY stream_ordering)
      FROM ad) AS account_data,
   (SELECT json_object_agg(a.room_id, json_build_object(
@@ -75,8 +82,9 @@ SELECT
       'canonical_alias', s.canonical_alias,
       'joined_members', COALESCE(s.joined_members, 0),
       'invited_members', COALESCE(s.invited_members, 0),
-      'heroes', CASE WHEN s.name IS NULL AND s.canonical_alias IS NULL THEN
-          (SELECT json_agg(h.user_id) FROM (
+      'heroes', CASE WHEN COALESCE(s.name, '') = '' AND COALESCE(s.canonical_alias, '') = ''
+          THEN
+          (SELECT COALESCE(json_agg(h.user_id), '[]'::json) FROM (
               SELECT m.user_id FROM room_members m
               WHERE m.room_id = a.room_id AND m.user_id <> $1
                 AND m.membership IN ('join', 'invite')
@@ -110,6 +118,9 @@ class SyncSnapshot:
     redactions: dict[str, list[str]]
     receipts: dict[str, list[dict[str, Any]]]
     typing: set[str]
+    # room → who is typing now, for the rooms in ``typing`` (every joined
+    # room when ``all_rooms``) where anyone is
+    typers: dict[str, list[str]]
     account_data: list[tuple[str, str, dict[str, Any]]]
     # room → name, canonical_alias, joined_members, invited_members, heroes, unread
     rooms: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -119,12 +130,15 @@ class SyncSnapshots:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def read(self, user_id: str, since: int, limit: int, *, all_rooms: bool) -> SyncSnapshot:
+    async def read(
+        self, user_id: str, since: int, limit: int, *, all_rooms: bool, now_ms: int
+    ) -> SyncSnapshot:
         """The user's view after ``since``: timelines hold at most ``limit``
         newest events per joined room; ``rooms`` covers every joined room
         when ``all_rooms`` (initial sync), else those where something
-        happened."""
-        row = await self._db.fetchrow(_SNAPSHOT_SQL, user_id, since, limit, all_rooms)
+        happened. Typing notifications count as current when they expire
+        after ``now_ms``."""
+        row = await self._db.fetchrow(_SNAPSHOT_SQL, user_id, since, limit, all_rooms, now_ms)
         assert row is not None
         timeline: dict[str, list[tuple[str, int]]] = {}
         for room_id, event_id, pos in row["timeline"] or ():
@@ -143,6 +157,7 @@ class SyncSnapshots:
             redactions=redactions,
             receipts=receipts,
             typing=set(row["typing"] or ()),
+            typers=dict(row["typers"] or {}),
             account_data=[(r, t, c) for r, t, c in row["account_data"] or ()],
             rooms=dict(row["rooms"] or {}),
         )

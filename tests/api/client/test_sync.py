@@ -116,6 +116,19 @@ async def test_typing_receipts_read_markers(client: MatrixClient) -> None:
     s2 = await sync(bob, s["next_batch"])
     eph = s2["rooms"]["join"][room]["ephemeral"]["events"]
     assert {"type": "m.typing", "content": {"user_ids": [alice.user_id]}} in eph
+    # An initial sync tells who types now; a stop reaches incremental syncs
+    # as an empty list, and initial syncs no longer mention the room's typing.
+    init = await sync(bob, None)
+    eph = init["rooms"]["join"][room]["ephemeral"]["events"]
+    assert {"type": "m.typing", "content": {"user_ids": [alice.user_id]}} in eph
+    await alice.call("PUT", f"{CS}/rooms/{room}/typing/{alice.user_id}", {"typing": False})
+    s2b = await sync(bob, s2["next_batch"])
+    eph = s2b["rooms"]["join"][room]["ephemeral"]["events"]
+    assert {"type": "m.typing", "content": {"user_ids": []}} in eph
+    init = await sync(bob, None)
+    assert not [
+        e for e in init["rooms"]["join"][room]["ephemeral"]["events"] if e["type"] == "m.typing"
+    ]
     eid = await alice.send(room, "read me")
     await bob.call("POST", f"{CS}/rooms/{room}/receipt/m.read/{eid}", {})
     await bob.call("POST", f"{CS}/rooms/{room}/read_markers", {"m.fully_read": eid})
