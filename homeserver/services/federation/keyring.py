@@ -3,7 +3,10 @@
 Keys come from ``GET /_matrix/key/v2/server`` on the server itself (the
 response must name the server and be signed by every key it lists), or,
 when that fails, from the configured notary servers
-(``POST /_matrix/key/v2/query``). They are kept in PostgreSQL
+(``POST /_matrix/key/v2/query``) — and, within ``Keyring.asking``, from
+the server whose events are being checked (it had to check the same
+signatures, so it holds those keys: a new joiner can verify the member
+events of a server that is down). They are kept in PostgreSQL
 (``federation_server_keys``) and in memory. A current key counts as valid
 until the lesser of its ``valid_until_ts`` and seven days after it was
 fetched; an old key (``old_verify_keys``) until its ``expired_ts``. A
@@ -20,7 +23,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from signedjson.key import get_verify_key
@@ -46,6 +51,8 @@ log = logging.getLogger(__name__)
 
 MAX_KEY_VALIDITY_MS = 7 * 24 * 3600 * 1000
 UNKNOWN_KEY_RETRY_S = 5.0
+# Servers asked as notaries besides the configured ones (``Keyring.asking``).
+_ASKING: ContextVar[tuple[str, ...]] = ContextVar("keyring_asking", default=())
 REFETCH_INTERVAL_S = 5.0  # at most one fetch per server in this long
 
 
@@ -111,6 +118,25 @@ class Keyring:
         self._unknown_asked[(server, key_id)] = now
         return True
 
+    @contextmanager
+    def asking(self, *servers: str) -> Iterator[None]:
+        """Within the block (and the tasks it starts), keys that cannot be
+        fetched from their server are also asked of ``servers`` as notaries,
+        after the configured ones: the server that sent the events being
+        checked."""
+        token = _ASKING.set(tuple(servers))
+        try:
+            yield
+        finally:
+            _ASKING.reset(token)
+
+    def _notaries_for(self, server: str) -> list[str]:
+        out = list(self._notaries)
+        for s in _ASKING.get():
+            if s not in out and s not in (server, self._own.server_name):
+                out.append(s)
+        return out
+
     async def fetch(self, server: str, *, force: bool = False, key_id: str | None = None) -> None:
         """Fetch ``server``'s keys (directly, then through notaries)."""
         lock = self._locks.setdefault(server, asyncio.Lock())
@@ -125,7 +151,7 @@ class Keyring:
                 return
             except (FederationError, SignatureError, ValueError, KeyError, TypeError) as e:
                 log.info("fetching keys of %s directly failed: %s", server, e)
-            for notary in self._notaries:
+            for notary in self._notaries_for(server):
                 try:
                     # The spec asks for minimum_valid_until_ts, so the notary
                     # refreshes keys that would not be valid long enough.
