@@ -194,22 +194,75 @@ async def test_well_known_cache_lifetime(
 
 @pytest.mark.parametrize(
     ("status", "body"),
-    [(404, {"errcode": "M_NOT_FOUND"}), (200, "not json"), (200, {"m.server": 7}), (200, [])],
+    [
+        (404, {"errcode": "M_NOT_FOUND"}),
+        (200, "not json"),
+        (200, {"m.server": 7}),
+        (200, []),
+        (200, {"m.server": "bad name!"}),
+        (503, {}),
+    ],
 )
-async def test_well_known_errors_are_cached_for_an_hour_then_srv(
+async def test_well_known_errors_back_off_exponentially_up_to_an_hour(
     site: WellKnownSite, status: int, body: Any
 ) -> None:
+    """Errors are cached (the spec: "for up to an hour ... exponentially back
+    off for repeated failures"): 2 minutes, doubling per repeated failure,
+    capped at an hour; meanwhile SRV decides. A success resets the backoff."""
     clock = Clock()
     srv = srv_table({"_matrix-fed._tcp.localhost": [(10, 0, 7777, "box.test")]})
     c = client(site, clock, srv)
     site.status, site.body = status, body
+    via_srv = Target("box.test", 7777, "localhost", "localhost")
     try:
-        assert await c.resolver.resolve("localhost") == Target(
-            "box.test", 7777, "localhost", "localhost"
-        )
-        assert c.resolver.cached("localhost") == (None, clock.t + H)
+        ttls = []
+        for _ in range(7):
+            assert await c.resolver.resolve("localhost") == via_srv
+            cached = c.resolver.cached("localhost")
+            assert cached is not None and cached[0] is None
+            ttls.append(cached[1] - clock.t)
+            await c.resolver.resolve("localhost")  # within the period: not asked again
+            clock.t = cached[1] + 1
+        assert ttls == [120, 240, 480, 960, 1920, H, H]
+        assert site.hits == 7
+        site.status, site.body = 200, {"m.server": "127.0.0.2"}
+        assert (await c.resolver.resolve("localhost")).connect_host == "127.0.0.2"
+        site.status, site.body = status, body
+        clock.t += 25 * H  # the delegation expired; the next failure starts over
         await c.resolver.resolve("localhost")
-        assert site.hits == 1
+        cached = c.resolver.cached("localhost")
+        assert cached is not None and cached[1] - clock.t == 120
+    finally:
+        await c.close()
+
+
+async def test_well_known_site_down_keeps_the_last_delegation(site: WellKnownSite) -> None:
+    """A site that fails to answer (5xx, unreachable) does not cut off the
+    server it delegated to within the last 48 hours; one that answers "no
+    delegation" (404) does."""
+    clock = Clock()
+    c = client(site, clock, srv_table({}))
+    site.body = {"m.server": "127.0.0.2:4444"}
+    want = Target("127.0.0.2", 4444, "127.0.0.2:4444", "127.0.0.2")
+    try:
+        assert await c.resolver.resolve("localhost") == want
+        clock.t += 25 * H
+        site.status = 502
+        assert await c.resolver.resolve("localhost") == want
+        cached = c.resolver.cached("localhost")
+        assert cached == ("127.0.0.2:4444", clock.t + 120)
+        await site.stop()  # unreachable
+        clock.t += 121
+        assert await c.resolver.resolve("localhost") == want
+        clock.t += 24 * H  # 49 hours after the delegation was fetched: dropped
+        assert (await c.resolver.resolve("localhost")).connect_host == "localhost"
+        await site.start()
+        site.status, site.body = 200, {"m.server": "127.0.0.2:4444"}
+        c.resolver.forget("localhost")
+        assert await c.resolver.resolve("localhost") == want
+        clock.t += 25 * H
+        site.status, site.body = 404, {"errcode": "M_NOT_FOUND"}
+        assert (await c.resolver.resolve("localhost")).connect_host == "localhost"
     finally:
         await c.close()
 

@@ -6,7 +6,10 @@ Server discovery follows the Server-Server API "Resolving server names":
 2. Hostname with an explicit port: A/AAAA of the hostname; Host is the server
    name; the certificate must be valid for the hostname.
 3. ``https://<hostname>/.well-known/matrix/server`` (cached per its
-   Cache-Control, 24 h by default, 48 h at most; failures for 1 h), whose
+   Cache-Control, 24 h by default, 48 h at most; failures for 2 minutes,
+   doubling with each repeated failure up to 1 h — and while the site is
+   unreachable or failing with a 5xx, a delegation it gave within the last
+   48 h is kept), whose
    ``m.server`` delegates to ``<delegated>[:<port>]`` resolved by the same
    rules (IP literal / explicit port / SRV ``_matrix-fed._tcp`` then the
    deprecated ``_matrix._tcp`` / A records on 8448), Host and certificate
@@ -56,6 +59,9 @@ log = logging.getLogger(__name__)
 DEFAULT_PORT = 8448
 WELL_KNOWN_DEFAULT_TTL = 24 * 3600
 WELL_KNOWN_MAX_TTL = 48 * 3600
+# Errors: the spec recommends caching them "for up to an hour" and backing
+# off exponentially for repeated failures.
+WELL_KNOWN_FIRST_ERROR_TTL = 120
 WELL_KNOWN_ERROR_TTL = 3600
 WELL_KNOWN_MAX_BYTES = 50 * 1024
 
@@ -213,6 +219,8 @@ async def lookup_srv(name: str, timeout: float = 3.0) -> list[SrvRecord]:
 
 
 # ------------------------------------------------------------- resolution
+# (delegated name, seconds to keep it) — or (None, _) for "no delegation"
+# (404, invalid JSON or content); raises when the site could not answer.
 WellKnownFetcher = Callable[[str], Awaitable[tuple[str | None, float]]]
 SrvLookup = Callable[[str], Awaitable[list[SrvRecord]]]
 
@@ -250,6 +258,9 @@ class ServerResolver:
         self._srv = srv
         self._clock = clock
         self._well_known: dict[str, tuple[str | None, float]] = {}
+        # hostname → consecutive failures; the last delegation and when it came
+        self._failures: dict[str, int] = {}
+        self._last_good: dict[str, tuple[str, float]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
     def forget(self, server_name: str) -> None:
@@ -270,16 +281,29 @@ class ServerResolver:
             hit = self._well_known.get(hostname)
             if hit is not None and hit[1] > now:
                 return hit[0]
+            transient = False
             try:
                 delegated, ttl = await self._fetch(hostname)
-            except Exception as e:  # any failure: skip to SRV, cache the failure
+            except Exception as e:  # unreachable, timed out, 5xx: skip to SRV
                 log.debug("well-known for %s failed: %s", hostname, e)
-                delegated, ttl = None, WELL_KNOWN_ERROR_TTL
+                delegated, ttl, transient = None, 0.0, True
             if delegated is not None:
                 try:
                     ServerName.parse(delegated)
                 except InvalidID:
-                    delegated, ttl = None, WELL_KNOWN_ERROR_TTL
+                    delegated = None
+            if delegated is not None:
+                self._failures.pop(hostname, None)
+                self._last_good[hostname] = (delegated, now)
+            else:
+                n = self._failures[hostname] = self._failures.get(hostname, 0) + 1
+                ttl = float(
+                    min(WELL_KNOWN_ERROR_TTL, WELL_KNOWN_FIRST_ERROR_TTL * 2 ** min(n - 1, 16))
+                )
+                good = self._last_good.get(hostname)
+                if transient and good is not None and now - good[1] < WELL_KNOWN_MAX_TTL:
+                    # A site briefly down does not cut off the server it delegates to.
+                    delegated = good[0]
             self._well_known[hostname] = (delegated, now + ttl)
             return delegated
 
@@ -393,18 +417,20 @@ class FederationClient:
         async with self.session.get(
             url, max_redirects=5, timeout=aiohttp.ClientTimeout(total=10)
         ) as resp:
+            if resp.status >= 500:
+                raise FederationError(hostname, resp.status, None, "well-known: server error")
             if resp.status != 200:
-                return None, WELL_KNOWN_ERROR_TTL
+                return None, 0.0
             raw = await resp.content.read(WELL_KNOWN_MAX_BYTES + 1)
             if len(raw) > WELL_KNOWN_MAX_BYTES:
-                return None, WELL_KNOWN_ERROR_TTL
+                return None, 0.0
             try:
                 body = json.loads(raw)
             except ValueError:
-                return None, WELL_KNOWN_ERROR_TTL
+                return None, 0.0
             server = body.get("m.server") if isinstance(body, dict) else None
             if not isinstance(server, str):
-                return None, WELL_KNOWN_ERROR_TTL
+                return None, 0.0
             return server, _cache_ttl(resp.headers)
 
     async def request(
