@@ -23,13 +23,32 @@ class Filterable(Protocol):
     def content(self) -> Mapping[str, Any]: ...
 
 
-def _str_list(raw: dict[str, Any], key: str) -> tuple[str, ...] | None:
+def str_list(raw: Mapping[str, Any], key: str) -> tuple[str, ...] | None:
     value = raw.get(key)
     if value is None:
         return None
     if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
         raise MatrixError(400, "M_BAD_JSON", f"filter {key} must be an array of strings")
     return tuple(value)
+
+
+def sub_object(raw: Mapping[str, Any], key: str) -> dict[str, Any]:
+    """``raw[key]``, which must be an object when present ({} when absent):
+    a filter of the wrong shape is refused (400), never silently ignored."""
+    value = raw.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise MatrixError(400, "M_BAD_JSON", f"filter {key} must be an object")
+    return value
+
+
+def flag(raw: Mapping[str, Any], key: str) -> bool | None:
+    """``raw[key]``, which must be a boolean when present."""
+    value = raw.get(key)
+    if value is not None and not isinstance(value, bool):
+        raise MatrixError(400, "M_BAD_JSON", f"filter {key} must be a boolean")
+    return value
 
 
 def _match(patterns: tuple[str, ...], value: str) -> bool:
@@ -50,23 +69,21 @@ class EventFilter:
     contains_url: bool | None = None
 
     @classmethod
-    def from_json(cls, raw: dict[str, Any]) -> EventFilter:
+    def from_json(cls, raw: Mapping[str, Any]) -> EventFilter:
         limit = raw.get("limit")
         if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool)):
             raise MatrixError(400, "M_BAD_JSON", "filter limit must be an integer")
         return cls(
-            types=_str_list(raw, "types"),
-            not_types=_str_list(raw, "not_types") or (),
-            senders=_str_list(raw, "senders"),
-            not_senders=_str_list(raw, "not_senders") or (),
-            rooms=_str_list(raw, "rooms"),
-            not_rooms=_str_list(raw, "not_rooms") or (),
+            types=str_list(raw, "types"),
+            not_types=str_list(raw, "not_types") or (),
+            senders=str_list(raw, "senders"),
+            not_senders=str_list(raw, "not_senders") or (),
+            rooms=str_list(raw, "rooms"),
+            not_rooms=str_list(raw, "not_rooms") or (),
             limit=limit,
-            lazy_load_members=raw.get("lazy_load_members") is True,
-            include_redundant_members=raw.get("include_redundant_members") is True,
-            contains_url=raw.get("contains_url")
-            if isinstance(raw.get("contains_url"), bool)
-            else None,
+            lazy_load_members=flag(raw, "lazy_load_members") is True,
+            include_redundant_members=flag(raw, "include_redundant_members") is True,
+            contains_url=flag(raw, "contains_url"),
         )
 
     def __call__(self, ev: Filterable) -> bool:

@@ -17,7 +17,7 @@ from typing import Any
 
 from homeserver.core.events import StateKey
 from homeserver.services.clock import now_ms
-from homeserver.services.filters import EventFilter
+from homeserver.services.filters import EventFilter, flag, str_list, sub_object
 from homeserver.services.notifier import Notifier, wait_for
 from homeserver.services.serialize import EventSerializer
 from homeserver.services.timeline import Visibility, make_token
@@ -66,23 +66,22 @@ class SyncFilter:
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> SyncFilter:
-        room = raw.get("room") or {}
-        if not isinstance(room, dict):
-            room = {}
+        """The filter of a /sync; a part of the wrong type is a 400
+        M_BAD_JSON (as Synapse's schema check), not ignored or a 500."""
+        room = sub_object(raw, "room")
 
-        def sub(d: Any) -> EventFilter:
-            return EventFilter.from_json(d) if isinstance(d, dict) else EventFilter()
+        def sub(parent: Mapping[str, Any], key: str) -> EventFilter:
+            return EventFilter.from_json(sub_object(parent, key))
 
-        rooms = room.get("rooms")
         return cls(
-            timeline=sub(room.get("timeline")),
-            state=sub(room.get("state")),
-            ephemeral=sub(room.get("ephemeral")),
-            room_account_data=sub(room.get("account_data")),
-            account_data=sub(raw.get("account_data")),
-            rooms=tuple(rooms) if isinstance(rooms, list) else None,
-            not_rooms=tuple(room.get("not_rooms") or ()),
-            include_leave=room.get("include_leave") is True,
+            timeline=sub(room, "timeline"),
+            state=sub(room, "state"),
+            ephemeral=sub(room, "ephemeral"),
+            room_account_data=sub(room, "account_data"),
+            account_data=sub(raw, "account_data"),
+            rooms=str_list(room, "rooms"),
+            not_rooms=str_list(room, "not_rooms") or (),
+            include_leave=flag(room, "include_leave") is True,
         )
 
 

@@ -19,7 +19,9 @@ def parse_token(token: str) -> int:
     if len(token) > 1 and token[0] in "st":
         head = token[1:].split("_", 1)[0]
         # (negative: history backfilled over federation)
-        if head.removeprefix("-").isdigit():
+        # Positions are PostgreSQL bigints: a longer number is no token of
+        # ours (and would fail as a query argument, a 500).
+        if head.removeprefix("-").isdigit() and -(2**63) <= int(head) < 2**63:
             return int(head)
     raise MatrixError(400, "M_INVALID_PARAM", f"Invalid pagination token {token!r}")
 
