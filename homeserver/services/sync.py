@@ -221,8 +221,9 @@ class SyncService:
         targets = [r for r in targets if flt.allows_room(r)]
         fresh_rooms = {r for r in targets if since is None or r in newly_joined}
         pre = await self._prefetch(snap, targets, fresh_rooms, since, full_state, flt)
-        if since is not None:
-            # Only rooms where something happened (the snapshot answered it).
+        if since is not None and not full_state:
+            # Only rooms where something happened (the snapshot answered it);
+            # full_state asks for every joined room, quiet ones included.
             targets = [
                 r
                 for r in targets
