@@ -99,14 +99,16 @@ class EphemeralStore:
         return int(v or 0)
 
     async def unread_counts(self, room_ids: Sequence[str], user_id: str) -> dict[str, int]:
-        """Messages from others after the user's read receipt (or their
-        membership event when they have none), per room, in one query."""
+        """Messages from others after the user's furthest read receipt,
+        public or private (``m.read.private`` clears notifications too), or
+        their membership event when they have none, per room, in one query."""
         rows = await self._db.fetch(
             "SELECT q.room_id, (SELECT count(*) FROM events e WHERE e.room_id = q.room_id "
             "  AND e.stream_ordering > COALESCE("
             "    (SELECT ev.stream_ordering FROM receipts rc JOIN events ev "
             "     ON ev.event_id = rc.event_id WHERE rc.room_id = q.room_id AND rc.user_id = $2 "
-            "     AND rc.receipt_type = 'm.read' ORDER BY rc.ts DESC LIMIT 1), "
+            "     AND rc.receipt_type IN ('m.read', 'm.read.private') "
+            "     ORDER BY ev.stream_ordering DESC LIMIT 1), "
             "    (SELECT m.stream_ordering FROM room_members m WHERE m.room_id = q.room_id "
             "     AND m.user_id = $2), 0) "
             "  AND e.sender <> $2 AND e.type IN ('m.room.message', 'm.room.encrypted') "

@@ -36,9 +36,12 @@ tl AS (
     ) x
 ),
 rc AS (
+    -- (others' private receipts are theirs alone: not sent, and no reason
+    -- for the room to be in this response)
     SELECT room_id, receipt_type, user_id, thread_id, event_id, ts FROM receipts
     WHERE room_id IN (SELECT room_id FROM joined) AND stream_ordering > $2
       AND stream_ordering <= (SELECT upto FROM pos)
+      AND (receipt_type <> 'm.read.private' OR user_id = $1)
 ),
 ty AS (
     SELECT DISTINCT room_id FROM typing
@@ -96,7 +99,8 @@ SELECT
                 (SELECT ev.stream_ordering FROM receipts r JOIN events ev
                     ON ev.event_id = r.event_id
                   WHERE r.room_id = a.room_id AND r.user_id = $1
-                    AND r.receipt_type = 'm.read' ORDER BY r.ts DESC LIMIT 1),
+                    AND r.receipt_type IN ('m.read', 'm.read.private')
+                  ORDER BY ev.stream_ordering DESC LIMIT 1),
                 (SELECT m.stream_ordering FROM room_members m
                   WHERE m.room_id = a.room_id AND m.user_id = $1), 0)
             AND e.sender <> $1 AND e.type IN ('m.room.message', 'm.room.encrypted')
