@@ -285,11 +285,17 @@ class SyncService:
         saw at ``since`` (messages change no state, no membership, no
         receipts) plus the new unread messages. None when that does not hold
         — another writer, a state change, a room not seen at ``since``, more
-        events than the timeline limit: the caller then reads the database
-        (which gives the same answer; tests/api/client/test_sync.py)."""
+        events than the timeline limit, others' messages to a client that
+        lazy-loads members (their member events are state to send): the
+        caller then reads the database (which gives the same answer;
+        tests/api/client/test_sync.py)."""
         upto, appends = self._notifier.appends_after(since)
         if upto == since:
             return None
+        if flt.state.lazy_load_members and any(
+            e.event.sender != user_id for a in appends for e in a.events
+        ):
+            return None  # the senders' member events come with them (_lazy_members)
         member_of = set(joined)
         by_room: dict[str, list[StoredEvent]] = {}
         for a in appends:
@@ -451,6 +457,10 @@ class SyncService:
             state_ids = {
                 k: v for k, v in state_ids.items() if k[0] != "m.room.member" or k[1] in senders
             }
+            if since is not None and not full_state:
+                state_ids = await self._lazy_members(
+                    room_id, user_id, window, timeline, state_ids, start, pre
+                )
         state_evs = list((await self._store.get_events(state_ids.values())).values())
         state_evs = [e for e in state_evs if flt.state(e.event)]
         stats = pre.stats.get(room_id, {})
@@ -481,6 +491,35 @@ class SyncService:
                 "notification_count": int(stats.get("unread") or 0),
                 "highlight_count": 0,
             },
+        }
+
+    async def _lazy_members(
+        self,
+        room_id: str,
+        user_id: str,
+        window: list[StoredEvent],
+        timeline: list[StoredEvent],
+        state_ids: Mapping[StateKey, str],
+        start: int,
+        pre: _Prefetch,
+    ) -> Mapping[StateKey, str]:
+        """``state_ids`` plus the member events of the timeline's senders
+        as of the start of ``window`` (``timeline`` is its visible part),
+        for an incremental sync that lazy-loads members: earlier responses
+        left out everyone who had not spoken, so a first-time sender's
+        membership would otherwise never reach the client (Synapse sends it
+        too). Without ``include_redundant_members`` the spec allows sending
+        one the client already has, which this does rather than remember
+        per device what was sent. (The syncing user's own membership came
+        with the initial sync, and any change of it with the timeline.)"""
+        have = {k[1] for k in state_ids if k[0] == "m.room.member"} | {user_id}
+        wanted = {e.event.sender for e in timeline} - have
+        if not wanted:
+            return state_ids
+        before = await self._state_before(room_id, window, start, pre)
+        return {
+            **state_ids,
+            **{k: v for k, v in before.items() if k[0] == "m.room.member" and k[1] in wanted},
         }
 
     async def _fill_events(

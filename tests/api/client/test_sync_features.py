@@ -5,6 +5,7 @@ before a limited timeline, tokens across restarts and malformed parameters."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 from urllib.parse import urlencode
@@ -161,6 +162,15 @@ async def test_lazy_load_members_initial_and_incremental(client: MatrixClient) -
     # Without lazy loading an unlimited incremental timeline carries no state.
     plain = await sync(alice, lazy["next_batch"], filter={"room": {"timeline": {"limit": 2}}})
     assert plain["rooms"]["join"][room]["state"]["events"] == []
+
+    # A long-poll woken by a message (which may be answered from memory)
+    # brings the sender's member event too.
+    poll = asyncio.create_task(sync(alice, inc["next_batch"], filter=LAZY, timeout="10000"))
+    await asyncio.sleep(0.1)
+    await carol.send(room, "carol again")
+    woken = (await asyncio.wait_for(poll, 5))["rooms"]["join"][room]
+    assert bodies(woken) == ["carol again"]
+    assert members_in(woken["state"]["events"]) == {carol.user_id}
 
 
 # ------------------------------------------------------------- 3. set_presence
@@ -409,12 +419,12 @@ async def test_account_data_global_and_per_room(client: MatrixClient) -> None:
     ]
     # An initial sync has both.
     init = await sync(alice)
-    assert {"type": "org.example.settings", "content": {"theme": "dark"}} in init[
+    assert {"type": "org.example.settings", "content": {"theme": "dark"}} in init["account_data"][
+        "events"
+    ]
+    assert {"type": "org.example.pin", "content": {"pinned": True}} in init["rooms"]["join"][room][
         "account_data"
     ]["events"]
-    assert {"type": "org.example.pin", "content": {"pinned": True}} in init["rooms"]["join"][
-        room
-    ]["account_data"]["events"]
 
 
 # ---------------------------------------------- 11. state before a limited gap
