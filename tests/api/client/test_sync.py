@@ -40,12 +40,33 @@ async def test_invite_reaches_invitee_with_stripped_state(client: MatrixClient) 
     alice = await client.register("alice")
     bob = await client.register("bob")
     s = await sync(bob)
-    room = await alice.create_room(name="Party", invite=[bob.user_id], is_direct=True)
+    room = await alice.create_room(
+        name="Party",
+        invite=[bob.user_id],
+        is_direct=True,
+        room_alias_name="party",
+        initial_state=[
+            {"type": "m.room.avatar", "content": {"url": "mxc://example.org/cake"}},
+            {"type": "m.room.encryption", "content": {"algorithm": "m.megolm.v1.aes-sha2"}},
+            {"type": "m.room.topic", "content": {"topic": "cake"}},
+        ],
+    )
     s2 = await sync(bob, s["next_batch"])
     inv = s2["rooms"]["invite"][room]["invite_state"]["events"]
     by_type = {(e["type"], e["state_key"]): e for e in inv}
     assert by_type[("m.room.name", "")]["content"]["name"] == "Party"
     assert ("m.room.create", "") in by_type and ("m.room.join_rules", "") in by_type
+    assert by_type[("m.room.avatar", "")]["content"]["url"] == "mxc://example.org/cake"
+    assert by_type[("m.room.encryption", "")]["content"]["algorithm"] == "m.megolm.v1.aes-sha2"
+    assert by_type[("m.room.canonical_alias", "")]["content"]["alias"].startswith("#party:")
+    # stripped state: the spec's recommended types only, each with type,
+    # state_key, sender and content
+    assert by_type[("m.room.topic", "")]["content"]["topic"] == "cake"
+    assert ("m.room.power_levels", "") not in by_type and (
+        "m.room.history_visibility",
+        "",
+    ) not in by_type
+    assert all(set(e) >= {"type", "state_key", "sender", "content"} for e in inv)
     mine = by_type[("m.room.member", bob.user_id)]
     assert mine["content"]["membership"] == "invite" and mine["content"]["is_direct"] is True
     assert by_type[("m.room.member", alice.user_id)]["content"]["membership"] == "join"
