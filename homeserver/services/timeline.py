@@ -18,8 +18,10 @@ def parse_token(token: str) -> int:
     """Stream tokens are ``s<position>`` (``t`` accepted as an alias)."""
     if len(token) > 1 and token[0] in "st":
         head = token[1:].split("_", 1)[0]
-        # (negative: history backfilled over federation)
-        if head.removeprefix("-").isdigit():
+        # (negative: history backfilled over federation). ASCII digits only
+        # (str.isdigit takes "²"), and few enough to fit a bigint.
+        digits = head.removeprefix("-")
+        if digits.isascii() and digits.isdigit() and len(digits) <= 18:
             return int(head)
     raise MatrixError(400, "M_INVALID_PARAM", f"Invalid pagination token {token!r}")
 
