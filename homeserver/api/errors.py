@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -57,9 +58,22 @@ _HTTP_ERRCODES = {
 }
 
 
+# U+0000 and unpaired surrogates (a percent-encoded one decodes to one) are
+# in no Matrix id, type or key, and PostgreSQL text cannot hold them.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _check_url(request: web.Request) -> None:
+    """400 M_INVALID_PARAM for a path or query that decodes to unstorable text."""
+    for text in (request.path, *request.query.keys(), *request.query.values()):
+        if _UNSTORABLE.search(text):
+            raise MatrixError(400, "M_INVALID_PARAM", "Path or query holds U+0000 or a surrogate")
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
+        _check_url(request)
         return await handler(request)
     except MatrixError as e:
         return json_response(e.to_json(), e.status)

@@ -8,6 +8,7 @@ Handlers never touch raw JSON twice: a body that is not JSON or not UTF-8 is
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -38,7 +39,39 @@ async def read_json(request: web.Request, *, allow_empty: bool = False) -> dict[
         raise MatrixError(400, "M_NOT_JSON", "Content not JSON.") from e
     if not isinstance(body, dict):
         raise MatrixError(400, "M_NOT_JSON", "Request body must be a JSON object")
+    check_strings(body)
     return body
+
+
+# An escaped lone surrogate (``"\\udead"``) parses, but is no Unicode text: it
+# cannot be encoded as UTF-8, so it could neither be signed (canonical JSON)
+# nor stored. U+0000 cannot be stored in PostgreSQL text or jsonb.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def check_strings(value: Any) -> None:
+    """Reject a JSON value holding a string (key or value) with U+0000
+    (M_BAD_JSON) or an unpaired surrogate (M_NOT_JSON)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for k, val in item.items():
+                _check_string(k)
+                stack.append(val)
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str):
+            _check_string(item)
+
+
+def _check_string(text: str) -> None:
+    m = _UNSTORABLE.search(text)
+    if m is None:
+        return
+    if m.group() == "\x00":
+        raise bad_json("Strings must not contain U+0000")
+    raise MatrixError(400, "M_NOT_JSON", "Content not JSON: unpaired UTF-16 surrogate")
 
 
 def get(

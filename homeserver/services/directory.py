@@ -115,6 +115,8 @@ class DirectoryService:
                 offset = int(since.lstrip("o"))
             except ValueError as e:
                 raise MatrixError(400, "M_INVALID_PARAM", "Invalid since token") from e
+            if not 0 <= offset < 2**31:
+                raise MatrixError(400, "M_INVALID_PARAM", "Invalid since token")
         page = limit if limit and limit > 0 else 100
         rows, total = await self._rooms.public_rooms(search, offset, page)
         chunk = []

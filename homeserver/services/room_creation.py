@@ -113,6 +113,16 @@ class RoomCreationService:
         kind = creation_content.get("io.homeserver.kind")
         if kind is not None and kind not in ("transient", "persistent", "public"):
             raise bad_json("io.homeserver.kind must be transient, persistent or public")
+        extra_creators = creation_content.get("additional_creators", [])
+        if not isinstance(extra_creators, list) or not all(
+            isinstance(u, str) for u in extra_creators
+        ):
+            raise bad_json("additional_creators must be an array of user ids")
+        try:
+            for u in extra_creators:
+                UserID.parse(u)
+        except InvalidID as e:
+            raise invalid_param(str(e)) from e
         # A "public" room kind is findable: published and public by default.
         visibility = body.get("visibility", "public" if kind == "public" else "private")
         if visibility not in ("public", "private"):
@@ -120,7 +130,7 @@ class RoomCreationService:
         preset_name = body.get("preset")
         if preset_name is None:
             preset_name = "public_chat" if visibility == "public" else "private_chat"
-        if preset_name not in PRESETS:
+        if not isinstance(preset_name, str) or preset_name not in PRESETS:
             raise bad_json(f"Unknown preset {preset_name!r}")
         preset = PRESETS[preset_name]
         version = body.get("room_version", DEFAULT_ROOM_VERSION.identifier)
@@ -193,7 +203,7 @@ class RoomCreationService:
         if not rv.implicit_room_creator:
             create_content["creator"] = user_id
         if rv.privileged_creators and preset["invitees_are_admins"] and invitees:
-            extra = [u for u in create_content.get("additional_creators", []) if isinstance(u, str)]
+            extra = create_content.get("additional_creators", [])
             create_content["additional_creators"] = sorted(set(extra) | set(invitees))
         add("m.room.create", create_content)
         profile = await self._profiles.get(user_id)

@@ -18,10 +18,11 @@ def parse_token(token: str) -> int:
     """Stream tokens are ``s<position>`` (``t`` accepted as an alias)."""
     if len(token) > 1 and token[0] in "st":
         head = token[1:].split("_", 1)[0]
-        # (negative: history backfilled over federation)
-        # Positions are PostgreSQL bigints: a longer number is no token of
-        # ours (and would fail as a query argument, a 500).
-        if head.removeprefix("-").isdigit() and -(2**63) <= int(head) < 2**63:
+        # (negative: history backfilled over federation). ASCII digits only
+        # (str.isdigit takes "²"), and few enough to fit a PostgreSQL bigint
+        # (a longer number is no token of ours, and a 500 as a query argument).
+        digits = head.removeprefix("-")
+        if digits.isascii() and digits.isdigit() and len(digits) <= 18:
             return int(head)
     raise MatrixError(400, "M_INVALID_PARAM", f"Invalid pagination token {token!r}")
 

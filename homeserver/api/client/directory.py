@@ -86,4 +86,6 @@ async def public_rooms_post(request: web.Request) -> web.Response:
     term = v.get(flt, "generic_search_term", str, None)
     if limit is not None and limit < 0:
         raise MatrixError(400, "M_INVALID_PARAM", "limit must not be negative")
+    if limit is not None:
+        limit = min(limit, 1000)  # as GET clamps it
     return json_response(await request.app[DIRECTORY].public_rooms(term, since, limit))
