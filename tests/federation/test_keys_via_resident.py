@@ -17,9 +17,7 @@ from tests.federation.conftest import Pair, free_port
 from tests.federation.harness import OurServer, eventually, state_map
 
 
-async def test_joiner_gets_a_down_servers_keys_from_the_resident(
-    pair: Pair, pg_url: str
-) -> None:
+async def test_joiner_gets_a_down_servers_keys_from_the_resident(pair: Pair, pg_url: str) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="hs-fed-c-"))
     url = await create_test_database(pg_url)
     c = OurServer("c", free_port(), free_port(), url, tmp / "c")
