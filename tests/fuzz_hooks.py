@@ -67,15 +67,20 @@ def error_problem(status: int, content_type: str, body: Any) -> str | None:
     return None
 
 
-@schemathesis.check
-def matrix_error_json(ctx: Any, response: Any, case: Any) -> bool | None:
+def response_problem(response: Any) -> str | None:
+    """``error_problem`` for a schemathesis response."""
     ctype = response.headers.get("content-type", [""])
     ctype = ctype[0] if isinstance(ctype, list) else ctype
     try:
         body = response.json() if response.status_code >= 400 else None
     except ValueError:
         body = None
-    problem = error_problem(response.status_code, ctype or "", body)
+    return error_problem(response.status_code, ctype or "", body)
+
+
+@schemathesis.check
+def matrix_error_json(ctx: Any, response: Any, case: Any) -> bool | None:
+    problem = response_problem(response)
     if problem is not None:
         raise AssertionError(f"{problem}: {response.text[:300]}")
     return None
@@ -300,13 +305,7 @@ def _fuzz_operation(
         if op.path.endswith("/sync") and isinstance(case.query, dict):
             case.query["timeout"] = 0  # never long-poll
         response = case.call(base_url=base_url, headers=headers, timeout=30)
-        ctype = response.headers.get("content-type", [""])
-        ctype = ctype[0] if isinstance(ctype, list) else ctype
-        try:
-            body = response.json() if response.status_code >= 400 else None
-        except ValueError:
-            body = None
-        problem = error_problem(response.status_code, ctype or "", body)
+        problem = response_problem(response)
         if problem is not None:
             key = f"{op.method.upper()} {op.path}: {problem}"
             problems.setdefault(key, f"{key}\n    {case.as_curl_command()}")
