@@ -58,15 +58,17 @@ _HTTP_ERRCODES = {
 }
 
 
-# U+0000 and unpaired surrogates (a percent-encoded one decodes to one) are
-# in no Matrix id, type or key, and PostgreSQL text cannot hold them.
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+# U+0000 and unpaired surrogates are in no Matrix id, type or key; PostgreSQL
+# text cannot hold U+0000, and a lone surrogate cannot be encoded as UTF-8
+# (so neither signed as canonical JSON nor stored). A percent-encoded path or
+# query, or an escaped JSON string, can decode to either.
+UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 def _check_url(request: web.Request) -> None:
     """400 M_INVALID_PARAM for a path or query that decodes to unstorable text."""
     for text in (request.path, *request.query.keys(), *request.query.values()):
-        if _UNSTORABLE.search(text):
+        if UNSTORABLE.search(text):
             raise MatrixError(400, "M_INVALID_PARAM", "Path or query holds U+0000 or a surrogate")
 
 

@@ -14,6 +14,8 @@ from homeserver.services.errors import MatrixError, forbidden, not_found
 from homeserver.services.room_state import RoomState
 from homeserver.storage.rooms import AliasExists, RoomStore
 
+MAX_PUBLIC_ROOMS_PAGE = 1000
+
 
 class RemoteDirectory(Protocol):
     async def query_alias(self, alias: str) -> tuple[str, list[str]] | None: ...
@@ -117,7 +119,8 @@ class DirectoryService:
                 raise MatrixError(400, "M_INVALID_PARAM", "Invalid since token") from e
             if not 0 <= offset < 2**31:
                 raise MatrixError(400, "M_INVALID_PARAM", "Invalid since token")
-        page = limit if limit and limit > 0 else 100
+        # (a larger limit gets the largest page, for GET and POST alike)
+        page = min(limit, MAX_PUBLIC_ROOMS_PAGE) if limit and limit > 0 else 100
         rows, total = await self._rooms.public_rooms(search, offset, page)
         chunk = []
         for r in rows:

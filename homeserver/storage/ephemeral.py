@@ -11,6 +11,25 @@ from homeserver.storage.database import Database
 from homeserver.storage.events import EventStore
 
 
+def unread_sql(room: str, user: str) -> str:
+    """A scalar subquery counting the messages from others in ``room`` after
+    ``user``'s furthest read receipt, public or private (``m.read.private``
+    clears notifications too), or after their membership event when they
+    have none; ``room`` and ``user`` are SQL expressions. One text for
+    /sync's snapshot and ``unread_counts``, so both count alike."""
+    return f"""(SELECT count(*) FROM events e WHERE e.room_id = {room}
+      AND e.stream_ordering > COALESCE(
+        (SELECT ev.stream_ordering FROM receipts rc JOIN events ev
+            ON ev.event_id = rc.event_id
+          WHERE rc.room_id = {room} AND rc.user_id = {user}
+            AND rc.receipt_type IN ('m.read', 'm.read.private')
+          ORDER BY ev.stream_ordering DESC LIMIT 1),
+        (SELECT m.stream_ordering FROM room_members m
+          WHERE m.room_id = {room} AND m.user_id = {user}), 0)
+      AND e.sender <> {user} AND e.type IN ('m.room.message', 'm.room.encrypted')
+      AND NOT e.outlier AND NOT e.soft_failed AND e.rejected_reason IS NULL)"""
+
+
 class EphemeralStore:
     def __init__(self, db: Database, events: EventStore) -> None:
         self._db = db
@@ -99,20 +118,9 @@ class EphemeralStore:
         return int(v or 0)
 
     async def unread_counts(self, room_ids: Sequence[str], user_id: str) -> dict[str, int]:
-        """Messages from others after the user's furthest read receipt,
-        public or private (``m.read.private`` clears notifications too), or
-        their membership event when they have none, per room, in one query."""
+        """``unread_sql`` for each of ``room_ids``, in one query."""
         rows = await self._db.fetch(
-            "SELECT q.room_id, (SELECT count(*) FROM events e WHERE e.room_id = q.room_id "
-            "  AND e.stream_ordering > COALESCE("
-            "    (SELECT ev.stream_ordering FROM receipts rc JOIN events ev "
-            "     ON ev.event_id = rc.event_id WHERE rc.room_id = q.room_id AND rc.user_id = $2 "
-            "     AND rc.receipt_type IN ('m.read', 'm.read.private') "
-            "     ORDER BY ev.stream_ordering DESC LIMIT 1), "
-            "    (SELECT m.stream_ordering FROM room_members m WHERE m.room_id = q.room_id "
-            "     AND m.user_id = $2), 0) "
-            "  AND e.sender <> $2 AND e.type IN ('m.room.message', 'm.room.encrypted') "
-            "  AND NOT e.outlier AND NOT e.soft_failed AND e.rejected_reason IS NULL) AS n "
+            f"SELECT q.room_id, {unread_sql('q.room_id', '$2')} AS n "
             "FROM unnest($1::text[]) AS q(room_id)",
             list(room_ids),
             user_id,

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from homeserver.storage.database import Database
+from homeserver.storage.ephemeral import unread_sql
 from homeserver.storage.events import CURRENT_POSITION_SQL
 
 _SNAPSHOT_SQL = f"""
@@ -92,19 +93,7 @@ SELECT
               WHERE m.room_id = a.room_id AND m.user_id <> $1
                 AND m.membership IN ('join', 'invite')
               ORDER BY m.stream_ordering LIMIT 5) h) END,
-      'unread', (
-          SELECT count(*) FROM events e
-          WHERE e.room_id = a.room_id
-            AND e.stream_ordering > COALESCE(
-                (SELECT ev.stream_ordering FROM receipts r JOIN events ev
-                    ON ev.event_id = r.event_id
-                  WHERE r.room_id = a.room_id AND r.user_id = $1
-                    AND r.receipt_type IN ('m.read', 'm.read.private')
-                  ORDER BY ev.stream_ordering DESC LIMIT 1),
-                (SELECT m.stream_ordering FROM room_members m
-                  WHERE m.room_id = a.room_id AND m.user_id = $1), 0)
-            AND e.sender <> $1 AND e.type IN ('m.room.message', 'm.room.encrypted')
-            AND NOT e.outlier AND NOT e.soft_failed AND e.rejected_reason IS NULL)))
+      'unread', {unread_sql("a.room_id", "$1")}))
      FROM active a LEFT JOIN room_stats s ON s.room_id = a.room_id) AS rooms
 """
 

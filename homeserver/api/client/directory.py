@@ -68,7 +68,7 @@ async def set_visibility(request: web.Request) -> web.Response:
 
 @routes.get(P + "/publicRooms")
 async def public_rooms_get(request: web.Request) -> web.Response:
-    limit = v.query_int(request, "limit", 0, lo=0, hi=1000) or None
+    limit = v.query_int(request, "limit", 0, lo=0) or None
     server = request.query.get("server")
     if server is not None:
         v.server_name(server)
@@ -86,6 +86,4 @@ async def public_rooms_post(request: web.Request) -> web.Response:
     term = v.get(flt, "generic_search_term", str, None)
     if limit is not None and limit < 0:
         raise MatrixError(400, "M_INVALID_PARAM", "limit must not be negative")
-    if limit is not None:
-        limit = min(limit, 1000)  # as GET clamps it
     return json_response(await request.app[DIRECTORY].public_rooms(term, since, limit))
