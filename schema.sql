@@ -163,6 +163,24 @@ BEGIN
     RETURN true;
 END $$ LANGUAGE plpgsql;
 
+-- An optimistic writer's premise (services/persister.py commit_plain): it
+-- removes ALL the room's forward extremities, and no writer holds the room's
+-- lock (0x6873 = persister._ROOM_LOCK_NS). Volatile, so it reads with a fresh
+-- snapshot after taking the lock: a writer that committed between the
+-- statement's start and the lock is seen.
+CREATE OR REPLACE FUNCTION hs_head_is(room text, removed text[], added text[])
+RETURNS boolean AS $$
+BEGIN
+    IF NOT pg_try_advisory_xact_lock(26739, hashtext(room)) THEN
+        RAISE EXCEPTION 'hs_require: room locked';
+    END IF;
+    IF EXISTS (SELECT 1 FROM forward_extremities WHERE room_id = room
+               AND NOT (event_id = ANY(removed)) AND NOT (event_id = ANY(added))) THEN
+        RAISE EXCEPTION 'hs_require: other extremities';
+    END IF;
+    RETURN true;
+END $$ LANGUAGE plpgsql VOLATILE;
+
 CREATE OR REPLACE FUNCTION refuse_log_truncate() RETURNS trigger AS $$
 BEGIN
     RAISE EXCEPTION 'the event log is append-only: TRUNCATE on % refused', TG_TABLE_NAME
@@ -430,4 +448,25 @@ CREATE SEQUENCE IF NOT EXISTS federation_backfill_seq;
 CREATE TABLE IF NOT EXISTS federation_state_before (
     event_id     text PRIMARY KEY,
     state_group  bigint NOT NULL
+);
+
+-- ------------------------------------------------------- state-reset alarms
+-- A resolution that moved a current state key back to an ancestor of its
+-- event, or dropped it (services/room_head.py). Diagnostic, not derived.
+CREATE TABLE IF NOT EXISTS state_reset_alarms (
+    room_id       text NOT NULL,
+    type          text NOT NULL,
+    state_key     text NOT NULL,
+    old_event_id  text NOT NULL,
+    new_event_id  text,
+    ts            bigint NOT NULL
+);
+CREATE INDEX IF NOT EXISTS state_reset_alarms_room ON state_reset_alarms (room_id);
+
+-- Events adopted as a room's whole head (our join through a resident, an
+-- out-of-band membership): the extremities before them stop being ones.
+-- Part of the log (append-only), read by the projection rebuild.
+CREATE TABLE IF NOT EXISTS adopted_heads (
+    event_id  text PRIMARY KEY,
+    room_id   text NOT NULL
 );

@@ -51,6 +51,7 @@ from homeserver.services.persister import Persister
 from homeserver.services.profile import ProfileService
 from homeserver.services.room_admin import RoomAdminService
 from homeserver.services.room_creation import RoomCreationService
+from homeserver.services.room_head import HeadPlanner, StateResetAlarm, StateResolver
 from homeserver.services.room_lifecycle import RoomLifecycleService
 from homeserver.services.room_state import RoomState
 from homeserver.services.serialize import EventSerializer
@@ -101,7 +102,9 @@ def create_app(
     # services
     notifier = Notifier(db.url)
     accounts = AccountService(account_store, name, config.admins)
-    persister = Persister(event_store, projections, notifier)
+    resolver = StateResolver(event_store)
+    planner = HeadPlanner(event_store, resolver, StateResetAlarm(event_store))
+    persister = Persister(event_store, projections, notifier, planner)
     creator = EventCreator(db, event_store, persister, server_keys)
     room_state = RoomState(event_store, projections)
     profiles = ProfileService(account_store, projections)

@@ -163,10 +163,17 @@ async def _verify(config: Config, args: argparse.Namespace) -> int:
 
     async with operator_context(config) as ctx:
         drifts = await ctx.rebuilder.verify_all(args.room, _progress)
+        alarms = await ctx.rebuilder.state_reset_alarms(args.room)
     for d in drifts:
         for table, (missing, unexpected) in sorted(d.tables.items()):
             print(f"{d.room_id}: {table}: {missing} rows missing, {unexpected} rows unexpected")
     print("no drift" if not drifts else f"drift in {len(drifts)} room(s)")
+    # A state reset alarm is a warning, not drift: a resolution can roll a
+    # key back legitimately (a revoked power level on a losing branch).
+    for room, key_type, key, old, new, _ts in alarms:
+        print(f"{room}: state reset alarm: {key_type} {key!r} moved from {old} back to {new}")
+    rooms = len({a[0] for a in alarms})
+    print(f"state reset alarms: {len(alarms)}" + (f" in {rooms} room(s)" if alarms else ""))
     return 1 if drifts else 0
 
 

@@ -91,9 +91,10 @@ def get_named_level(power_levels: Event | None, name: str) -> int:
 
 
 def get_required_level(event_type: str, is_state: bool, power_levels: Event | None) -> int:
-    if power_levels is None:
-        return 0
-    c = power_levels.content
+    """The level needed to send an event. Without a power levels event the
+    defaults still hold: 50 for state, 0 for the rest (matrix-spec#1479,
+    as Synapse)."""
+    c = power_levels.content if power_levels is not None else {}
     events = c.get("events")
     if isinstance(events, Mapping) and _is_int(events.get(event_type)):
         return int(events[event_type])

@@ -143,16 +143,13 @@ def redact(pdu: Mapping[str, Any], rv: RoomVersion) -> dict[str, Any]:
     content = content if isinstance(content, Mapping) else {}
     keys = _content_keys(str(pdu.get("type")), rv)
     new_content = dict(content) if keys is None else {k: content[k] for k in keys if k in content}
-    if (
-        pdu.get("type") == "m.room.member"
-        and rv.updated_redaction_rules
-        and isinstance(new_content.get("third_party_invite"), Mapping)
-    ):
-        tpi = new_content["third_party_invite"]
-        new_content["third_party_invite"] = {"signed": tpi["signed"]} if "signed" in tpi else {}
-        if not new_content["third_party_invite"]:
-            del new_content["third_party_invite"]
-    elif pdu.get("type") == "m.room.member":
-        new_content.pop("third_party_invite", None)
+    if pdu.get("type") == "m.room.member":
+        # v11+: ``third_party_invite`` keeps only ``signed`` — and stays, as
+        # an empty object, when it has none (as Synapse prunes it, so that
+        # redacted hashes and ids agree across servers). Not an object:
+        # nothing of it is kept.
+        tpi = new_content.pop("third_party_invite", None)
+        if rv.updated_redaction_rules and isinstance(tpi, Mapping):
+            new_content["third_party_invite"] = {"signed": tpi["signed"]} if "signed" in tpi else {}
     out["content"] = new_content
     return out

@@ -246,3 +246,17 @@ def auth_types_for_event(
         if membership == "join" and isinstance(via, str):
             keys.append(("m.room.member", via))
     return list(dict.fromkeys(keys))  # first occurrence of each, in order
+
+
+# Stripped state given with invites and knocks, to the invitee's client and to
+# other servers alike: the spec's recommended list (Client-Server API,
+# "Stripped state").
+STRIPPED_STATE_TYPES = (
+    "m.room.create",
+    "m.room.name",
+    "m.room.avatar",
+    "m.room.topic",
+    "m.room.join_rules",
+    "m.room.canonical_alias",
+    "m.room.encryption",
+)

@@ -13,6 +13,11 @@ the specification's "State resolution v2" (and MSC4297 for v2.1):
 3. The other events, sorted by mainline ordering against the resolved power
    levels, go through the iterative auth checks.
 4. The unconflicted state is applied on top.
+
+Nothing given is ignored: an event named in a state set or an auth chain,
+or cited as an auth event by one of them, that is not in ``events`` raises
+``MissingStateEvent`` — the caller fetches it and tries again (DESIGN rule
+14). Resolving without it would quietly resolve a different question.
 """
 
 from __future__ import annotations
@@ -26,6 +31,22 @@ from homeserver.core.events import Event, StateKey, auth_types_for_event
 from homeserver.core.room_versions import RoomVersion, StateResAlgorithm
 
 StateMap = Mapping[StateKey, str]
+
+
+class MissingStateEvent(LookupError):
+    """State resolution was asked about events it was not given."""
+
+    def __init__(self, event_ids: Set[str]) -> None:
+        self.event_ids = frozenset(event_ids)
+        shown = ", ".join(sorted(event_ids)[:5])
+        more = f" and {len(event_ids) - 5} more" if len(event_ids) > 5 else ""
+        super().__init__(f"state resolution lacks events {shown}{more}")
+
+
+def _require(events: Mapping[str, Event], ids: Set[str]) -> None:
+    missing = {e for e in ids if e not in events}
+    if missing:
+        raise MissingStateEvent(missing)
 
 
 def _is_power_event(ev: Event) -> bool:
@@ -46,6 +67,12 @@ def resolve_state(
         return {}
     if len(state_sets) == 1:
         return dict(state_sets[0])
+    if len(auth_chains) != len(state_sets):
+        raise ValueError("one auth chain per state set is needed")
+    # Everything named must be here, and so must everything those cite.
+    named = set().union(*(s.values() for s in state_sets), *auth_chains)
+    _require(events, named)
+    _require(events, {a for e in named for a in events[e].auth_events})
     # 0. Unconflicted and conflicted state.
     keys = set().union(*(s.keys() for s in state_sets))
     unconflicted: dict[StateKey, str] = {}
@@ -61,10 +88,10 @@ def resolve_state(
     # 1. Auth difference and the full conflicted set.
     union = set().union(*auth_chains)
     inter = set(auth_chains[0]).intersection(*auth_chains[1:])
-    full = (conflicted | (union - inter)) & set(events)
+    full = conflicted | (union - inter)
     v21 = room_version.state_res is StateResAlgorithm.V2_1
     if v21:
-        full |= _conflicted_subgraph(conflicted & set(events), events)
+        full |= _conflicted_subgraph(conflicted, events)
     # 2. Power events by reverse topological power ordering.
     power = {e for e in full if _is_power_event(events[e])}
     closure = set(power)
@@ -87,11 +114,13 @@ def resolve_state(
 
 def _auth_closure(start: Set[str], events: Mapping[str, Event]) -> set[str]:
     seen: set[str] = set()
-    stack = [a for e in start if e in events for a in events[e].auth_events]
+    stack = [a for e in start for a in events[e].auth_events]
     while stack:
         e = stack.pop()
-        if e in seen or e not in events:
+        if e in seen:
             continue
+        if e not in events:
+            raise MissingStateEvent({e})
         seen.add(e)
         stack.extend(events[e].auth_events)
     return seen
@@ -106,26 +135,31 @@ def _conflicted_subgraph(conflicted: set[str], events: Mapping[str, Event]) -> s
         if e in memo:
             return memo[e]
         memo[e] = False
-        ev = events.get(e)
-        found = ev is not None and any(a in conflicted or reaches(a) for a in ev.auth_events)
+        found = any(a in conflicted or reaches(a) for a in events[e].auth_events)
         memo[e] = found
         return found
 
     return {e for e in ancestors if e in conflicted or reaches(e)}
 
 
+def _create_of(ev: Event, events: Mapping[str, Event]) -> Event:
+    """v12: the create event, named by the room id rather than cited."""
+    cid = "$" + ev.room_id[1:]
+    if cid not in events:
+        raise MissingStateEvent({cid})
+    return events[cid]
+
+
 def _sender_power(ev: Event, events: Mapping[str, Event]) -> float:
     pl = create = None
     for a in ev.auth_events:
-        ae = events.get(a)
-        if ae is None:
-            continue
+        ae = events[a]
         if ae.type == "m.room.power_levels" and ae.state_key == "":
             pl = ae
         elif ae.type == "m.room.create" and ae.state_key == "":
             create = ae
     if create is None and ev.room_version.room_id_is_create_event_hash:
-        create = events.get("$" + ev.room_id[1:])
+        create = _create_of(ev, events)
     if ev.type == "m.room.create":
         create = ev
     return get_user_power_level(ev.sender, pl, create)
@@ -161,15 +195,17 @@ def _reverse_topological_power_order(ids: set[str], events: Mapping[str, Event])
 
 def _pl_auth_event(ev: Event, events: Mapping[str, Event]) -> Event | None:
     for a in ev.auth_events:
-        ae = events.get(a)
-        if ae is not None and ae.type == "m.room.power_levels" and ae.state_key == "":
+        if a not in events:
+            raise MissingStateEvent({a})
+        ae = events[a]
+        if ae.type == "m.room.power_levels" and ae.state_key == "":
             return ae
     return None
 
 
 def _mainline_order(ids: list[str], pl_id: str | None, events: Mapping[str, Event]) -> list[str]:
     mainline: list[str] = []
-    cur = events.get(pl_id) if pl_id else None
+    cur = events[pl_id] if pl_id else None
     while cur is not None:
         mainline.append(cur.event_id)
         cur = _pl_auth_event(cur, events)
@@ -204,17 +240,15 @@ def _iterative_auth_checks(
             continue
         auth: dict[StateKey, Event] = {}
         for a in ev.auth_events:
-            ae = events.get(a)
-            if ae is not None and ae.state_key is not None:
+            ae = events[a]
+            if ae.state_key is not None:
                 auth[ae.state_tuple] = ae
         wanted = auth_types_for_event(ev.room_version, ev.type, ev.state_key, ev.sender, ev.content)
         for k in [*wanted, ("m.room.create", "")]:
-            if k in state and state[k] in events:
+            if k in state:
                 auth[k] = events[state[k]]
         if ev.room_version.room_id_is_create_event_hash and ("m.room.create", "") not in auth:
-            create = events.get("$" + ev.room_id[1:])
-            if create is not None:
-                auth[("m.room.create", "")] = create
+            auth[("m.room.create", "")] = _create_of(ev, events)
         try:
             check_auth(ev, auth)
         except AuthError:

@@ -23,7 +23,7 @@ from homeserver.core.auth import AuthError, check_auth
 from homeserver.core.events import Event, StateKey, auth_types_for_event, build_event
 from homeserver.core.room_versions import RoomVersion
 from homeserver.services.clock import now_ms
-from homeserver.services.persister import Pending, Persister, RoomChange, StaleHead
+from homeserver.services.persister import Pending, Persister, StaleHead
 from homeserver.services.server_keys import ServerKeys
 from homeserver.storage.database import Database
 from homeserver.storage.events import EventStore
@@ -154,12 +154,7 @@ class EventCreator:
                         conn,
                         room_id,
                         entries,
-                        RoomChange(
-                            state_delta=self._state_delta({}, ctx),
-                            extremities_removed=[],
-                            extremities_added=ctx.extremities,
-                            new_room=(rv.identifier, drafts[0].sender, events[0].origin_server_ts),
-                        ),
+                        new_room=(rv.identifier, drafts[0].sender, events[0].origin_server_ts),
                     )
                 except asyncpg.UniqueViolationError:
                     if attempt == 4:
@@ -186,23 +181,13 @@ class EventCreator:
                 ctx = await self._load_context(room_id, conn)
                 if ctx is None:
                     raise RoomNotFound(room_id)
-                old_state, old_ext = ctx.state, list(ctx.extremities)
                 entries, events = await self._build_request(ctx, room_id, [draft])
                 signed = await countersign(events[0])
                 if signed.event_id != events[0].event_id:
                     raise ValueError("the countersigned event is not the event we built")
                 entries[0].event = signed
                 ctx.events[signed.event_id] = signed
-                await self._persister.commit(
-                    conn,
-                    room_id,
-                    entries,
-                    RoomChange(
-                        state_delta=self._state_delta(old_state, ctx),
-                        extremities_removed=old_ext,
-                        extremities_added=ctx.extremities,
-                    ),
-                )
+                await self._persister.commit(conn, room_id, entries)
             finally:
                 await self._persister.unlock_room(conn, room_id)
         return signed
@@ -279,17 +264,11 @@ class EventCreator:
             return None
         ctx = head.copy()
         ctx.conn = conn
-        old_state, old_ext = ctx.state, list(ctx.extremities)
         entries, done = await self._build_batch(ctx, room_id, batch, {})
         if not entries or any(isinstance(result, BaseException) for _, result in done):
             return None
-        change = RoomChange(
-            state_delta=self._state_delta(old_state, ctx),
-            extremities_removed=old_ext,
-            extremities_added=ctx.extremities,
-        )
         try:
-            await self._persister.commit_plain(conn, room_id, entries, change, None)
+            await self._persister.commit_plain(conn, room_id, entries, None)
         except (StaleHead, asyncpg.PostgresError) as e:
             log.debug("one-statement append to %s fell back: %s", room_id, e)
             self._heads.pop(room_id, None)
@@ -326,21 +305,13 @@ class EventCreator:
             assert ctx is not None
             if optimistic and (wc.federated or ctx.group is None):
                 return None
-            old_state, old_ext = ctx.state, list(ctx.extremities)
             entries, done = await self._build_batch(ctx, room_id, batch, wc.seen_txns)
             if entries:
-                change = RoomChange(
-                    state_delta=self._state_delta(old_state, ctx),
-                    extremities_removed=old_ext,
-                    extremities_added=ctx.extremities,
-                )
                 reserved = []  # released (or abandoned) by the commit
                 if optimistic:
-                    await self._persister.commit_plain(conn, room_id, entries, change, wc.positions)
+                    await self._persister.commit_plain(conn, room_id, entries, wc.positions)
                 else:
-                    await self._persister.commit(
-                        conn, room_id, entries, change, reserved=wc.positions
-                    )
+                    await self._persister.commit(conn, room_id, entries, reserved=wc.positions)
                 if wc.federated:
                     self._heads.pop(room_id, None)
                 else:
@@ -411,17 +382,25 @@ class EventCreator:
         if ext_ids is None:
             ext_ids = await self._store.forward_extremities(room_id, conn)
         exts = await self._store.get_events(ext_ids, conn)
+        if len(exts) != len(set(ext_ids)):
+            raise LookupError(f"forward extremities of {room_id} are not stored")
+        # Build on every extremity (the newest MAX_PREV_EVENTS of them), so
+        # that concurrent writers' branches merge at the next event.
+        ordered = sorted(exts.values(), key=lambda s: (-s.event.depth, s.event.event_id))
+        ordered = ordered[:MAX_PREV_EVENTS]
+        group: int | None
         if len(exts) == 1:
             (only,) = exts.values()
             state = await self._store.state_at_group(only.state_group, conn)
             group = only.state_group
-        else:
-            rows = await conn.fetch(
-                "SELECT type, state_key, event_id FROM current_state WHERE room_id = $1", room_id
-            )
-            state = {(r["type"], r["state_key"]): r["event_id"] for r in rows}
+        elif len(ordered) == len(exts):
+            # The current state is the resolution of all the extremities'.
+            state = await self._store.current_state_ids(room_id, conn)
             group = None
-        ordered = sorted(exts.values(), key=lambda s: -s.event.depth)[:MAX_PREV_EVENTS]
+        else:
+            states = [await self._store.state_at_group(s.state_group, conn) for s in ordered]
+            state = await self._persister.planner.resolver.resolve(rv, room_id, states, conn=conn)
+            group = None
         return _Context(
             conn=conn,
             room_version=rv,
@@ -505,13 +484,6 @@ class EventCreator:
         if ev is None:
             raise LookupError(event_id)
         return ev
-
-    def _state_delta(
-        self, old: Mapping[StateKey, str], ctx: _Context
-    ) -> dict[StateKey, Event | None]:
-        if old is ctx.state:
-            return {}
-        return {k: ctx.events[v] for k, v in ctx.state.items() if old.get(k) != v}
 
 
 async def remove_member(

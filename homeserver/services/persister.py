@@ -3,8 +3,17 @@
 Whoever decided what an event is (the local event creator, or federation
 ingest after its receipt checks) hands ``Pending`` entries for one room to
 ``commit``, which in ONE transaction: stores the events and their edges,
-their state snapshots (deltas), updates every projection, queues the
-notification; commits; then wakes local readers (DESIGN rules 7-9).
+their state snapshots (deltas), asks ``room_head.HeadPlanner`` how the
+room's forward extremities and current state move (the same computation for
+every kind of event), updates every projection, queues the notification;
+commits; then wakes local readers (DESIGN rules 7-9, 13).
+
+``commit_plain`` is the one specialisation: a chain of messages built on
+exactly the room's extremities, written in one statement. The planner would
+give the same change — extremities replaced by the chain's last event, no
+state change — and the statement itself checks the premise (it fails unless
+the extremities it removes are all the room's extremities, with the room's
+lock free), so it writes the same rows or nothing.
 
 Stream positions are reserved before the transaction and released inside
 it, so a reader's "current position" never runs past an uncommitted event.
@@ -13,6 +22,7 @@ it, so a reader's "current position" never runs past an uncommitted event.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +33,7 @@ import asyncpg
 from homeserver.core.events import Event, StateKey
 from homeserver.services.clock import now_ms
 from homeserver.services.notifier import LocalAppend, Notifier, payload
+from homeserver.services.room_head import NO_CHANGE, HeadPlanner, RoomChange
 from homeserver.storage.events import EventStore, NewEvent
 from homeserver.storage.projections import Accepted, Projections, head_args
 
@@ -38,7 +49,9 @@ class Pending:
     ``before_group`` is the state group equal to ``state_before`` when one
     exists (None: the state before was resolved from several branches and
     gets a snapshot of its own). ``chain_previous`` says the state before is
-    the state after the previous entry of the same batch.
+    the state after the previous entry of the same batch. ``adopt``: the
+    event brings a state another server vouched for (our join's send_join
+    answer, an out-of-band membership) and becomes the room's whole head.
     """
 
     event: Event
@@ -50,6 +63,7 @@ class Pending:
     outlier: bool = False
     txn: tuple[str, str, str] | None = None
     redacted_pdu: Mapping[str, Any] | None = None
+    adopt: bool = False
     # Filled by commit:
     stream_ordering: int = 0
     state_group: int | None = None
@@ -60,18 +74,20 @@ class Pending:
         return self.rejected_reason is None and not self.soft_failed and not self.outlier
 
 
-@dataclass(frozen=True, slots=True)
-class RoomChange:
-    """How the room's current view moves with a batch."""
-
-    state_delta: Mapping[StateKey, Event | None]
-    extremities_removed: Sequence[str]
-    extremities_added: Sequence[str]
-    new_room: tuple[str, str, int] | None = None  # (room version, creator, ts)
-
-
 class StaleHead(Exception):
     """The room moved while an optimistic writer built its batch."""
+
+
+def _plain_change(entries: Sequence[Pending]) -> RoomChange:
+    """What ``HeadPlanner.plan`` gives for a chain of messages built on the
+    room's extremities (its fast branch): the chain's last event replaces
+    them, current state stays. The one-statement append checks the premise."""
+    assert entries
+    for a, b in itertools.pairwise(entries):
+        assert list(b.event.prev_events) == [a.event.event_id]
+    for p in entries:
+        assert p.accepted and not p.event.is_state and p.before_group is not None
+    return RoomChange({}, list(entries[0].event.prev_events), [entries[-1].event.event_id])
 
 
 def _new_events(entries: Sequence[Pending], now: int) -> list[NewEvent]:
@@ -96,8 +112,15 @@ def room_lock_key(room_id: str) -> tuple[int, str]:
 
 
 class Persister:
-    def __init__(self, store: EventStore, projections: Projections, notifier: Notifier) -> None:
+    def __init__(
+        self,
+        store: EventStore,
+        projections: Projections,
+        notifier: Notifier,
+        planner: HeadPlanner,
+    ) -> None:
         self._store = store
+        self._planner = planner
         self._proj = projections
         self._notifier = notifier
         # Run inside the append transaction, after the projections (the
@@ -108,6 +131,10 @@ class Persister:
         ] = []
         # Run after commit (wake the federation sender, ...).
         self.on_committed: list[Callable[[str, Sequence[Pending]], None]] = []
+
+    @property
+    def planner(self) -> HeadPlanner:
+        return self._planner
 
     async def lock_room(self, conn: asyncpg.Connection, room_id: str) -> None:
         """Serialise writers of one room across processes (session lock)."""
@@ -127,17 +154,19 @@ class Persister:
         conn: asyncpg.Connection,
         room_id: str,
         entries: Sequence[Pending],
-        change: RoomChange,
         *,
+        new_room: tuple[str, str, int] | None = None,
         backfill_positions: Sequence[int] | None = None,
         reserved: Sequence[int] | None = None,
     ) -> int:
-        """Write ``entries`` (in order) and ``change`` atomically; returns the
-        last stream position. ``conn`` must hold the room lock.
+        """Write ``entries`` (in order) and the room's new head atomically;
+        returns the last stream position. ``conn`` must hold the room lock.
 
+        ``new_room``: (room version, creator, ts) of a room being created.
         ``backfill_positions``: older history fetched over federation takes
         these (negative) positions chosen by the caller instead of new ones:
-        it sorts before the room's timeline and wakes no /sync.
+        it sorts before the room's timeline, wakes no /sync and leaves the
+        room's head alone.
         ``reserved``: positions the caller already reserved (at least one per
         entry; the rest stay unused), released or abandoned here."""
         if not entries:
@@ -157,11 +186,10 @@ class Persister:
         try:
             async with conn.transaction():
                 rv = entries[0].event.room_version
-                if change.new_room is not None:
-                    await self._store.create_room_row(
-                        conn, room_id, rv, change.new_room[1], change.new_room[2]
-                    )
+                if new_room is not None:
+                    await self._store.create_room_row(conn, room_id, rv, new_room[1], new_room[2])
                 await self._assign_state_groups(conn, room_id, entries)
+                change = NO_CHANGE if backfill else await self._planner.plan(conn, room_id, entries)
                 users = sorted(
                     {
                         p.event.state_key
@@ -209,18 +237,18 @@ class Persister:
         conn: asyncpg.Connection,
         room_id: str,
         entries: Sequence[Pending],
-        change: RoomChange,
         reserved: Sequence[int] | None,
     ) -> int:
         """``commit`` for the commonest append, as one statement without the
-        room lock: local events that change no state (messages), in a room
-        no other server has joined, built on extremities read without the
-        lock. The statement removes exactly those extremities or fails —
-        then nothing is written and ``StaleHead`` is raised, for the caller
-        to rebuild the batch under the lock. A single statement is its own
-        transaction: one round trip, one fsync. ``reserved`` None: the
-        statement allocates the positions itself (``append_allocating``)."""
-        assert entries and not change.state_delta and change.new_room is None
+        room lock: a chain of local events that change no state (messages),
+        in a room no other server has joined, built on extremities read
+        without the lock. The statement removes exactly those extremities,
+        which must be all the room's, while nobody holds the room lock — or
+        fails: then nothing is written and ``StaleHead`` is raised, for the
+        caller to rebuild the batch under the lock. A single statement is
+        its own transaction: one round trip, one fsync. ``reserved`` None:
+        the statement allocates the positions itself (``append_allocating``)."""
+        change = _plain_change(entries)
         if reserved is None:
             return await self._commit_allocating(conn, room_id, entries, change)
         positions = list(reserved[: len(entries)])

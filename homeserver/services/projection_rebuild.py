@@ -1,9 +1,10 @@
 """Rebuilding and verifying projections from the event log alone.
 
 ``rebuild_room`` clears a room's projection rows and derives them again:
-forward extremities are the accepted events nothing accepted points back to;
-the current state is the state after the single extremity, or the
-resolution of the extremities' states; every other projection follows from
+forward extremities are the accepted events nothing accepted points back to
+(since the room's last adopted head: a join through a resident replaces the
+head, see ``room_head``); the current state is the state after the single
+extremity, or the resolution of the extremities' states; every other projection follows from
 the accepted events and that state through the same ``Projections.apply``
 the write path uses. ``verify_room`` runs the rebuild inside a transaction
 that is rolled back and reports the difference.
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from homeserver.core.events import Event, StateKey
+from homeserver.services.room_head import StateResolver
 from homeserver.storage.database import Database
 from homeserver.storage.events import EventStore, accepted_events, all_room_ids
 from homeserver.storage.projections import Accepted, Projections
@@ -40,35 +42,30 @@ class ProjectionRebuilder:
         self._db = db
         self._store = store
         self._proj = projections
+        self._resolver = StateResolver(store)
 
-    async def current_state(self, extremities: list[str]) -> Mapping[StateKey, str]:
+    async def current_state(self, room_id: str, extremities: list[str]) -> Mapping[StateKey, str]:
+        """As the write path decides it (``room_head.HeadPlanner``): the
+        state after the single extremity, or the resolution of theirs."""
         if not extremities:
             return {}
         evs = await self._store.get_events(extremities)
-        states = [
-            await self._store.state_at_group(evs[e].state_group) for e in extremities if e in evs
-        ]
-        if len(states) == 1:
-            return states[0]
-        from homeserver.core.state_res import resolve_state
-
-        rv = next(iter(evs.values())).event.room_version
-        ids = {i for s in states for i in s.values()}
-        chains = []
-        for s in states:
-            chains.append(await self._store.auth_chain_ids(s.values()) | set(s.values()))
-        needed = ids | set().union(*chains)
-        events = await self._store.get_event_objs(needed)
-        return resolve_state(rv, states, events, chains)
+        missing = [e for e in extremities if e not in evs]
+        if missing:
+            raise LookupError(f"extremities {missing} of {room_id} are not stored")
+        states = [await self._store.state_at_group(evs[e].state_group) for e in extremities]
+        rv = evs[extremities[0]].event.room_version
+        return await self._resolver.resolve(rv, room_id, states)
 
     async def _rebuild(self, conn: Any, room_id: str) -> None:
         await self._proj.clear(conn, room_id)
         extremities = await self._proj.computed_extremities(conn, room_id)
-        state = await self.current_state(extremities)
+        state = await self.current_state(room_id, extremities)
         events = await self._store.get_event_objs(state.values())
-        delta: dict[StateKey, Event | None] = {
-            k: events[v] for k, v in state.items() if v in events
-        }
+        missing = [v for v in state.values() if v not in events]
+        if missing:
+            raise LookupError(f"state events {missing} of {room_id} are not stored")
+        delta: dict[StateKey, Event | None] = {k: events[v] for k, v in state.items()}
         accepted = await accepted_events(self._store, conn, room_id)
         await self._proj.apply(
             conn,
@@ -105,6 +102,13 @@ class ProjectionRebuilder:
     async def _lock(self, conn: Any, room_id: str) -> None:
         # Same lock as writers (transaction-scoped here).
         await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", 0x6873, room_id)
+
+    async def state_reset_alarms(
+        self, room_id: str | None = None
+    ) -> list[tuple[str, str, str, str, str | None, int]]:
+        """The recorded state reset alarms (``room_head.StateResetAlarm``)."""
+        alarms = await self._store.state_reset_alarms()
+        return [a for a in alarms if room_id is None or a[0] == room_id]
 
     async def rooms(self, room_id: str | None) -> list[str]:
         return [room_id] if room_id else await all_room_ids(self._db)

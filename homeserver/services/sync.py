@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from homeserver.core.events import StateKey
+from homeserver.core.events import STRIPPED_STATE_TYPES, StateKey
 from homeserver.services.clock import now_ms
 from homeserver.services.filters import EventFilter, flag, str_list, sub_object
 from homeserver.services.notifier import Notifier, wait_for
@@ -30,17 +30,6 @@ from homeserver.storage.sync_snapshot import SyncSnapshot, SyncSnapshots
 
 MAX_VIEWS = 200_000
 UNREAD_TYPES = ("m.room.message", "m.room.encrypted")
-
-# Stripped state given with invites and knocks (Client-Server API "Stripped state").
-STRIPPED_TYPES = (
-    "m.room.create",
-    "m.room.join_rules",
-    "m.room.name",
-    "m.room.avatar",
-    "m.room.canonical_alias",
-    "m.room.encryption",
-    "m.room.topic",
-)
 
 
 @dataclass(frozen=True)
@@ -585,7 +574,7 @@ class SyncService:
         local = await self._proj.current_state_ids(room_id)
         if not local and stored is not None:
             return list(stored)
-        keys = [(t, "") for t in STRIPPED_TYPES]
+        keys = [(t, "") for t in STRIPPED_STATE_TYPES]
         member = local.get(("m.room.member", user_id))
         ids = [local[k] for k in keys if k in local]
         if member:

@@ -663,6 +663,73 @@ class EventStore:
         )
         return {r["event_id"] for r in rows}
 
+    async def current_state_ids(
+        self, room_id: str, conn: asyncpg.Connection | None = None
+    ) -> dict[StateKey, str]:
+        """The room's current state (the projection), read through ``conn``
+        when a writer holds the room lock on it."""
+        rows = await self._q(conn).fetch(
+            "SELECT type, state_key, event_id FROM current_state WHERE room_id = $1", room_id
+        )
+        return {(r["type"], r["state_key"]): r["event_id"] for r in rows}
+
+    async def is_ancestor(
+        self, conn: asyncpg.Connection, ancestor: str, descendant: str, ancestor_depth: int
+    ) -> bool:
+        """Whether ``ancestor`` is reached from ``descendant`` through prev
+        events. The walk stops at the ancestor's depth, below which it
+        cannot be (depth grows along prev edges)."""
+        return bool(
+            await conn.fetchval(
+                "WITH RECURSIVE walk(event_id) AS ("
+                "  SELECT prev_event_id FROM event_edges WHERE event_id = $2"
+                "  UNION"
+                "  SELECT g.prev_event_id FROM walk w"
+                "  JOIN events e ON e.event_id = w.event_id AND e.depth > $3"
+                "  JOIN event_edges g ON g.event_id = w.event_id) "
+                "SELECT EXISTS (SELECT 1 FROM walk WHERE event_id = $1)",
+                ancestor,
+                descendant,
+                ancestor_depth,
+            )
+        )
+
+    async def record_adopted(self, conn: asyncpg.Connection, room_id: str, event_id: str) -> None:
+        """``event_id`` replaced the room's head (``Pending.adopt``): part of
+        the log, so a rebuild derives the same extremities."""
+        await conn.execute(
+            "INSERT INTO adopted_heads (room_id, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            room_id,
+            event_id,
+        )
+
+    async def record_state_reset(
+        self,
+        conn: asyncpg.Connection,
+        room_id: str,
+        key: StateKey,
+        old_event_id: str,
+        new_event_id: str | None,
+    ) -> None:
+        await conn.execute(
+            "INSERT INTO state_reset_alarms (room_id, type, state_key, old_event_id, "
+            "new_event_id, ts) VALUES ($1, $2, $3, $4, $5, "
+            "(extract(epoch from clock_timestamp()) * 1000)::bigint)",
+            room_id,
+            key[0],
+            key[1],
+            old_event_id,
+            new_event_id,
+        )
+
+    async def state_reset_alarms(self) -> list[tuple[str, str, str, str, str | None, int]]:
+        """Every recorded alarm: (room, type, state key, old, new, ts)."""
+        rows = await self._db.fetch(
+            "SELECT room_id, type, state_key, old_event_id, new_event_id, ts "
+            "FROM state_reset_alarms ORDER BY ts"
+        )
+        return [tuple(r) for r in rows]  # type: ignore[misc]
+
     async def forward_extremities(
         self, room_id: str, conn: asyncpg.Connection | None = None
     ) -> list[str]:

@@ -74,8 +74,9 @@ def is_local(user_id: str, server_name: str) -> bool:
 def head_ctes(n: int, *, checked: bool = False, last_expr: str | None = None) -> str:
     """CTEs moving a room's forward extremities, head and last activity;
     parameters ``$n`` … ``$n+5`` as ``head_args`` gives them. ``checked``:
-    every removed extremity must still be there (an optimistic writer that
-    read them without the room lock), else the statement fails through
+    every removed extremity must still be there, they must be all the room's
+    extremities and nobody may hold the room's lock (an optimistic writer that
+    read them without the lock), else the statement fails through
     ``hs_require`` — select ``ok`` from the ``head_ok`` CTE to evaluate it.
     ``last_expr``: SQL for the last stream position when the statement
     allocates it (the parameter is then NULL)."""
@@ -98,7 +99,8 @@ def head_ctes(n: int, *, checked: bool = False, last_expr: str | None = None) ->
     if checked:
         ctes += (
             f", head_ok AS (SELECT hs_require((SELECT count(*) FROM head_d) = "
-            f"cardinality({rem}::text[]), 'stale extremities') AS ok)"
+            f"cardinality({rem}::text[]), 'stale extremities') "
+            f"AND hs_head_is({r}, {rem}::text[], {add}::text[]) AS ok)"
         )
     return ctes
 
@@ -425,10 +427,14 @@ class Projections:
             await conn.execute(f"DELETE FROM {table} WHERE room_id = $1", room_id)
 
     async def computed_extremities(self, conn: asyncpg.Connection, room_id: str) -> list[str]:
-        """Accepted events of the room that no accepted event points back to."""
+        """Accepted events of the room that no accepted event points back to,
+        from the room's last adopted head on (``adopted_heads``)."""
         rows = await conn.fetch(
             "SELECT e.event_id FROM events e WHERE e.room_id = $1 AND NOT e.outlier "
-            "AND NOT e.soft_failed AND e.rejected_reason IS NULL AND NOT EXISTS ("
+            "AND NOT e.soft_failed AND e.rejected_reason IS NULL "
+            "AND e.stream_ordering >= COALESCE((SELECT max(a.stream_ordering) "
+            "  FROM adopted_heads h JOIN events a USING (event_id) WHERE h.room_id = $1), "
+            "  -9223372036854775808) AND NOT EXISTS ("
             "  SELECT 1 FROM event_edges x JOIN events c ON c.event_id = x.event_id "
             "  WHERE x.prev_event_id = e.event_id AND NOT c.outlier AND NOT c.soft_failed "
             "  AND c.rejected_reason IS NULL) ORDER BY e.stream_ordering",

@@ -651,3 +651,12 @@ def test_v12_creators_have_unlimited_power() -> None:
     with pytest.raises(AuthError):
         r.check(r.member(CREATOR, "leave", sender="@admin:hs"))
     r.check(r.member("@admin:hs", "leave", sender=CREATOR))
+
+
+def test_state_needs_50_without_a_power_levels_event() -> None:
+    """matrix-spec#1479: the state default is 50 even when the room has no
+    power levels event yet (only the creator, at 100, may send state)."""
+    from homeserver.core.auth import get_required_level
+
+    assert get_required_level("m.room.topic", True, None) == 50
+    assert get_required_level("m.room.message", False, None) == 0

@@ -228,3 +228,28 @@ def test_request_signing_round_trip() -> None:
         )
     odd = parse_x_matrix_header('X-Matrix origin=hs,key="ed25519:1", sig="abc"')
     assert odd.origin == "hs" and odd.destination is None and odd.sig == "abc"
+
+
+@pytest.mark.parametrize(
+    ("rv", "content", "kept"),
+    [
+        # v11+: only ``signed`` survives; without it an empty object stays
+        # (as Synapse prunes it, so redacted hashes agree across servers).
+        (V11, {"membership": "invite", "third_party_invite": {"display_name": "x"}}, {}),
+        (
+            V12,
+            {"membership": "invite", "third_party_invite": {"signed": {"a": 1}, "b": 2}},
+            {"signed": {"a": 1}},
+        ),
+        (V11, {"membership": "invite", "third_party_invite": "not an object"}, None),
+        (V10, {"membership": "invite", "third_party_invite": {"signed": {"a": 1}}}, None),
+    ],
+)
+def test_redacted_member_third_party_invite(
+    rv: RoomVersion, content: dict[str, Any], kept: dict[str, Any] | None
+) -> None:
+    pdu = {"type": "m.room.member", "state_key": "@a:x", "content": content}
+    out = redact(pdu, rv)["content"]
+    assert out.get("third_party_invite") == kept
+    assert ("third_party_invite" in out) is (kept is not None)
+    assert out["membership"] == "invite"

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -277,3 +278,27 @@ def test_result_independent_of_order(perm: list[int], rnd: Any) -> None:
     d.events = dict(items)
     reordered = [dict(sorted(s.items(), key=lambda _: rnd.random())) for s in shuffled]
     assert d.resolve(*reordered) == expected
+
+
+def test_an_event_not_given_is_an_error_not_a_silent_drop() -> None:
+    """Issue 15: the incoming event, absent from ``events``, used to drop out
+    of its own resolution. Every event named — in a state set, an auth
+    chain, or cited by one — must be there, else ``MissingStateEvent``."""
+    from homeserver.core.state_res import MissingStateEvent
+
+    for rv in (V11, V12):
+        d, b = base(rv)
+        d.add("$ta", "m.room.topic", ALICE, {"topic": "a"}, "", [*c(d), "$ima", "$ipower"], ts=20)
+        d.add("$tb", "m.room.topic", ALICE, {"topic": "b"}, "", [*c(d), "$ima", "$ipower"], ts=10)
+        sa, sb = d.state(*b, "$ta"), d.state(*b, "$tb")
+        chains = [d.chain(sa), d.chain(sb)]
+        assert d.resolve(sa, sb)[("m.room.topic", "")] == "$ta"
+        # The state's own event missing.
+        lacking = {k: v for k, v in d.events.items() if k != "$ta"}
+        with pytest.raises(MissingStateEvent) as e:
+            resolve_state(rv, [sa, sb], lacking, chains)
+        assert "$ta" in e.value.event_ids
+        # An auth ancestor missing.
+        lacking = {k: v for k, v in d.events.items() if k != "$ipower"}
+        with pytest.raises(MissingStateEvent):
+            resolve_state(rv, [sa, sb], lacking, chains)

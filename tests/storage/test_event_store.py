@@ -12,8 +12,9 @@ import pytest
 from homeserver.core.room_versions import V12
 from homeserver.services.event_creator import Draft, EventCreator
 from homeserver.services.notifier import Notifier
-from homeserver.services.persister import Persister, RoomChange, StaleHead, room_lock_key
+from homeserver.services.persister import Persister, StaleHead, room_lock_key
 from homeserver.services.projection_rebuild import ProjectionRebuilder
+from homeserver.services.room_head import HeadPlanner, StateResetAlarm, StateResolver
 from homeserver.services.server_keys import ServerKeys
 from homeserver.storage.database import Database
 from homeserver.storage.events import EventStore
@@ -40,7 +41,9 @@ async def make_writer(url: str, keys: ServerKeys) -> Writer:
     proj = Projections(db, SERVER)
     notifier = Notifier(url)
     await notifier.start()
-    creator = EventCreator(db, store, Persister(store, proj, notifier), keys)
+    resolver = StateResolver(store)
+    planner = HeadPlanner(store, resolver, StateResetAlarm(store))
+    creator = EventCreator(db, store, Persister(store, proj, notifier, planner), keys)
     return Writer(db, store, proj, creator, notifier)
 
 
@@ -232,9 +235,7 @@ async def test_optimistic_append_refused_when_the_head_moved(
         )
         (moved,) = await b.creator.send(room, [Draft("m.room.message", ALICE, {"body": "b"})])
         with pytest.raises(StaleHead):
-            await a.creator._persister.commit_plain(
-                conn, room, entries, RoomChange({}, wc.extremities, ctx.extremities), wc.positions
-            )
+            await a.creator._persister.commit_plain(conn, room, entries, wc.positions)
     stale = events[0].event_id
     assert await a.db.fetchval("SELECT count(*) FROM events WHERE event_id = $1", stale) == 0
     assert await a.db.fetchval("SELECT count(*) FROM stream_inflight") == 0

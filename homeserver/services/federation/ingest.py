@@ -20,8 +20,9 @@ Server-Server API, "Checks performed on receipt of a PDU":
    (stored, not shown, not a forward extremity).
 
 Each surviving event is written through ``Persister.commit`` under the
-room's lock, with the current-state delta and the extremity change. A bad
-PDU is answered with an error for that PDU only.
+room's lock, which decides how the room's extremities and current state move
+(``services/room_head.py``, the same for every event). A bad PDU is answered
+with an error for that PDU only.
 
 Depends on: EventStore, Projections, Persister, Keyring, FederationClient.
 """
@@ -41,7 +42,7 @@ from homeserver.core.room_versions import RoomVersion, UnsupportedRoomVersion, g
 from homeserver.core.signing import SignatureError
 from homeserver.services.federation.client import FederationClient, FederationError, encode_path
 from homeserver.services.federation.keyring import Keyring
-from homeserver.services.persister import Pending, Persister, RoomChange
+from homeserver.services.persister import Pending, Persister
 from homeserver.storage.database import Database
 from homeserver.storage.events import EventStore, StoredEvent
 from homeserver.storage.federation import FederationStore
@@ -79,13 +80,6 @@ def create_event_id(rv: RoomVersion, room_id: str) -> str | None:
     return "$" + room_id[1:] if rv.room_id_is_create_event_hash else None
 
 
-def state_after(before: Mapping[StateKey, str], ev: Event) -> dict[StateKey, str]:
-    out = dict(before)
-    if ev.is_state:
-        out[ev.state_tuple] = ev.event_id
-    return out
-
-
 class Ingest:
     def __init__(
         self,
@@ -112,6 +106,10 @@ class Ingest:
     @property
     def store(self) -> EventStore:
         return self._store
+
+    @property
+    def persister(self) -> Persister:
+        return self._persister
 
     def room_lock(self, room_id: str) -> asyncio.Lock:
         return self._locks.setdefault(room_id, asyncio.Lock())
@@ -400,7 +398,8 @@ class Ingest:
             out[eid] = ev
         if entries:
             async with self._db.pool.acquire() as conn:
-                await self._persister.commit(conn, room_id, entries, RoomChange({}, [], []))
+                # Outliers do not move the room's head: no room lock needed.
+                await self._persister.commit(conn, room_id, entries)
         return out
 
     async def _prefetch_keys(self, pdus: Sequence[Any]) -> None:
@@ -487,7 +486,7 @@ class Ingest:
         if all(s == states[0] for s in states[1:]):
             group = next((g for g in groups if g is not None), None)
             return states[0], group
-        return await self.resolve(ev.room_version, states), None
+        return await self.resolve(ev.room_version, ev.room_id, states), None
 
     async def remote_state_after(
         self, origin: str, room_id: str, rv: RoomVersion, event_id: str
@@ -527,18 +526,11 @@ class Ingest:
         return state
 
     async def resolve(
-        self, rv: RoomVersion, states: Sequence[Mapping[StateKey, str]]
+        self, rv: RoomVersion, room_id: str, states: Sequence[Mapping[StateKey, str]]
     ) -> dict[StateKey, str]:
-        """State resolution over several states of the room."""
-        chains: list[set[str]] = []
-        for s in states:
-            ids = set(s.values())
-            chains.append(await self._store.auth_chain_ids(ids) | ids)
-        needed = set().union(*chains)
-        events = await self._store.get_event_objs(needed)
-        from homeserver.core.state_res import resolve_state
-
-        return dict(resolve_state(rv, list(states), events, chains))
+        """State resolution over several states of the room (every event
+        they need is stored by now: ``remote_state_after`` fetched them)."""
+        return await self._persister.planner.resolver.resolve(rv, room_id, states)
 
     # ---------------------------------------------------------------- commit
     async def _commit(
@@ -559,9 +551,8 @@ class Ingest:
                 if await self._store.have_events([ev.event_id]):
                     return Outcome(ev.event_id, already_known=True)
                 soft = False
-                change = RoomChange({}, [], [])
                 if rejected is None and backfill_position is None:
-                    soft, change = await self._current_state_change(ev, before)
+                    soft = await self._soft_failed(conn, ev, before)
                 if group is None:
                     group = await self.snapshot_state_before(conn, ev, before)
                 entry = Pending(
@@ -576,7 +567,6 @@ class Ingest:
                     conn,
                     room_id,
                     [entry],
-                    change,
                     backfill_positions=(
                         [backfill_position] if backfill_position is not None else None
                     ),
@@ -594,47 +584,20 @@ class Ingest:
         await self._fstore.record_state_before(conn, ev.event_id, group)
         return group
 
-    async def _current_state_change(
-        self, ev: Event, before: Mapping[StateKey, str]
-    ) -> tuple[bool, RoomChange]:
-        """6. The soft-fail check, and how the room's current view moves."""
-        room_id = ev.room_id
-        ext = await self._store.forward_extremities(room_id)
-        prev = set(ev.prev_events)
-        if len(ext) == 1 and ext[0] in prev:
-            # The room's head is the (only) parent: current state is the
-            # state after it, which is ``before`` when that was its only prev.
-            head = await self._store.get_event(ext[0])
-            if head is not None and len(prev) == 1:
-                head_delta: dict[StateKey, Event | None] = (
-                    {ev.state_tuple: ev} if ev.is_state else {}
-                )
-                return False, RoomChange(head_delta, ext, [ev.event_id])
-        current = await self._proj.current_state_ids(room_id)
+    async def _soft_failed(self, conn: Any, ev: Event, before: Mapping[StateKey, str]) -> bool:
+        """6. Against the room's current state. When the event cites exactly
+        the room's forward extremities, the current state is the state
+        before it (the resolution of theirs), which check 5 already passed."""
+        ext = await self._store.forward_extremities(ev.room_id, conn)
+        if set(ext) == set(ev.prev_events):
+            return False
+        current = await self._store.current_state_ids(ev.room_id, conn)
         try:
             check_auth(ev, await self.auth_map_from_state(ev, current))
         except (AuthError, LookupError) as e:
             log.info("soft-failing %s: %s", ev.event_id, e)
-            return True, RoomChange({}, [], [])
-        removed = [e for e in ext if e in prev]
-        remaining = [e for e in ext if e not in prev]
-        after = state_after(before, ev)
-        new_state = (
-            after if not remaining else await self.resolve(ev.room_version, [current, after])
-        )
-        delta = await self.state_delta(current, new_state)
-        return False, RoomChange(delta, removed, [ev.event_id])
-
-    async def state_delta(
-        self, old: Mapping[StateKey, str], new: Mapping[StateKey, str]
-    ) -> dict[StateKey, Event | None]:
-        changed = {k: v for k, v in new.items() if old.get(k) != v}
-        evs = await self._store.get_event_objs(changed.values())
-        delta: dict[StateKey, Event | None] = {k: evs[v] for k, v in changed.items() if v in evs}
-        for k in old:
-            if k not in new:
-                delta[k] = None
-        return delta
+            return True
+        return False
 
 
 def _event_id_or_none(pdu: Mapping[str, Any], rv: RoomVersion | None) -> str | None:

@@ -26,7 +26,7 @@ from typing import Any
 
 from homeserver.core.auth import AuthError, check_auth
 from homeserver.core.canonical import redact
-from homeserver.core.events import Event, InvalidEvent, StateKey
+from homeserver.core.events import STRIPPED_STATE_TYPES, Event, InvalidEvent, StateKey
 from homeserver.core.ids import InvalidID, RoomAlias, ServerName
 from homeserver.core.room_versions import (
     KNOWN_ROOM_VERSIONS,
@@ -40,7 +40,7 @@ from homeserver.services.errors import MatrixError, not_found
 from homeserver.services.federation.client import FederationClient, FederationError, encode_path
 from homeserver.services.federation.ingest import Checked, Dropped, Ingest
 from homeserver.services.federation.keyring import Keyring
-from homeserver.services.persister import Pending, RoomChange
+from homeserver.services.persister import Pending
 from homeserver.services.server_keys import ServerKeys
 from homeserver.storage.database import Database
 from homeserver.storage.ephemeral import EphemeralStore
@@ -49,18 +49,6 @@ from homeserver.storage.projections import Projections
 
 log = logging.getLogger(__name__)
 
-# Stripped state shared with invites and knocks (Client-Server "Stripped state").
-STRIPPED_TYPES = (
-    "m.room.create",
-    "m.room.join_rules",
-    "m.room.name",
-    "m.room.avatar",
-    "m.room.canonical_alias",
-    "m.room.encryption",
-    "m.room.topic",
-    "m.room.guest_access",
-    "m.room.history_visibility",
-)
 SUPPORTED_VERSIONS = sorted(KNOWN_ROOM_VERSIONS)
 JOIN_TIMEOUT = 120.0
 
@@ -338,32 +326,27 @@ class RemoteRooms:
     async def commit_with_state(
         self, ev: Event, before: Mapping[StateKey, str], rv: RoomVersion, creator: str
     ) -> None:
-        """Append ``ev`` on top of ``before`` (a state we were given), making
-        the state after it the room's current state."""
+        """Append ``ev`` on top of ``before`` (a state we were given): the
+        event is adopted as the room's head (``Pending.adopt``), so the state
+        after it becomes the room's current state."""
         room_id = ev.room_id
+        persister = self._ingest.persister
         async with self._ingest.room_lock(room_id), self._db.pool.acquire() as conn:
-            await self._ingest._persister.lock_room(conn, room_id)
+            await persister.lock_room(conn, room_id)
             try:
                 if await self._store.have_events([ev.event_id]):
                     return
                 exists = await self._store.room_version(room_id) is not None
-                current = await self._proj.current_state_ids(room_id) if exists else {}
-                ext = await self._store.forward_extremities(room_id) if exists else []
-                after = dict(before)
-                after[ev.state_tuple] = ev.event_id
-                delta = await self._ingest.state_delta(current, after)
-                delta[ev.state_tuple] = ev
                 group = await self._ingest.snapshot_state_before(conn, ev, before)
-                entry = Pending(event=ev, state_before=dict(before), before_group=group)
-                change = RoomChange(
-                    state_delta=delta,
-                    extremities_removed=ext,
-                    extremities_added=[ev.event_id],
+                entry = Pending(event=ev, state_before=dict(before), before_group=group, adopt=True)
+                await persister.commit(
+                    conn,
+                    room_id,
+                    [entry],
                     new_room=None if exists else (rv.identifier, creator, ev.origin_server_ts),
                 )
-                await self._ingest._persister.commit(conn, room_id, [entry], change)
             finally:
-                await self._ingest._persister.unlock_room(conn, room_id)
+                await persister.unlock_room(conn, room_id)
 
     async def commit_out_of_band(self, ev: Event, creator: str) -> None:
         """Our membership in a room whose state we lack (invite, rejection,
@@ -459,7 +442,7 @@ class RemoteRooms:
     # -------------------------------------------------------------- invite
     async def invite_room_state(self, room_id: str, inviter: str) -> list[dict[str, Any]]:
         state = await self._proj.current_state_ids(room_id)
-        ids = [state[(t, "")] for t in STRIPPED_TYPES if (t, "") in state]
+        ids = [state[(t, "")] for t in STRIPPED_STATE_TYPES if (t, "") in state]
         if ("m.room.member", inviter) in state:
             ids.append(state[("m.room.member", inviter)])
         evs = await self._store.get_events(ids)

@@ -27,14 +27,20 @@ from homeserver.core.auth import (
     get_user_power_level,
 )
 from homeserver.core.canonical import redact
-from homeserver.core.events import Event, InvalidEvent, StateKey, auth_types_for_event
+from homeserver.core.events import (
+    STRIPPED_STATE_TYPES,
+    Event,
+    InvalidEvent,
+    StateKey,
+    auth_types_for_event,
+)
 from homeserver.core.ids import InvalidID, UserID
 from homeserver.core.room_versions import RoomVersion, UnsupportedRoomVersion, get_room_version
 from homeserver.core.signing import key_id, sign_json
 from homeserver.services.clock import now_ms
 from homeserver.services.errors import MatrixError, forbidden, not_found
 from homeserver.services.federation.ingest import Dropped, Ingest
-from homeserver.services.federation.joins import STRIPPED_TYPES, RemoteRooms, stripped
+from homeserver.services.federation.joins import RemoteRooms, stripped
 from homeserver.services.federation.sender import FederationSender
 from homeserver.services.federation.served import FederationServer
 from homeserver.services.server_keys import ServerKeys
@@ -288,7 +294,7 @@ class Resident:
     ) -> dict[str, Any]:
         await self._accept(origin, room_id, event_id, pdu, "knock")
         state = await self._proj.current_state_ids(room_id)
-        ids = [state[(t, "")] for t in STRIPPED_TYPES if (t, "") in state]
+        ids = [state[(t, "")] for t in STRIPPED_STATE_TYPES if (t, "") in state]
         evs = await self._store.get_events(ids)
         return {"knock_room_state": [dict(evs[i].event.pdu) for i in ids if i in evs]}
 

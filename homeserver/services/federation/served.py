@@ -124,7 +124,7 @@ class FederationServer:
         if states and len(states) == len(set(ev.prev_events)):
             if all(s == states[0] for s in states[1:]):
                 return states[0]
-            return await self._ingest.resolve(ev.room_version, states)
+            return await self._ingest.resolve(ev.room_version, ev.room_id, states)
         out = dict(after)
         del out[ev.state_tuple]
         return out
