@@ -203,9 +203,7 @@ async def test_alarm_on_a_legitimately_rolled_back_power_level(
     assert (await current(w, room))[("m.room.power_levels", "")] == pl2.event_id
     alarm = w.creator._persister.planner.alarm
     assert alarm.count == 0
-    kick = await fork(
-        w, keys, room, base, ALICE, "m.room.member", {"membership": "leave"}, BOB
-    )
+    kick = await fork(w, keys, room, base, ALICE, "m.room.member", {"membership": "leave"}, BOB)
     now = await current(w, room)
     assert now[("m.room.power_levels", "")] == pl1
     assert now[("m.room.member", BOB)] == kick.event_id
@@ -265,3 +263,54 @@ async def test_one_statement_append_refused_while_the_room_is_locked(
                 await persister.commit_plain(conn, room, entries, wc.positions)
         finally:
             await persister.unlock_room(holder, room)
+
+
+async def test_two_processes_writing_one_room_merge_at_once(db_url: str, tmp_path: Path) -> None:
+    """Issue 18.5: two 'processes' (own pools, caches and writer tasks)
+    sending into one room at the same time used to grow two chains side by
+    side for hundreds of events. Now a branch lasts until the next write:
+    every fork point is merged within a few events, and the room ends with
+    one extremity."""
+    import asyncio
+
+    keys = ServerKeys(SERVER, load_or_create_signing_key(tmp_path / "k"))
+    a, b = await make_writer(db_url, keys), await make_writer(db_url, keys)
+    try:
+        room = await room_with_bob(a)
+
+        async def burst(w: Writer, who: str, n: int) -> None:
+            for i in range(n):
+                await w.creator.send(room, [Draft("m.room.message", who, {"body": f"{who}{i}"})])
+
+        await asyncio.gather(*(burst(w, u, 60) for w in (a, b) for u in (ALICE, BOB)))
+        await a.creator.send(room, [Draft("m.room.message", ALICE, {"body": "last"})])
+        assert len(await a.store.forward_extremities(room)) == 1
+        rows = await a.db.fetch(
+            "SELECT g.event_id, g.prev_event_id, e.depth FROM event_edges g "
+            "JOIN events e USING (event_id) WHERE g.room_id = $1",
+            room,
+        )
+        children: dict[str, list[str]] = {}
+        prevs: dict[str, list[str]] = {}
+        depth: dict[str, int] = {}
+        for r in rows:
+            children.setdefault(r["prev_event_id"], []).append(r["event_id"])
+            prevs.setdefault(r["event_id"], []).append(r["prev_event_id"])
+            depth[r["event_id"]] = r["depth"]
+        forks = [p for p, c in children.items() if len(c) > 1]
+        longest = 0
+        for f in forks:
+            # Walk down every branch from the fork until an event that
+            # merges (cites several prev events): the fork's lifetime.
+            for child in children[f]:
+                steps, cur = 1, child
+                while len(prevs.get(cur, [])) < 2 and children.get(cur):
+                    cur = children[cur][0]
+                    steps += 1
+                longest = max(longest, steps)
+        assert longest <= 3, f"a branch ran {longest} events before merging ({len(forks)} forks)"
+        await no_drift(a, room)
+    finally:
+        for w in (a, b):
+            await w.notifier.stop()
+            await w.db.close()
