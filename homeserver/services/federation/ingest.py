@@ -40,6 +40,7 @@ from homeserver.core.canonical import check_content_hash, redact
 from homeserver.core.events import Event, InvalidEvent, StateKey, auth_types_for_event
 from homeserver.core.room_versions import RoomVersion, UnsupportedRoomVersion, get_room_version
 from homeserver.core.signing import SignatureError
+from homeserver.core.state_res import MissingStateEvent
 from homeserver.services.federation.client import FederationClient, FederationError, encode_path
 from homeserver.services.federation.keyring import Keyring
 from homeserver.services.persister import Pending, Persister
@@ -164,8 +165,8 @@ class Ingest:
         async with self.room_lock(checked.event.room_id):
             try:
                 out = await self.process(origin, checked, fetch_missing=True)
-            except FederationError as e:
-                log.info("could not process %s from %s: %s", eid, origin, e)
+            except (FederationError, MissingStateEvent) as e:
+                log.warning("could not process %s from %s: %s", eid, origin, e)
                 return eid, f"could not fetch what the event needs: {e}"
         if out.rejected:
             log.info("rejected %s from %s: %s", out.event_id, origin, out.rejected)
@@ -515,10 +516,17 @@ class Ingest:
         if missing:
             await self.fetch_events(origin, room_id, rv, missing)
         evs = await self._store.get_events([*pdu_ids, event_id])
+        lacking = [i for i in pdu_ids if i not in evs]
+        if lacking:
+            # A state we cannot see whole is not the state: fail this PDU
+            # (its sender retries) rather than resolve a different question.
+            raise FederationError(
+                origin, None, None, f"state events {lacking[:5]} at {event_id} could not be fetched"
+            )
         state: dict[StateKey, str] = {}
         for i in pdu_ids:
-            se = evs.get(i)
-            if se is not None and se.event.is_state and se.rejected_reason is None:
+            se = evs[i]
+            if se.event.is_state and se.rejected_reason is None:
                 state[se.event.state_tuple] = i
         me = evs.get(event_id)
         if me is not None and me.event.is_state and me.rejected_reason is None:
