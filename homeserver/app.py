@@ -21,6 +21,7 @@ from homeserver.api.admin import register as admin_register
 from homeserver.api.admin import rooms as admin_rooms
 from homeserver.api.client import account, homeserver_ext, rooms, versions
 from homeserver.api.client import account_data as account_data_api
+from homeserver.api.client import devices as devices_api
 from homeserver.api.client import directory as directory_api
 from homeserver.api.client import membership as membership_api
 from homeserver.api.client import profile as profile_api
@@ -39,6 +40,7 @@ from homeserver.api.federation.common import FEDERATION
 from homeserver.config import Config, redact_url
 from homeserver.services.account_data import AccountDataService
 from homeserver.services.accounts import AccountService
+from homeserver.services.devices import DeviceService
 from homeserver.services.direct_messages import DirectMessageService
 from homeserver.services.directory import DirectoryService
 from homeserver.services.ephemeral import EphemeralService
@@ -66,6 +68,7 @@ from homeserver.services.timeline import TimelineService, Visibility
 from homeserver.storage.account_data import AccountDataStore
 from homeserver.storage.accounts import AccountStore
 from homeserver.storage.database import Database
+from homeserver.storage.devices import DeviceStore
 from homeserver.storage.embedded import EmbeddedPostgres
 from homeserver.storage.ephemeral import EphemeralStore
 from homeserver.storage.events import EventStore
@@ -166,6 +169,7 @@ def create_app(
     )
     app[appkeys.LIFECYCLE] = lifecycle
     app[appkeys.DMS] = dms
+    app[appkeys.DEVICES] = DeviceService(accounts, DeviceStore(db), projections, membership)
     app[appkeys.SYNC] = sync
     app[appkeys.EPHEMERAL] = ephemeral
     app[appkeys.FILTERS] = ephemeral_store
@@ -222,6 +226,7 @@ def create_app(
         directory_api,
         profile_api,
         account_data_api,
+        devices_api,
         homeserver_ext,
         admin_rooms,
         admin_register,

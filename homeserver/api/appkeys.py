@@ -10,6 +10,7 @@ from aiohttp import web
 from homeserver.config import Config
 from homeserver.services.account_data import AccountDataService
 from homeserver.services.accounts import AccountService
+from homeserver.services.devices import DeviceService
 from homeserver.services.direct_messages import DirectMessageService
 from homeserver.services.directory import DirectoryService
 from homeserver.services.ephemeral import EphemeralService
@@ -40,3 +41,4 @@ EPHEMERAL = web.AppKey("ephemeral", EphemeralService)
 FILTERS = web.AppKey("filters", EphemeralStore)
 LIFECYCLE = web.AppKey("lifecycle", RoomLifecycleService)
 DMS = web.AppKey("dms", DirectMessageService)
+DEVICES = web.AppKey("devices", DeviceService)

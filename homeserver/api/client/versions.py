@@ -46,7 +46,7 @@ async def capabilities(request: web.Request) -> web.Response:
                     "default": DEFAULT_ROOM_VERSION.identifier,
                     "available": {k: "stable" for k in KNOWN_ROOM_VERSIONS},
                 },
-                "m.change_password": {"enabled": False},
+                "m.change_password": {"enabled": True},
                 "m.set_displayname": {"enabled": True},
                 "m.set_avatar_url": {"enabled": True},
                 "m.3pid_changes": {"enabled": False},
