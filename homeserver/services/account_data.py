@@ -18,6 +18,7 @@ from homeserver.storage.projections import Projections
 
 # Types the server manages itself and clients may not set (spec: 405 M_BAD_JSON).
 _SERVER_MANAGED = {"m.fully_read", "m.push_rules"}
+MAX_TAG_BYTES = 255
 
 
 class AccountDataService:
@@ -52,6 +53,39 @@ class AccountDataService:
         if content is None:
             raise MatrixError(404, "M_NOT_FOUND", "Account data not found")
         return content
+
+    async def tags(self, requester: str, user_id: str, room_id: str) -> dict[str, Any]:
+        """The room's ``m.tag`` tags (Client-Server API "Room tagging")."""
+        if requester != user_id:
+            raise forbidden("Cannot get tags for other users.")
+        content = await self._store.get(user_id, room_id, "m.tag") or {}
+        tags = content.get("tags")
+        return dict(tags) if isinstance(tags, dict) else {}
+
+    async def set_tag(
+        self,
+        requester: str,
+        user_id: str,
+        room_id: str,
+        tag: str,
+        content: dict[str, Any] | None,
+    ) -> None:
+        """Add or (``content`` None) remove one tag; the ``m.tag`` account
+        data changes with it, and /sync reports it."""
+        if requester != user_id:
+            raise forbidden("Cannot set tags for other users.")
+        if not tag or len(tag.encode()) > MAX_TAG_BYTES:
+            raise MatrixError(400, "M_INVALID_PARAM", f"A tag is 1 to {MAX_TAG_BYTES} bytes")
+        if content is not None:
+            order = content.get("order")
+            if order is not None and (
+                isinstance(order, bool)
+                or not isinstance(order, (int, float))
+                or not 0 <= order <= 1
+            ):
+                raise MatrixError(400, "M_INVALID_PARAM", "order must be a number from 0 to 1")
+        pos = await self._store.set_tag(user_id, room_id, tag, content)
+        self._notifier.local_notify(pos, None, [user_id])
 
     async def add_direct(self, user_id: str, partner: str, room_id: str) -> None:
         content = await self._store.get(user_id, "", "m.direct") or {}

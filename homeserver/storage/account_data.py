@@ -8,6 +8,25 @@ from typing import Any
 from homeserver.storage.database import Database
 from homeserver.storage.events import EventStore
 
+_TAGS = (
+    "CASE WHEN jsonb_typeof(account_data.content->'tags') = 'object' "
+    "THEN account_data.content->'tags' ELSE '{}'::jsonb END"
+)
+_ADD_TAG_SQL = (
+    "INSERT INTO account_data (user_id, room_id, type, content, stream_ordering) "
+    "VALUES ($1, $2, 'm.tag', jsonb_build_object('tags', jsonb_build_object($3::text, $4::jsonb)),"
+    " $5) ON CONFLICT (user_id, room_id, type) DO UPDATE SET content = jsonb_set("
+    f"account_data.content, '{{tags}}', {_TAGS} || jsonb_build_object($3::text, $4::jsonb)), "
+    "stream_ordering = EXCLUDED.stream_ordering"
+)
+_REMOVE_TAG_SQL = (
+    "INSERT INTO account_data (user_id, room_id, type, content, stream_ordering) "
+    "VALUES ($1, $2, 'm.tag', jsonb_build_object('tags', '{}'::jsonb), $4) "
+    "ON CONFLICT (user_id, room_id, type) DO UPDATE SET content = jsonb_set("
+    f"account_data.content, '{{tags}}', {_TAGS} - $3::text), "
+    "stream_ordering = EXCLUDED.stream_ordering"
+)
+
 
 class AccountDataStore:
     def __init__(self, db: Database, events: EventStore) -> None:
@@ -15,20 +34,34 @@ class AccountDataStore:
         self._events = events
 
     async def put(self, user_id: str, room_id: str, type: str, content: dict[str, Any]) -> int:
+        return await self._write(
+            user_id,
+            "INSERT INTO account_data (user_id, room_id, type, content, stream_ordering) "
+            "VALUES ($1,$2,$3,$4,$5) ON CONFLICT (user_id, room_id, type) DO UPDATE "
+            "SET content = EXCLUDED.content, stream_ordering = EXCLUDED.stream_ordering",
+            user_id,
+            room_id,
+            type,
+            content,
+        )
+
+    async def set_tag(
+        self, user_id: str, room_id: str, tag: str, content: dict[str, Any] | None
+    ) -> int:
+        """Add (``content``) or remove (None) one tag of ``m.tag`` in one
+        statement, so that concurrent tag changes do not lose each other."""
+        if content is not None:
+            return await self._write(user_id, _ADD_TAG_SQL, user_id, room_id, tag, content)
+        return await self._write(user_id, _REMOVE_TAG_SQL, user_id, room_id, tag)
+
+    async def _write(self, user_id: str, sql: str, *args: Any) -> int:
+        """Run ``sql`` (the new stream position is its last parameter) at a
+        new position, released and announced with it."""
         async with self._db.pool.acquire() as conn:
             (pos,) = await self._events.reserve_positions(conn, 1)
             try:
                 async with conn.transaction():
-                    await conn.execute(
-                        "INSERT INTO account_data (user_id, room_id, type, content, stream_ordering) "
-                        "VALUES ($1,$2,$3,$4,$5) ON CONFLICT (user_id, room_id, type) DO UPDATE "
-                        "SET content = EXCLUDED.content, stream_ordering = EXCLUDED.stream_ordering",
-                        user_id,
-                        room_id,
-                        type,
-                        content,
-                        pos,
-                    )
+                    await conn.execute(sql, *args, pos)
                     await self._events.release_positions(conn, pos)
                     await conn.execute("SELECT pg_notify('hs_stream', $1)", f"{pos} - {user_id}")
             except BaseException:

@@ -57,3 +57,35 @@ async def get_room(request: web.Request) -> web.Response:
             requester.user_id, user_id, room_id, request.match_info["type"]
         )
     )
+
+
+@routes.get(P + "/user/{user_id}/rooms/{room_id}/tags")
+async def get_tags(request: web.Request) -> web.Response:
+    requester = await require_user(request)
+    user_id = v.user_id(request.match_info["user_id"])
+    room_id = v.room_id(request.match_info["room_id"])
+    tags = await request.app[ACCOUNT_DATA].tags(requester.user_id, user_id, room_id)
+    return json_response({"tags": tags})
+
+
+@routes.put(P + "/user/{user_id}/rooms/{room_id}/tags/{tag}")
+async def put_tag(request: web.Request) -> web.Response:
+    requester = await require_user(request)
+    user_id = v.user_id(request.match_info["user_id"])
+    room_id = v.room_id(request.match_info["room_id"])
+    content = await v.read_json(request, allow_empty=True)
+    await request.app[ACCOUNT_DATA].set_tag(
+        requester.user_id, user_id, room_id, request.match_info["tag"], content
+    )
+    return json_response({})
+
+
+@routes.delete(P + "/user/{user_id}/rooms/{room_id}/tags/{tag}")
+async def delete_tag(request: web.Request) -> web.Response:
+    requester = await require_user(request)
+    user_id = v.user_id(request.match_info["user_id"])
+    room_id = v.room_id(request.match_info["room_id"])
+    await request.app[ACCOUNT_DATA].set_tag(
+        requester.user_id, user_id, room_id, request.match_info["tag"], None
+    )
+    return json_response({})
