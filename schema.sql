@@ -470,3 +470,14 @@ CREATE TABLE IF NOT EXISTS adopted_heads (
     event_id  text PRIMARY KEY,
     room_id   text NOT NULL
 );
+
+-- ------------------------------------------------------------------- search
+-- Full-text search over the log itself (storage/search.py): the spec's keys
+-- content.body / content.name / content.topic. Keep the expression and the
+-- predicate identical to storage/search.py's DOCUMENT and _SEARCHABLE.
+CREATE INDEX IF NOT EXISTS events_fulltext ON events USING gin ((
+    to_tsvector('english'::regconfig, COALESCE((json::jsonb)->'content'->>'body', '')
+    || ' ' || COALESCE((json::jsonb)->'content'->>'name', '') || ' '
+    || COALESCE((json::jsonb)->'content'->>'topic', ''))
+)) WHERE type IN ('m.room.message', 'm.room.name', 'm.room.topic') AND NOT outlier
+    AND NOT soft_failed AND rejected_reason IS NULL;

@@ -25,6 +25,7 @@ from homeserver.api.client import devices as devices_api
 from homeserver.api.client import directory as directory_api
 from homeserver.api.client import membership as membership_api
 from homeserver.api.client import profile as profile_api
+from homeserver.api.client import search as search_api
 from homeserver.api.client import sync as sync_api
 from homeserver.api.cors import cors_middleware
 from homeserver.api.errors import error_middleware
@@ -56,6 +57,7 @@ from homeserver.services.room_creation import RoomCreationService
 from homeserver.services.room_head import HeadPlanner, StateResetAlarm, StateResolver
 from homeserver.services.room_lifecycle import RoomLifecycleService
 from homeserver.services.room_state import RoomState
+from homeserver.services.search import SearchService
 from homeserver.services.serialize import EventSerializer
 from homeserver.services.server_keys import (
     ServerKeys,
@@ -76,6 +78,7 @@ from homeserver.storage.federation import FED_CHANNEL
 from homeserver.storage.lifecycle import LifecycleStore
 from homeserver.storage.projections import Projections
 from homeserver.storage.rooms import RoomStore
+from homeserver.storage.search import SearchStore
 from homeserver.storage.sync_snapshot import SyncSnapshots
 
 log = logging.getLogger(__name__)
@@ -170,6 +173,14 @@ def create_app(
     app[appkeys.LIFECYCLE] = lifecycle
     app[appkeys.DMS] = dms
     app[appkeys.DEVICES] = DeviceService(accounts, DeviceStore(db), projections, membership)
+    app[appkeys.SEARCH] = SearchService(
+        SearchStore(db),
+        event_store,
+        projections,
+        Visibility(event_store, projections),
+        serializer,
+        profiles,
+    )
     app[appkeys.SYNC] = sync
     app[appkeys.EPHEMERAL] = ephemeral
     app[appkeys.FILTERS] = ephemeral_store
@@ -227,6 +238,7 @@ def create_app(
         profile_api,
         account_data_api,
         devices_api,
+        search_api,
         homeserver_ext,
         admin_rooms,
         admin_register,

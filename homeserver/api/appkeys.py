@@ -20,6 +20,7 @@ from homeserver.services.profile import ProfileService
 from homeserver.services.room_admin import RoomAdminService
 from homeserver.services.room_creation import RoomCreationService
 from homeserver.services.room_lifecycle import RoomLifecycleService
+from homeserver.services.search import SearchService
 from homeserver.services.server_keys import ServerKeys
 from homeserver.services.sync import SyncService
 from homeserver.services.timeline import TimelineService
@@ -42,3 +43,4 @@ FILTERS = web.AppKey("filters", EphemeralStore)
 LIFECYCLE = web.AppKey("lifecycle", RoomLifecycleService)
 DMS = web.AppKey("dms", DirectMessageService)
 DEVICES = web.AppKey("devices", DeviceService)
+SEARCH = web.AppKey("search", SearchService)
