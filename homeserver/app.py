@@ -27,6 +27,7 @@ from homeserver.api.client import membership as membership_api
 from homeserver.api.client import profile as profile_api
 from homeserver.api.client import search as search_api
 from homeserver.api.client import sync as sync_api
+from homeserver.api.client import user_directory as user_directory_api
 from homeserver.api.cors import cors_middleware
 from homeserver.api.errors import error_middleware
 from homeserver.api.federation import backfill as fed_backfill
@@ -67,6 +68,7 @@ from homeserver.services.server_keys import (
 )
 from homeserver.services.sync import SyncService
 from homeserver.services.timeline import TimelineService, Visibility
+from homeserver.services.user_directory import UserDirectoryService
 from homeserver.storage.account_data import AccountDataStore
 from homeserver.storage.accounts import AccountStore
 from homeserver.storage.database import Database
@@ -80,6 +82,7 @@ from homeserver.storage.projections import Projections
 from homeserver.storage.rooms import RoomStore
 from homeserver.storage.search import SearchStore
 from homeserver.storage.sync_snapshot import SyncSnapshots
+from homeserver.storage.user_directory import UserDirectoryStore
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +176,7 @@ def create_app(
     app[appkeys.LIFECYCLE] = lifecycle
     app[appkeys.DMS] = dms
     app[appkeys.DEVICES] = DeviceService(accounts, DeviceStore(db), projections, membership)
+    app[appkeys.USER_DIRECTORY] = UserDirectoryService(UserDirectoryStore(db))
     app[appkeys.SEARCH] = SearchService(
         SearchStore(db),
         event_store,
@@ -239,6 +243,7 @@ def create_app(
         account_data_api,
         devices_api,
         search_api,
+        user_directory_api,
         homeserver_ext,
         admin_rooms,
         admin_register,

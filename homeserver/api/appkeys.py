@@ -24,6 +24,7 @@ from homeserver.services.search import SearchService
 from homeserver.services.server_keys import ServerKeys
 from homeserver.services.sync import SyncService
 from homeserver.services.timeline import TimelineService
+from homeserver.services.user_directory import UserDirectoryService
 from homeserver.storage.ephemeral import EphemeralStore
 
 CONFIG = web.AppKey("config", Config)
@@ -44,3 +45,4 @@ LIFECYCLE = web.AppKey("lifecycle", RoomLifecycleService)
 DMS = web.AppKey("dms", DirectMessageService)
 DEVICES = web.AppKey("devices", DeviceService)
 SEARCH = web.AppKey("search", SearchService)
+USER_DIRECTORY = web.AppKey("user_directory", UserDirectoryService)
