@@ -481,3 +481,17 @@ CREATE INDEX IF NOT EXISTS events_fulltext ON events USING gin ((
     || COALESCE((json::jsonb)->'content'->>'topic', ''))
 )) WHERE type IN ('m.room.message', 'm.room.name', 'm.room.topic') AND NOT outlier
     AND NOT soft_failed AND rejected_reason IS NULL;
+
+-- ------------------------------------------------------------------ reports
+-- Rooms and events reported by users (POST /rooms/{id}/report[/{eventId}]),
+-- listed in the operator API.
+CREATE TABLE IF NOT EXISTS reports (
+    id        bigserial PRIMARY KEY,
+    ts        bigint NOT NULL,
+    room_id   text NOT NULL,
+    event_id  text,
+    reporter  text NOT NULL,
+    reason    text,
+    score     integer
+);
+CREATE INDEX IF NOT EXISTS events_room_ts ON events (room_id, origin_server_ts);

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from homeserver.api import appkeys, static
 from homeserver.api.admin import register as admin_register
+from homeserver.api.admin import reports as admin_reports
 from homeserver.api.admin import rooms as admin_rooms
 from homeserver.api.client import account, homeserver_ext, rooms, versions
 from homeserver.api.client import account_data as account_data_api
@@ -25,8 +26,10 @@ from homeserver.api.client import devices as devices_api
 from homeserver.api.client import directory as directory_api
 from homeserver.api.client import membership as membership_api
 from homeserver.api.client import profile as profile_api
+from homeserver.api.client import reports as reports_api
 from homeserver.api.client import search as search_api
 from homeserver.api.client import sync as sync_api
+from homeserver.api.client import timestamps as timestamps_api
 from homeserver.api.client import user_directory as user_directory_api
 from homeserver.api.cors import cors_middleware
 from homeserver.api.errors import error_middleware
@@ -53,6 +56,7 @@ from homeserver.services.messages import MessageService
 from homeserver.services.notifier import Notifier
 from homeserver.services.persister import Persister
 from homeserver.services.profile import ProfileService
+from homeserver.services.reports import ReportService
 from homeserver.services.room_admin import RoomAdminService
 from homeserver.services.room_creation import RoomCreationService
 from homeserver.services.room_head import HeadPlanner, StateResetAlarm, StateResolver
@@ -68,6 +72,7 @@ from homeserver.services.server_keys import (
 )
 from homeserver.services.sync import SyncService
 from homeserver.services.timeline import TimelineService, Visibility
+from homeserver.services.timestamps import TimestampService
 from homeserver.services.user_directory import UserDirectoryService
 from homeserver.storage.account_data import AccountDataStore
 from homeserver.storage.accounts import AccountStore
@@ -79,6 +84,7 @@ from homeserver.storage.events import EventStore
 from homeserver.storage.federation import FED_CHANNEL
 from homeserver.storage.lifecycle import LifecycleStore
 from homeserver.storage.projections import Projections
+from homeserver.storage.reports import ReportStore
 from homeserver.storage.rooms import RoomStore
 from homeserver.storage.search import SearchStore
 from homeserver.storage.sync_snapshot import SyncSnapshots
@@ -176,6 +182,8 @@ def create_app(
     app[appkeys.LIFECYCLE] = lifecycle
     app[appkeys.DMS] = dms
     app[appkeys.DEVICES] = DeviceService(accounts, DeviceStore(db), projections, membership)
+    app[appkeys.TIMESTAMPS] = TimestampService(event_store, room_state)
+    app[appkeys.REPORTS] = ReportService(ReportStore(db), timeline, room_state)
     app[appkeys.USER_DIRECTORY] = UserDirectoryService(UserDirectoryStore(db))
     app[appkeys.SEARCH] = SearchService(
         SearchStore(db),
@@ -244,6 +252,9 @@ def create_app(
         devices_api,
         search_api,
         user_directory_api,
+        reports_api,
+        timestamps_api,
+        admin_reports,
         homeserver_ext,
         admin_rooms,
         admin_register,

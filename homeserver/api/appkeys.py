@@ -17,6 +17,7 @@ from homeserver.services.ephemeral import EphemeralService
 from homeserver.services.membership import MembershipService
 from homeserver.services.messages import MessageService
 from homeserver.services.profile import ProfileService
+from homeserver.services.reports import ReportService
 from homeserver.services.room_admin import RoomAdminService
 from homeserver.services.room_creation import RoomCreationService
 from homeserver.services.room_lifecycle import RoomLifecycleService
@@ -24,6 +25,7 @@ from homeserver.services.search import SearchService
 from homeserver.services.server_keys import ServerKeys
 from homeserver.services.sync import SyncService
 from homeserver.services.timeline import TimelineService
+from homeserver.services.timestamps import TimestampService
 from homeserver.services.user_directory import UserDirectoryService
 from homeserver.storage.ephemeral import EphemeralStore
 
@@ -46,3 +48,5 @@ DMS = web.AppKey("dms", DirectMessageService)
 DEVICES = web.AppKey("devices", DeviceService)
 SEARCH = web.AppKey("search", SearchService)
 USER_DIRECTORY = web.AppKey("user_directory", UserDirectoryService)
+REPORTS = web.AppKey("reports", ReportService)
+TIMESTAMPS = web.AppKey("timestamps", TimestampService)

@@ -730,6 +730,22 @@ class EventStore:
         )
         return [tuple(r) for r in rows]  # type: ignore[misc]
 
+    async def closest_by_timestamp(
+        self, room_id: str, ts: int, forward: bool
+    ) -> tuple[str, int] | None:
+        """The room's first event at or after ``ts`` (``forward``), or last
+        at or before it: (event id, origin_server_ts)."""
+        cmp, order = (">=", "ASC") if forward else ("<=", "DESC")
+        row = await self._db.fetchrow(
+            "SELECT event_id, origin_server_ts FROM events WHERE room_id = $1 "
+            f"AND origin_server_ts {cmp} $2 AND NOT outlier AND NOT soft_failed "
+            "AND rejected_reason IS NULL "
+            f"ORDER BY origin_server_ts {order}, stream_ordering {order} LIMIT 1",
+            room_id,
+            ts,
+        )
+        return (row[0], row[1]) if row else None
+
     async def forward_extremities(
         self, room_id: str, conn: asyncpg.Connection | None = None
     ) -> list[str]:

@@ -227,3 +227,27 @@ async def test_a_burst_of_120_arrives_in_order_in_batches_of_at_most_50(pair: Pa
     txns = transactions_logged(pair.b, pair.a.server_name, log_start)
     assert sum(p for _, p, _ in txns) >= 120
     assert max(p for _, p, _ in txns) <= 50
+
+
+async def test_timestamp_to_event_over_federation(pair: Pair) -> None:
+    """A server in the room may ask for the event closest to a time; one
+    that is not in it may not."""
+    import time
+
+    from tests.federation.fake import signed_request, signing_key_of
+
+    alice = await pair.client(pair.a).register(uniq("alice"))
+    bob = await pair.client(pair.b).register(uniq("bob"))
+    room = await alice.create_room(preset="public_chat")
+    before = int(time.time() * 1000)
+    eid = await alice.send(room, "then")
+    path = f"/_matrix/federation/v1/timestamp_to_event/{room}?ts={before}&dir=f"
+    key_b = signing_key_of(pair.b)
+    r = await signed_request("GET", pair.a, path, origin=pair.b.server_name, key=key_b)
+    assert r.status == 403, r
+    await bob.join(room, [pair.a.server_name])
+    r = await signed_request("GET", pair.a, path, origin=pair.b.server_name, key=key_b)
+    assert r.status == 200 and r.body["event_id"] == eid, r
+    bad = f"/_matrix/federation/v1/timestamp_to_event/{room}?ts=soon&dir=f"
+    r = await signed_request("GET", pair.a, bad, origin=pair.b.server_name, key=key_b)
+    assert r.status == 400 and r.body["errcode"] == "M_INVALID_PARAM"

@@ -1,13 +1,15 @@
 """Events and state for servers in the room: ``/event``, ``/state``,
-``/state_ids``, ``/event_auth``, ``/get_missing_events``."""
+``/state_ids``, ``/event_auth``, ``/get_missing_events``, ``/timestamp_to_event``."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
 from homeserver.api import validate as v
+from homeserver.api.appkeys import TIMESTAMPS
 from homeserver.api.errors import MatrixError, json_response
 from homeserver.api.federation.common import FEDERATION, authenticate, require_object
+from homeserver.services.timestamps import parse_query
 
 routes = web.RouteTableDef()
 V1 = "/_matrix/federation/v1"
@@ -64,3 +66,12 @@ async def get_missing_events(request: web.Request) -> web.Response:
     return json_response(
         await served.get_missing_events(origin, room_id, earliest, latest, limit, min_depth)
     )
+
+
+@routes.get(V1 + "/timestamp_to_event/{room_id}")
+async def timestamp_to_event(request: web.Request) -> web.Response:
+    origin, _ = await authenticate(request)
+    room_id = v.room_id(request.match_info["room_id"])
+    ts, forward = parse_query(request.query)
+    await request.app[FEDERATION].served.require_server_in_room(origin, room_id)
+    return json_response(await request.app[TIMESTAMPS].closest(room_id, ts, forward))
