@@ -24,6 +24,7 @@ from homeserver.api.client import account, homeserver_ext, rooms, versions
 from homeserver.api.client import account_data as account_data_api
 from homeserver.api.client import devices as devices_api
 from homeserver.api.client import directory as directory_api
+from homeserver.api.client import hierarchy as hierarchy_api
 from homeserver.api.client import membership as membership_api
 from homeserver.api.client import profile as profile_api
 from homeserver.api.client import reports as reports_api
@@ -51,6 +52,7 @@ from homeserver.services.directory import DirectoryService
 from homeserver.services.ephemeral import EphemeralService
 from homeserver.services.event_creator import EventCreator
 from homeserver.services.federation.service import build_federation
+from homeserver.services.hierarchy import HierarchyService
 from homeserver.services.membership import MembershipService
 from homeserver.services.messages import MessageService
 from homeserver.services.notifier import Notifier
@@ -182,6 +184,8 @@ def create_app(
     app[appkeys.LIFECYCLE] = lifecycle
     app[appkeys.DMS] = dms
     app[appkeys.DEVICES] = DeviceService(accounts, DeviceStore(db), projections, membership)
+    hierarchy = HierarchyService(projections, room_state, event_store)
+    app[appkeys.HIERARCHY] = hierarchy
     app[appkeys.TIMESTAMPS] = TimestampService(event_store, room_state)
     app[appkeys.REPORTS] = ReportService(ReportStore(db), timeline, room_state)
     app[appkeys.USER_DIRECTORY] = UserDirectoryService(UserDirectoryStore(db))
@@ -211,6 +215,7 @@ def create_app(
     directory.remote = federation.remote
     ephemeral.on_local_edu.append(federation.edus.local_change)
     timeline.backfill = federation.backfiller.backfill
+    hierarchy.remote = federation.remote.hierarchy
     app[FEDERATION] = federation
     notifier.subscribe(FED_CHANNEL, federation.sender.wake)
 
@@ -254,6 +259,7 @@ def create_app(
         user_directory_api,
         reports_api,
         timestamps_api,
+        hierarchy_api,
         admin_reports,
         homeserver_ext,
         admin_rooms,

@@ -14,6 +14,7 @@ from homeserver.services.devices import DeviceService
 from homeserver.services.direct_messages import DirectMessageService
 from homeserver.services.directory import DirectoryService
 from homeserver.services.ephemeral import EphemeralService
+from homeserver.services.hierarchy import HierarchyService
 from homeserver.services.membership import MembershipService
 from homeserver.services.messages import MessageService
 from homeserver.services.profile import ProfileService
@@ -50,3 +51,4 @@ SEARCH = web.AppKey("search", SearchService)
 USER_DIRECTORY = web.AppKey("user_directory", UserDirectoryService)
 REPORTS = web.AppKey("reports", ReportService)
 TIMESTAMPS = web.AppKey("timestamps", TimestampService)
+HIERARCHY = web.AppKey("hierarchy", HierarchyService)

@@ -6,6 +6,7 @@ the room's name, topic and member counts come from the room_stats projection.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from homeserver.core.auth import get_user_power_level
@@ -122,28 +123,26 @@ class DirectoryService:
         # (a larger limit gets the largest page, for GET and POST alike)
         page = min(limit, MAX_PUBLIC_ROOMS_PAGE) if limit and limit > 0 else 100
         rows, total = await self._rooms.public_rooms(search, offset, page)
-        chunk = []
-        for r in rows:
-            entry: dict[str, Any] = {
-                "room_id": r["room_id"],
-                "num_joined_members": r["joined_members"],
-                "world_readable": r["history_visibility"] == "world_readable",
-                "guest_can_join": r["guest_access"] == "can_join",
-                "join_rule": r["join_rule"] or "invite",
-            }
-            for key, col in (
-                ("name", "name"),
-                ("topic", "topic"),
-                ("canonical_alias", "canonical_alias"),
-                ("avatar_url", "avatar_url"),
-                ("room_type", "room_type"),
-            ):
-                if r[col] is not None:
-                    entry[key] = r[col]
-            chunk.append(entry)
+        chunk = [room_summary(r) for r in rows]
         out: dict[str, Any] = {"chunk": chunk, "total_room_count_estimate": total}
         if offset + len(chunk) < total:
             out["next_batch"] = f"o{offset + len(chunk)}"
         if offset > 0:
             out["prev_batch"] = f"o{max(0, offset - page)}"
         return out
+
+
+def room_summary(r: Mapping[str, Any]) -> dict[str, Any]:
+    """A room as the directory and the space hierarchy show it (the spec's
+    ``PublicRoomsChunk``), from its ``room_stats`` row."""
+    entry: dict[str, Any] = {
+        "room_id": r["room_id"],
+        "num_joined_members": r["joined_members"],
+        "world_readable": r["history_visibility"] == "world_readable",
+        "guest_can_join": r["guest_access"] == "can_join",
+        "join_rule": r["join_rule"] or "invite",
+    }
+    for key in ("name", "topic", "canonical_alias", "avatar_url", "room_type"):
+        if r[key] is not None:
+            entry[key] = r[key]
+    return entry

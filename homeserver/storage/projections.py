@@ -442,6 +442,16 @@ class Projections:
         )
         return [r["event_id"] for r in rows]
 
+    async def state_ids_of_type(self, room_id: str, type: str) -> dict[str, str]:
+        """state key → event id of the room's current state of one type
+        (a space's children, without loading every member)."""
+        rows = await self._db.fetch(
+            "SELECT state_key, event_id FROM current_state WHERE room_id = $1 AND type = $2",
+            room_id,
+            type,
+        )
+        return {r["state_key"]: r["event_id"] for r in rows}
+
     async def room_stats_many(self, room_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         rows = await self._db.fetch(
             "SELECT * FROM room_stats WHERE room_id = ANY($1::text[])", list(room_ids)

@@ -8,7 +8,7 @@ import uuid
 import aiohttp
 
 from tests.federation.conftest import Pair
-from tests.federation.harness import Client, eventually, state_map, transactions_logged
+from tests.federation.harness import Client, eventually, q, state_map, transactions_logged
 
 
 def uniq(name: str) -> str:
@@ -251,3 +251,20 @@ async def test_timestamp_to_event_over_federation(pair: Pair) -> None:
     bad = f"/_matrix/federation/v1/timestamp_to_event/{room}?ts=soon&dir=f"
     r = await signed_request("GET", pair.a, bad, origin=pair.b.server_name, key=key_b)
     assert r.status == 400 and r.body["errcode"] == "M_INVALID_PARAM"
+
+
+async def test_space_hierarchy_reaches_rooms_on_another_server(pair: Pair) -> None:
+    """A space on B lists a public room on A that B is not in: B asks A's
+    /hierarchy for it. A private room on A stays unlisted."""
+    alice = await pair.client(pair.a).register(uniq("alice"))
+    bob = await pair.client(pair.b).register(uniq("bob"))
+    public = await alice.create_room(preset="public_chat", name="Over there")
+    private = await alice.create_room(name="Not for you")
+    space = await bob.create_room(
+        preset="public_chat", name="Bob's space", creation_content={"type": "m.space"}
+    )
+    for child in (public, private):
+        await bob.put_state(space, "m.space.child", {"via": [pair.a.server_name]}, child)
+    r = await bob.call("GET", f"/_matrix/client/v1/rooms/{q(space)}/hierarchy")
+    assert [x.get("name") for x in r["rooms"]] == ["Bob's space", "Over there"]
+    assert r["rooms"][1]["room_id"] == public and r["rooms"][1]["join_rule"] == "public"

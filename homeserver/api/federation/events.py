@@ -1,12 +1,12 @@
 """Events and state for servers in the room: ``/event``, ``/state``,
-``/state_ids``, ``/event_auth``, ``/get_missing_events``, ``/timestamp_to_event``."""
+``/state_ids``, ``/event_auth``, ``/get_missing_events``, ``/timestamp_to_event``, ``/hierarchy``."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
 from homeserver.api import validate as v
-from homeserver.api.appkeys import TIMESTAMPS
+from homeserver.api.appkeys import HIERARCHY, TIMESTAMPS
 from homeserver.api.errors import MatrixError, json_response
 from homeserver.api.federation.common import FEDERATION, authenticate, require_object
 from homeserver.services.timestamps import parse_query
@@ -75,3 +75,14 @@ async def timestamp_to_event(request: web.Request) -> web.Response:
     ts, forward = parse_query(request.query)
     await request.app[FEDERATION].served.require_server_in_room(origin, room_id)
     return json_response(await request.app[TIMESTAMPS].closest(room_id, ts, forward))
+
+
+@routes.get(V1 + "/hierarchy/{room_id}")
+async def hierarchy(request: web.Request) -> web.Response:
+    origin, _ = await authenticate(request)
+    room_id = v.room_id(request.match_info["room_id"])
+    suggested = request.query.get("suggested_only", "false")
+    if suggested not in ("true", "false"):
+        raise MatrixError(400, "M_INVALID_PARAM", "suggested_only must be true or false")
+    answer = await request.app[HIERARCHY].for_server(origin, room_id, suggested == "true")
+    return json_response(answer)

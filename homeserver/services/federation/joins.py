@@ -506,6 +506,17 @@ class RemoteRooms:
             servers.append(server)
         return room_id, servers
 
+    async def hierarchy(
+        self, server: str, room_id: str, suggested_only: bool
+    ) -> Mapping[str, Any] | None:
+        """A remote space's part of a hierarchy (Server-Server ``/hierarchy``)."""
+        resp = await self._client.get_json(
+            server,
+            encode_path("/_matrix/federation/v1/hierarchy/{}", room_id),
+            {"suggested_only": "true" if suggested_only else "false"},
+        )
+        return resp if isinstance(resp, dict) else None
+
     # ------------------------------------------------------------ helpers
     def checked(self, ev: Event) -> Checked:
         return Checked(ev, None)
