@@ -225,7 +225,7 @@ async def test_one_statement_append_refused_beside_another_branch(
         wc = await w.store.writer_context(conn, room, 1, [])
         ctx = await w.creator._load_context(room, conn, wc.extremities)
         assert ctx is not None
-        entries, events = await w.creator._build_request(
+        entries, _ = await w.creator._build_request(
             ctx, room, [Draft("m.room.message", ALICE, {"body": "stale"})]
         )
         other = await fork(w, keys, room, base, BOB, "m.room.message", {"body": "b"})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.helpers import CS, MatrixClient, User
+from tests.helpers import MatrixClient, User
 
 V1 = "/_matrix/client/v1"
 
