@@ -495,3 +495,16 @@ CREATE TABLE IF NOT EXISTS reports (
     score     integer
 );
 CREATE INDEX IF NOT EXISTS events_room_ts ON events (room_id, origin_server_ts);
+
+-- ----------------------------------------------------------------- presence
+-- The latest presence of each user (local: set by clients; remote: from
+-- m.presence EDUs). A change takes a stream position, for /sync.
+CREATE TABLE IF NOT EXISTS presence (
+    user_id           text PRIMARY KEY,
+    state             text NOT NULL,
+    status_msg        text,
+    last_active_ts    bigint NOT NULL,
+    currently_active  boolean NOT NULL DEFAULT false,
+    stream_ordering   bigint NOT NULL
+);
+CREATE INDEX IF NOT EXISTS presence_stream ON presence (stream_ordering);

@@ -26,6 +26,7 @@ from homeserver.api.client import devices as devices_api
 from homeserver.api.client import directory as directory_api
 from homeserver.api.client import hierarchy as hierarchy_api
 from homeserver.api.client import membership as membership_api
+from homeserver.api.client import presence as presence_api
 from homeserver.api.client import profile as profile_api
 from homeserver.api.client import reports as reports_api
 from homeserver.api.client import search as search_api
@@ -57,6 +58,7 @@ from homeserver.services.membership import MembershipService
 from homeserver.services.messages import MessageService
 from homeserver.services.notifier import Notifier
 from homeserver.services.persister import Persister
+from homeserver.services.presence import PresenceService
 from homeserver.services.profile import ProfileService
 from homeserver.services.reports import ReportService
 from homeserver.services.room_admin import RoomAdminService
@@ -85,6 +87,7 @@ from homeserver.storage.ephemeral import EphemeralStore
 from homeserver.storage.events import EventStore
 from homeserver.storage.federation import FED_CHANNEL
 from homeserver.storage.lifecycle import LifecycleStore
+from homeserver.storage.presence import PresenceStore
 from homeserver.storage.projections import Projections
 from homeserver.storage.reports import ReportStore
 from homeserver.storage.rooms import RoomStore
@@ -184,6 +187,10 @@ def create_app(
     app[appkeys.LIFECYCLE] = lifecycle
     app[appkeys.DMS] = dms
     app[appkeys.DEVICES] = DeviceService(accounts, DeviceStore(db), projections, membership)
+    presence = PresenceService(PresenceStore(db, event_store), notifier, name)
+    presence.exists = accounts.exists
+    sync.presence = presence.events_since
+    app[appkeys.PRESENCE] = presence
     hierarchy = HierarchyService(projections, room_state, event_store)
     app[appkeys.HIERARCHY] = hierarchy
     app[appkeys.TIMESTAMPS] = TimestampService(event_store, room_state)
@@ -216,6 +223,8 @@ def create_app(
     ephemeral.on_local_edu.append(federation.edus.local_change)
     timeline.backfill = federation.backfiller.backfill
     hierarchy.remote = federation.remote.hierarchy
+    presence.send_edu = federation.sender.send_edu
+    federation.edus.on_presence = presence.receive_edu
     app[FEDERATION] = federation
     notifier.subscribe(FED_CHANNEL, federation.sender.wake)
 
@@ -260,6 +269,7 @@ def create_app(
         reports_api,
         timestamps_api,
         hierarchy_api,
+        presence_api,
         admin_reports,
         homeserver_ext,
         admin_rooms,

@@ -17,6 +17,7 @@ from homeserver.services.ephemeral import EphemeralService
 from homeserver.services.hierarchy import HierarchyService
 from homeserver.services.membership import MembershipService
 from homeserver.services.messages import MessageService
+from homeserver.services.presence import PresenceService
 from homeserver.services.profile import ProfileService
 from homeserver.services.reports import ReportService
 from homeserver.services.room_admin import RoomAdminService
@@ -52,3 +53,4 @@ USER_DIRECTORY = web.AppKey("user_directory", UserDirectoryService)
 REPORTS = web.AppKey("reports", ReportService)
 TIMESTAMPS = web.AppKey("timestamps", TimestampService)
 HIERARCHY = web.AppKey("hierarchy", HierarchyService)
+PRESENCE = web.AppKey("presence", PresenceService)

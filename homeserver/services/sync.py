@@ -11,7 +11,7 @@ writes from this process and, through LISTEN/NOTIFY, from any other.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,6 +103,10 @@ class SyncService:
         self._ser = serializer
         self._vis = visibility
         self._notifier = notifier
+        # (viewer, after, upto) → m.presence events (set by app.py). Asked on
+        # every answer read from the database; an answer from memory holds
+        # only message appends, so no presence change can be in its window.
+        self.presence: Callable[[str, int, int], Awaitable[list[dict[str, Any]]]] | None = None
 
     async def sync(
         self,
@@ -114,7 +118,9 @@ class SyncService:
         flt: SyncFilter,
     ) -> dict[str, Any]:
         mark = self._notifier.position
-        result, joined, upto = await self._compute(user_id, device_id, since, full_state, flt)
+        result, joined, upto = await self._compute_with_presence(
+            user_id, device_id, since, full_state, flt
+        )
         if since is None or full_state or timeout_ms <= 0 or _has_content(result):
             return result
         deadline = time.monotonic() + min(timeout_ms, 300_000) / 1000
@@ -145,9 +151,24 @@ class SyncService:
             if quick is not None:
                 result, upto = quick
             else:
-                result, joined, upto = await self._compute(user_id, device_id, since, False, flt)
+                result, joined, upto = await self._compute_with_presence(
+                    user_id, device_id, since, False, flt
+                )
             if _has_content(result) or not woken:
                 return result
+
+    async def _compute_with_presence(
+        self,
+        user_id: str,
+        device_id: str,
+        since: int | None,
+        full_state: bool,
+        flt: SyncFilter,
+    ) -> tuple[dict[str, Any], list[str], int]:
+        result, joined, upto = await self._compute(user_id, device_id, since, full_state, flt)
+        if self.presence is not None:
+            result["presence"]["events"] = await self.presence(user_id, since or 0, upto)
+        return result, joined, upto
 
     async def _compute(
         self,
@@ -692,4 +713,5 @@ def _has_content(result: Mapping[str, Any]) -> bool:
         or rooms["leave"]
         or rooms["knock"]
         or result["account_data"]["events"]
+        or result["presence"]["events"]
     )

@@ -268,3 +268,19 @@ async def test_space_hierarchy_reaches_rooms_on_another_server(pair: Pair) -> No
     r = await bob.call("GET", f"/_matrix/client/v1/rooms/{q(space)}/hierarchy")
     assert [x.get("name") for x in r["rooms"]] == ["Bob's space", "Over there"]
     assert r["rooms"][1]["room_id"] == public and r["rooms"][1]["join_rule"] == "public"
+
+
+async def test_presence_crosses_servers(pair: Pair) -> None:
+    """A presence change reaches the other server's members of shared rooms
+    as an m.presence EDU."""
+    alice = await pair.client(pair.a).register(uniq("alice"))
+    bob = await pair.client(pair.b).register(uniq("bob"))
+    room = await alice.create_room(preset="public_chat")
+    await bob.join(room, [pair.a.server_name])
+    await eventually(lambda: alice.joined_members(room), lambda m: bob.user_id in m)
+    status = f"/_matrix/client/v3/presence/{q(alice.user_id)}/status"
+    await alice.call("PUT", status, {"presence": "unavailable", "status_msg": "in a meeting"})
+    got = await eventually(
+        lambda: bob.call("GET", status), lambda r: r.get("status_msg") == "in a meeting"
+    )
+    assert got["presence"] == "unavailable"

@@ -7,7 +7,7 @@ import json
 from aiohttp import web
 
 from homeserver.api import validate as v
-from homeserver.api.appkeys import EPHEMERAL, FILTERS, SYNC
+from homeserver.api.appkeys import EPHEMERAL, FILTERS, PRESENCE, SYNC
 from homeserver.api.auth import require_user
 from homeserver.api.errors import MatrixError, json_response
 from homeserver.services.sync import SyncFilter
@@ -24,8 +24,10 @@ async def sync(request: web.Request) -> web.Response:
     since = parse_token(q["since"]) if q.get("since") else None
     timeout = v.query_int(request, "timeout", 0, lo=0, hi=600_000)
     full_state = v.query_bool(request, "full_state")
-    if q.get("set_presence", "online") not in ("online", "offline", "unavailable"):
+    set_presence = q.get("set_presence", "online")
+    if set_presence not in ("online", "offline", "unavailable"):
         raise MatrixError(400, "M_INVALID_PARAM", "Invalid set_presence")
+    await request.app[PRESENCE].from_sync(requester.user_id, set_presence)
     flt = SyncFilter()
     raw = q.get("filter")
     if raw:

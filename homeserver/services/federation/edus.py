@@ -1,4 +1,4 @@
-"""EDUs: typing notifications and read receipts, in and out.
+"""EDUs: typing notifications, read receipts and presence, in and out.
 
 Inbound, an EDU about a user is accepted only from that user's server and
 only for a room the user is joined to (Server-Server API, "Typing
@@ -9,7 +9,7 @@ receipts go to every other server with a joined member in the room.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from homeserver.services.clock import now_ms
@@ -42,6 +42,8 @@ class Edus:
         self._fstore = fstore
         self._sender = sender
         self._name = server_name
+        # m.presence EDUs go to the presence service (set by app.py).
+        self.on_presence: Callable[[str, Mapping[str, Any]], Awaitable[None]] | None = None
 
     async def _joined(self, room_id: str, user_id: str) -> bool:
         m = await self._proj.membership(room_id, user_id)
@@ -59,6 +61,8 @@ class Edus:
                 await self._typing(origin, content)
             elif kind == "m.receipt":
                 await self._receipts(origin, content)
+            elif kind == "m.presence" and self.on_presence is not None:
+                await self.on_presence(origin, content)
         except Exception:
             log.exception("EDU %s from %s failed", kind, origin)
 
