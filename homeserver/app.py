@@ -31,6 +31,7 @@ from homeserver.api.client import profile as profile_api
 from homeserver.api.client import reports as reports_api
 from homeserver.api.client import search as search_api
 from homeserver.api.client import sync as sync_api
+from homeserver.api.client import thirdparty as thirdparty_api
 from homeserver.api.client import timestamps as timestamps_api
 from homeserver.api.client import user_directory as user_directory_api
 from homeserver.api.cors import cors_middleware
@@ -270,6 +271,7 @@ def create_app(
         timestamps_api,
         hierarchy_api,
         presence_api,
+        thirdparty_api,
         admin_reports,
         homeserver_ext,
         admin_rooms,

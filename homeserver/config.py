@@ -58,6 +58,16 @@ class RoomsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class VoipConfig:
+    """TURN servers handed to clients (``/voip/turnServer``): credentials are
+    minted from ``turn_shared_secret`` (coturn's ``use-auth-secret``)."""
+
+    turn_uris: tuple[str, ...] = ()
+    turn_shared_secret: str | None = None
+    turn_user_lifetime_ms: int = 86_400_000
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server_name: ServerName
     data_dir: Path
@@ -68,6 +78,7 @@ class Config:
     registration: RegistrationConfig
     admins: tuple[UserID, ...]
     rooms: RoomsConfig = RoomsConfig()
+    voip: VoipConfig = VoipConfig()
 
     @property
     def signing_key_path(self) -> Path:
@@ -106,6 +117,9 @@ _KEYS: dict[str, tuple[type, Any]] = {
     "registration.shared_secret": (type(None), None),
     "admins": (list, []),
     "rooms.transient_purge_after_ms": (int, 300_000),
+    "voip.turn_uris": (list, []),
+    "voip.turn_shared_secret": (type(None), None),
+    "voip.turn_user_lifetime_ms": (int, 86_400_000),
 }
 
 
@@ -244,6 +258,21 @@ def load_config(
         ),
         admins=tuple(admins),
         rooms=RoomsConfig(transient_purge_after_ms=values["rooms.transient_purge_after_ms"]),
+        voip=_voip(values),
+    )
+
+
+def _voip(values: Mapping[str, Any]) -> VoipConfig:
+    uris = tuple(str(u) for u in values["voip.turn_uris"])
+    for u in uris:
+        if not u.startswith(("turn:", "turns:", "stun:")):
+            raise ConfigError(f"voip.turn_uris: {u!r} is not a turn:, turns: or stun: URI")
+    if values["voip.turn_user_lifetime_ms"] <= 0:
+        raise ConfigError("voip.turn_user_lifetime_ms: must be positive")
+    return VoipConfig(
+        turn_uris=uris,
+        turn_shared_secret=values["voip.turn_shared_secret"],
+        turn_user_lifetime_ms=values["voip.turn_user_lifetime_ms"],
     )
 
 

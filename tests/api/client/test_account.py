@@ -163,3 +163,8 @@ async def test_server_key_is_signed(client: MatrixClient) -> None:
     ((key_id, key),) = r["verify_keys"].items()
     verify_key = signedjson.key.decode_verify_key_bytes(key_id, decode_base64(key["key"]))
     signedjson.sign.verify_signed_json(r, "hs.test", verify_key)
+
+
+async def test_no_turn_server_configured_is_an_empty_object(client: MatrixClient) -> None:
+    alice = await client.register("alice")
+    assert await alice.call("GET", f"{CS}/voip/turnServer") == {}
