@@ -28,6 +28,7 @@ from homeserver.api.client import hierarchy as hierarchy_api
 from homeserver.api.client import membership as membership_api
 from homeserver.api.client import presence as presence_api
 from homeserver.api.client import profile as profile_api
+from homeserver.api.client import refused as refused_api
 from homeserver.api.client import reports as reports_api
 from homeserver.api.client import search as search_api
 from homeserver.api.client import sync as sync_api
@@ -272,6 +273,7 @@ def create_app(
         hierarchy_api,
         presence_api,
         thirdparty_api,
+        refused_api,
         admin_reports,
         homeserver_ext,
         admin_rooms,

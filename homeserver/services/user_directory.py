@@ -29,3 +29,6 @@ class UserDirectoryService:
         limit = min(limit, MAX_LIMIT)
         found = await self._store.search(searcher, words, limit)
         return found[:limit], len(found) > limit
+
+    async def mutual_rooms(self, a: str, b: str) -> list[str]:
+        return await self._store.mutual_rooms(a, b)

@@ -58,3 +58,14 @@ class UserDirectoryStore:
             limit + 1,
         )
         return [DirectoryUser(r[0], r[1], r[2]) for r in rows]
+
+    async def mutual_rooms(self, a: str, b: str) -> list[str]:
+        """Rooms both users are joined to."""
+        rows = await self._db.fetch(
+            "SELECT x.room_id FROM room_members x JOIN room_members y USING (room_id) "
+            "WHERE x.user_id = $1 AND x.membership = 'join' AND y.user_id = $2 "
+            "AND y.membership = 'join' ORDER BY x.room_id",
+            a,
+            b,
+        )
+        return [r[0] for r in rows]

@@ -9,7 +9,7 @@ from aiohttp import web
 from homeserver.api import validate as v
 from homeserver.api.appkeys import USER_DIRECTORY
 from homeserver.api.auth import require_user
-from homeserver.api.errors import json_response
+from homeserver.api.errors import MatrixError, json_response
 
 routes = web.RouteTableDef()
 
@@ -33,3 +33,17 @@ async def search_users(request: web.Request) -> web.Response:
             one["avatar_url"] = u.avatar_url
         results.append(one)
     return json_response({"results": results, "limited": limited})
+
+
+@routes.get("/_matrix/client/v1/mutual_rooms")
+async def mutual_rooms(request: web.Request) -> web.Response:
+    """The rooms the requester and ``user_id`` are both joined to."""
+    me = await require_user(request)
+    raw = request.query.get("user_id")
+    if raw is None:
+        raise MatrixError(400, "M_MISSING_PARAM", "user_id is required")
+    other = v.user_id(raw)
+    if other == me.user_id:
+        raise MatrixError(422, "M_UNKNOWN", "You are in every room you are in")
+    rooms = await request.app[USER_DIRECTORY].mutual_rooms(me.user_id, other)
+    return json_response({"joined": rooms})

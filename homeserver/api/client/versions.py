@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from homeserver.api.appkeys import CONFIG
-from homeserver.api.errors import json_response
+from homeserver.api.errors import MatrixError, json_response
 
 routes = web.RouteTableDef()
 
@@ -23,6 +23,18 @@ async def well_known_client(request: web.Request) -> web.Response:
     base = f"{request.scheme}://{request.host}"
     return json_response(
         {"m.homeserver": {"base_url": base}, "io.homeserver": {"server_name": cfg.server_name}}
+    )
+
+
+@routes.get("/.well-known/matrix/support")
+async def well_known_support(request: web.Request) -> web.Response:
+    """The operators to contact: the configured admins (404 without any,
+    as the spec allows)."""
+    admins = request.app[CONFIG].admins
+    if not admins:
+        raise MatrixError(404, "M_NOT_FOUND", "No support contacts are configured")
+    return json_response(
+        {"contacts": [{"matrix_id": str(a), "role": "m.role.admin"} for a in admins]}
     )
 
 
