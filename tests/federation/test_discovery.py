@@ -20,6 +20,7 @@ import signedjson.key
 from aiohttp import web
 
 from homeserver.config import load_config
+from homeserver.core.ip_ranges import DEFAULT_BLOCKLIST, LOOPBACK_ALLOWLIST, IPRangeFilter
 from homeserver.services.federation.client import (
     FederationClient,
     FederationError,
@@ -114,6 +115,10 @@ async def no_srv(name: str) -> list[SrvRecord]:
 KEY = signedjson.key.generate_signing_key("t")
 
 
+# The sites here are on loopback, which the default address filter blocks.
+LOOPBACK_OPEN = IPRangeFilter.from_strings(DEFAULT_BLOCKLIST, LOOPBACK_ALLOWLIST)
+
+
 def client(site: WellKnownSite, clock: Clock, srv: Any = no_srv, verify: bool = False) -> Any:
     return FederationClient(
         "us.test",
@@ -122,6 +127,7 @@ def client(site: WellKnownSite, clock: Clock, srv: Any = no_srv, verify: bool = 
         well_known_port=site.port,
         srv=srv,
         clock=clock,
+        ip_filter=LOOPBACK_OPEN,
     )
 
 
