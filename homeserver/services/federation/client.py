@@ -164,9 +164,11 @@ class DnsSrvLookup:
     has no SRV records, says the service is absent (target "."), or DNS
     cannot answer in time: discovery then falls back to port 8448."""
 
-    def __init__(self, timeout: float = SRV_TIMEOUT_S) -> None:
+    def __init__(
+        self, timeout: float = SRV_TIMEOUT_S, resolver: dns.asyncresolver.Resolver | None = None
+    ) -> None:
         self._timeout = timeout
-        self._resolver: dns.asyncresolver.Resolver | None = None
+        self._resolver = resolver
 
     def _get_resolver(self) -> dns.asyncresolver.Resolver:
         if self._resolver is None:
@@ -176,8 +178,9 @@ class DnsSrvLookup:
                 log.warning("no nameservers configured (resolv.conf): asking 127.0.0.1")
                 r = dns.asyncresolver.Resolver(configure=False)
                 r.nameservers = ["127.0.0.1"]
-            r.cache = dns.resolver.Cache()
             self._resolver = r
+        if self._resolver.cache is None:
+            self._resolver.cache = dns.resolver.Cache()
         return self._resolver
 
     async def __call__(self, name: str) -> list[SrvRecord]:
