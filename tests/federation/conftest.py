@@ -85,7 +85,7 @@ def synapse() -> Iterator[SynapseServer]:
     """A fresh Synapse on a free loopback port (skips the test when it cannot start)."""
     # A state folder of its own per run (Synapse keeps our old keys, rooms and
     # backoff otherwise); the venv with Synapse itself is shared in .peers.
-    name = f"fedtest-{os.getpid()}"
+    name = f"{os.environ.get('HOMESERVER_TEST_SYNAPSE_PREFIX', 'fedtest')}-{os.getpid()}"
     peer = SynapseServer(name, free_port(), free_port(), REPO / ".peers")
     try:
         peer.start()
