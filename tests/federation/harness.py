@@ -22,9 +22,13 @@ from urllib.parse import quote
 
 import aiohttp
 
+from homeserver.core.ip_ranges import DEFAULT_BLOCKLIST, LOOPBACK_ALLOWLIST, IPRangeFilter
+
 CS = "/_matrix/client/v3"
-# federation.ip_range_allowlist for servers that federate over loopback.
-LOOPBACK = "127.0.0.0/8,::1/128"
+# federation.ip_range_allowlist for servers that federate over loopback, and
+# the filter of in-process clients that do.
+LOOPBACK = ",".join(LOOPBACK_ALLOWLIST)
+LOOPBACK_OPEN = IPRangeFilter.from_strings(DEFAULT_BLOCKLIST, LOOPBACK_ALLOWLIST)
 REPO = Path(__file__).resolve().parents[2]
 SYNAPSE_SH = REPO.parent / "shared" / "peers" / "synapse.sh"
 

@@ -20,7 +20,6 @@ import signedjson.key
 from aiohttp import web
 
 from homeserver.config import load_config
-from homeserver.core.ip_ranges import DEFAULT_BLOCKLIST, LOOPBACK_ALLOWLIST, IPRangeFilter
 from homeserver.services.federation.client import (
     FederationClient,
     FederationError,
@@ -30,6 +29,7 @@ from homeserver.services.federation.client import (
 )
 from homeserver.services.server_keys import ensure_tls_certificate
 from tests.federation.conftest import free_port
+from tests.federation.harness import LOOPBACK_OPEN
 
 H = 3600.0
 
@@ -113,10 +113,6 @@ async def no_srv(name: str) -> list[SrvRecord]:
 
 
 KEY = signedjson.key.generate_signing_key("t")
-
-
-# The sites here are on loopback, which the default address filter blocks.
-LOOPBACK_OPEN = IPRangeFilter.from_strings(DEFAULT_BLOCKLIST, LOOPBACK_ALLOWLIST)
 
 
 def client(site: WellKnownSite, clock: Clock, srv: Any = no_srv, verify: bool = False) -> Any:

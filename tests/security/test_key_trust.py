@@ -25,21 +25,29 @@ import pytest
 import signedjson.key
 from aiohttp import web
 
+from homeserver.config import TrustedKeyServer
 from homeserver.core.canonical import compute_event_id
 from homeserver.core.events import auth_types_for_event, build_event
 from homeserver.core.room_versions import RoomVersion, get_room_version
 from homeserver.core.signing import sign_json
+from homeserver.services.clock import now_ms
+from homeserver.services.federation.client import FederationClient
+from homeserver.services.federation.keyring import Keyring
+from homeserver.services.server_keys import ServerKeys
+from homeserver.storage.database import Database
+from homeserver.storage.federation import FederationStore
 from tests.conftest import create_test_database, drop_test_database
 from tests.federation.conftest import free_port
 from tests.federation.fake import DAY_MS, FakeOrigin, b64, insecure_tls, key_id, signed_request
-from tests.federation.harness import Client, OurServer
+from tests.federation.harness import LOOPBACK_OPEN, Client, OurServer
 
 Q = "/_matrix/key/v2/query"
 
 
 class Hostile(FakeOrigin):
-    """S: a real server with real keys, that also answers key queries for
-    the unreachable X with the key it made up for X."""
+    """A real server with real keys, that also answers key queries for the
+    unreachable X with the key it holds for X: made up (S, the attacker), or
+    X's real one (a notary the operator trusts)."""
 
     def __init__(self, port: int, victim_name: str) -> None:
         super().__init__(port)
@@ -187,3 +195,39 @@ async def test_forged_keys_for_an_unreachable_server_are_not_trusted(
     assert got.status == 401, got
     assert got.body["errcode"] == "M_UNAUTHORIZED"
     assert hostile.key_queries == 0
+
+
+# ------------------------------------------------- configured notaries
+
+
+@pytest.mark.parametrize("pin", ["notary's key", "another key", "unpinned", "no notary"])
+async def test_keys_of_a_down_server_only_through_a_configured_notary(
+    db: Database, hostile: Hostile, pin: str
+) -> None:
+    """The notary's answer counts only when the notary is configured and
+    signed it with its pinned key (or, unpinned, the key it serves itself);
+    what we learn that way is used, never re-served by our notary endpoint."""
+    other = signedjson.key.generate_signing_key("other")
+    notaries: list[TrustedKeyServer] = []
+    if pin == "notary's key":
+        notaries = [
+            TrustedKeyServer(hostile.server_name, ((key_id(hostile.key), b64(hostile.key)),))
+        ]
+    elif pin == "another key":
+        notaries = [TrustedKeyServer(hostile.server_name, ((key_id(hostile.key), b64(other)),))]
+    elif pin == "unpinned":
+        notaries = [TrustedKeyServer(hostile.server_name)]
+    own = signedjson.key.generate_signing_key("us")
+    client = FederationClient("us.test", own, verify_certificates=False, ip_filter=LOOPBACK_OPEN)
+    keyring = Keyring(FederationStore(db), client, ServerKeys("us.test", own), notaries)
+    try:
+        got = await keyring.get_key(hostile.x_name, key_id(hostile.x_key), now_ms())
+        if pin in ("notary's key", "unpinned"):
+            assert got is not None and got.encode() == hostile.x_key.verify_key.encode()
+            assert hostile.key_queries == 1
+        else:
+            assert got is None
+            assert hostile.key_queries == (1 if notaries else 0)
+        assert await keyring.notary_response(hostile.x_name) is None
+    finally:
+        await client.close()
