@@ -35,7 +35,7 @@ from homeserver.services.federation.client import FederationClient
 from homeserver.services.federation.keyring import Keyring
 from homeserver.services.server_keys import ServerKeys
 from homeserver.storage.database import Database
-from homeserver.storage.federation import FederationStore
+from homeserver.storage.federation import FederationStore, StoredKey
 from tests.conftest import create_test_database, drop_test_database
 from tests.federation.conftest import free_port
 from tests.federation.fake import DAY_MS, FakeOrigin, b64, insecure_tls, key_id, signed_request
@@ -231,3 +231,24 @@ async def test_keys_of_a_down_server_only_through_a_configured_notary(
         assert await keyring.notary_response(hostile.x_name) is None
     finally:
         await client.close()
+
+
+async def test_keys_cached_before_the_fix_are_forgotten_once(db: Database) -> None:
+    """A database from before may hold a forged key (and serve it as a
+    notary): the schema forgets cached remote keys once on upgrade."""
+    store = FederationStore(db)
+    forged = signedjson.key.generate_signing_key("forged")
+    until = now_ms() + DAY_MS
+
+    async def poison() -> None:
+        key = StoredKey("x.test", key_id(forged), b64(forged), until, False)
+        await store.store_server_keys("x.test", [key], {"server_name": "x.test"}, until, now_ms())
+
+    await db.pool.execute("DROP TABLE federation_key_trust_reset")  # as before the upgrade
+    await poison()
+    await db.apply_schema()
+    assert await store.server_keys("x.test") == {}
+    assert await store.key_response("x.test") is None
+    await poison()  # fetched again after the upgrade: kept across restarts
+    await db.apply_schema()
+    assert key_id(forged) in await store.server_keys("x.test")
