@@ -9,6 +9,7 @@ import shutil
 import socket
 import tempfile
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
@@ -63,14 +64,15 @@ async def pair(
             await drop_test_database(pg_url, url)
 
 
-@pytest.fixture(scope="module")
-async def ours(
-    pg_url: str, template_url: str, session: aiohttp.ClientSession
+@asynccontextmanager
+async def running_server(
+    pg_url: str, name: str, env: dict[str, str] | None = None
 ) -> AsyncIterator[OurServer]:
-    """One process of our server."""
+    """One process of our server on its own database (``env``: extra
+    ``HOMESERVER_*`` settings), stopped and dropped afterwards."""
     tmp = Path(tempfile.mkdtemp(prefix="hs-fed-"))
     url = await create_test_database(pg_url)
-    srv = OurServer("ours", free_port(), free_port(), url, tmp / "ours")
+    srv = OurServer(name, free_port(), free_port(), url, tmp / name, env=env)
     srv.start()
     try:
         await srv.wait_ready()
@@ -78,6 +80,15 @@ async def ours(
     finally:
         srv.stop()
         await drop_test_database(pg_url, url)
+
+
+@pytest.fixture(scope="module")
+async def ours(
+    pg_url: str, template_url: str, session: aiohttp.ClientSession
+) -> AsyncIterator[OurServer]:
+    """One process of our server."""
+    async with running_server(pg_url, "ours") as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")

@@ -12,16 +12,13 @@ notary endpoint does not serve C's keys: it only got them second-hand."""
 
 from __future__ import annotations
 
-import tempfile
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import aiohttp
 import pytest
 
-from tests.conftest import create_test_database, drop_test_database
-from tests.federation.conftest import Pair, free_port
+from tests.federation.conftest import Pair, running_server
 from tests.federation.fake import insecure_tls
 from tests.federation.harness import Client, OurServer, eventually, state_map
 
@@ -40,24 +37,10 @@ async def trio(
     pg_url: str, template_url: str, session: aiohttp.ClientSession
 ) -> AsyncIterator[Trio]:
     """A and C plain; B trusts A as its notary."""
-    tmp = Path(tempfile.mkdtemp(prefix="hs-fed-"))
-    urls = [await create_test_database(pg_url) for _ in range(3)]
-    a = OurServer("a", free_port(), free_port(), urls[0], tmp / "a")
-    notary = {"HOMESERVER_FEDERATION_TRUSTED_KEY_SERVERS": a.server_name}
-    b = OurServer("b", free_port(), free_port(), urls[1], tmp / "b", env=notary)
-    c = OurServer("c", free_port(), free_port(), urls[2], tmp / "c")
-    servers = (a, b, c)
-    for srv in servers:
-        srv.start()
-    try:
-        for srv in servers:
-            await srv.wait_ready()
-        yield Trio(a, b, c, session)
-    finally:
-        for srv in servers:
-            srv.stop()
-        for url in urls:
-            await drop_test_database(pg_url, url)
+    async with running_server(pg_url, "a") as a:
+        notary = {"HOMESERVER_FEDERATION_TRUSTED_KEY_SERVERS": a.server_name}
+        async with running_server(pg_url, "b", notary) as b, running_server(pg_url, "c") as c:
+            yield Trio(a, b, c, session)
 
 
 async def notary_keys(server: OurServer, of: str) -> list[dict[str, object]]:

@@ -12,11 +12,9 @@ serve the forged key, and requests signed as X stay unauthorised."""
 
 from __future__ import annotations
 
-import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -36,8 +34,7 @@ from homeserver.services.federation.keyring import Keyring
 from homeserver.services.server_keys import ServerKeys
 from homeserver.storage.database import Database
 from homeserver.storage.federation import FederationStore, StoredKey
-from tests.conftest import create_test_database, drop_test_database
-from tests.federation.conftest import free_port
+from tests.federation.conftest import free_port, running_server
 from tests.federation.fake import DAY_MS, FakeOrigin, b64, insecure_tls, key_id, signed_request
 from tests.federation.harness import LOOPBACK_OPEN, Client, OurServer
 
@@ -73,15 +70,8 @@ class Hostile(FakeOrigin):
 
 @pytest.fixture(scope="module")
 async def target(pg_url: str, template_url: str) -> AsyncIterator[OurServer]:
-    url = await create_test_database(pg_url)
-    srv = OurServer("target", free_port(), free_port(), url, Path(tempfile.mkdtemp()) / "t")
-    srv.start()
-    try:
-        await srv.wait_ready()
+    async with running_server(pg_url, "target") as srv:
         yield srv
-    finally:
-        srv.stop()
-        await drop_test_database(pg_url, url)
 
 
 @pytest.fixture

@@ -12,12 +12,9 @@ line and an answer at once (a Matrix error where the caller is a user)."""
 from __future__ import annotations
 
 import asyncio
-import ssl
-import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 from urllib.parse import quote
 
 import aiohttp
@@ -27,10 +24,8 @@ from aiohttp import web
 
 from homeserver.core.ip_ranges import DEFAULT_BLOCKLIST, IPRangeFilter
 from homeserver.services.federation.client import FederationClient, FederationError, SrvRecord
-from homeserver.services.server_keys import ensure_tls_certificate
-from tests.conftest import create_test_database, drop_test_database
-from tests.federation.conftest import free_port
-from tests.federation.fake import insecure_tls
+from tests.federation.conftest import free_port, running_server
+from tests.federation.fake import insecure_tls, serve_tls
 from tests.federation.harness import CS, Client, OurServer, q
 
 Q = "/_matrix/key/v2/query"
@@ -62,22 +57,9 @@ class Listener:
 @pytest.fixture(scope="module")
 async def default_server(pg_url: str, template_url: str) -> AsyncIterator[OurServer]:
     """Our server as deployed: the default blocklist and no allowlist."""
-    url = await create_test_database(pg_url)
-    srv = OurServer(
-        "ssrf",
-        free_port(),
-        free_port(),
-        url,
-        Path(tempfile.mkdtemp()) / "ssrf",
-        env={"HOMESERVER_FEDERATION_IP_RANGE_ALLOWLIST": ""},
-    )
-    srv.start()
-    try:
-        await srv.wait_ready()
+    env = {"HOMESERVER_FEDERATION_IP_RANGE_ALLOWLIST": ""}
+    async with running_server(pg_url, "ssrf", env) as srv:
         yield srv
-    finally:
-        srv.stop()
-        await drop_test_database(pg_url, url)
 
 
 async def test_key_query_to_loopback_makes_no_connection(default_server: OurServer) -> None:
@@ -138,15 +120,9 @@ class RedirectingSite:
         raise web.HTTPFound(self.location)
 
     async def __aenter__(self) -> RedirectingSite:
-        tmp = Path(tempfile.mkdtemp(prefix="hs-redir-"))
-        ensure_tls_certificate(tmp / "c.pem", tmp / "k.pem", "localhost")
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ctx.load_cert_chain(tmp / "c.pem", tmp / "k.pem")
         app = web.Application()
         app.router.add_get("/.well-known/matrix/server", self._well_known)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port, ssl_context=ctx).start()
+        self._runner = await serve_tls(app, self.port)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
