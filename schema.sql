@@ -508,3 +508,20 @@ CREATE TABLE IF NOT EXISTS presence (
     stream_ordering   bigint NOT NULL
 );
 CREATE INDEX IF NOT EXISTS presence_stream ON presence (stream_ordering);
+
+-- ------------------------------------------------ key trust (issue 16)
+-- Remote keys cached before keys stopped being taken from relaying servers
+-- may be forgeries (a hostile server vouching for one that was down):
+-- forget them all once; each is fetched again from its server (or a
+-- configured notary) when next needed.
+CREATE TABLE IF NOT EXISTS federation_key_trust_reset (
+    done  boolean PRIMARY KEY
+);
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM federation_key_trust_reset) THEN
+        DELETE FROM federation_server_keys;
+        DELETE FROM federation_key_responses;
+        INSERT INTO federation_key_trust_reset VALUES (true) ON CONFLICT DO NOTHING;
+    END IF;
+END $$;

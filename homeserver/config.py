@@ -20,6 +20,8 @@ from urllib.parse import urlsplit, urlunsplit
 import yaml
 
 from homeserver.core.ids import InvalidID, ServerName, UserID
+from homeserver.core.ip_ranges import DEFAULT_BLOCKLIST, DEFAULT_FILTER, InvalidRange, IPRangeFilter
+from homeserver.core.signing import decode_verify_key
 
 
 class ConfigError(ValueError):
@@ -40,8 +42,19 @@ class TLSConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TrustedKeyServer:
+    """A notary the operator trusts for other servers' keys; its own keys are
+    pinned by ``verify_keys`` (key id → base64) or fetched from it alone."""
+
+    server_name: str
+    verify_keys: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class FederationConfig:
     verify_certificates: bool = True
+    trusted_key_servers: tuple[TrustedKeyServer, ...] = ()
+    ip_filter: IPRangeFilter = DEFAULT_FILTER
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +126,9 @@ _KEYS: dict[str, tuple[type, Any]] = {
     "tls.certificate": (type(None), None),
     "tls.private_key": (type(None), None),
     "federation.verify_certificates": (bool, True),
+    "federation.trusted_key_servers": (list, []),
+    "federation.ip_range_blocklist": (list, list(DEFAULT_BLOCKLIST)),
+    "federation.ip_range_allowlist": (list, []),
     "registration.enabled": (bool, None),  # None: on only when bound to loopback
     "registration.shared_secret": (type(None), None),
     "admins": (list, []),
@@ -188,6 +204,40 @@ def _port(key: str, value: int) -> int:
     return value
 
 
+def _trusted_key_servers(entries: list[Any]) -> tuple[TrustedKeyServer, ...]:
+    """Each entry a server name, or ``{server_name, verify_keys: {id: base64}}``."""
+    key = "federation.trusted_key_servers"
+    out = []
+    for entry in entries:
+        if isinstance(entry, str):
+            entry = {"server_name": entry}
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("server_name"), str):
+            raise ConfigError(f"{key}: expected a server name or {{server_name: ...}}")
+        try:
+            name = str(ServerName.parse(entry["server_name"]))
+        except InvalidID as e:
+            raise ConfigError(f"{key}: {e}") from e
+        pinned = entry.get("verify_keys") or {}
+        if not isinstance(pinned, Mapping):
+            raise ConfigError(f"{key}: verify_keys of {name} must map key ids to keys")
+        for key_id, b64 in pinned.items():
+            try:
+                decode_verify_key(str(key_id), str(b64))
+            except Exception as e:
+                raise ConfigError(f"{key}: bad verify key {key_id} of {name}") from e
+        out.append(TrustedKeyServer(name, tuple((str(k), str(v)) for k, v in pinned.items())))
+    return tuple(out)
+
+
+def _ip_filter(values: Mapping[str, Any]) -> IPRangeFilter:
+    try:
+        return IPRangeFilter.from_strings(
+            values["federation.ip_range_blocklist"], values["federation.ip_range_allowlist"]
+        )
+    except InvalidRange as e:
+        raise ConfigError(f"federation.ip_range_blocklist / ip_range_allowlist: {e}") from e
+
+
 def load_config(
     path: str | os.PathLike[str] | None = None,
     *,
@@ -252,7 +302,11 @@ def load_config(
         tls=TLSConfig(
             certificate=Path(cert) if cert else None, private_key=Path(key) if key else None
         ),
-        federation=FederationConfig(verify_certificates=values["federation.verify_certificates"]),
+        federation=FederationConfig(
+            verify_certificates=values["federation.verify_certificates"],
+            trusted_key_servers=_trusted_key_servers(values["federation.trusted_key_servers"]),
+            ip_filter=_ip_filter(values),
+        ),
         registration=RegistrationConfig(
             enabled=registration, shared_secret=values["registration.shared_secret"]
         ),

@@ -146,3 +146,63 @@ async def test_shared_secret_registration(aiohttp_client, db, tmp_path: Path) ->
         },
     )
     assert again.status == 400  # nonces are single use
+
+
+# ------------------------------------------- remote servers (issue 16)
+def test_remote_server_settings_default_closed_and_parse(tmp_path: Path) -> None:
+    from homeserver.core.signing import generate_signing_key, verify_key_base64
+
+    cfg = load_config(None, environ={})
+    assert cfg.federation.trusted_key_servers == ()
+    assert not cfg.federation.ip_filter.allows("127.0.0.1")
+    assert not cfg.federation.ip_filter.allows("10.1.2.3")
+    key = generate_signing_key("n1")
+    f = tmp_path / "hs.yaml"
+    f.write_text(
+        "federation:\n"
+        "  trusted_key_servers:\n"
+        "    - notary.example.org\n"
+        "    - server_name: pinned.example.org:8448\n"
+        f"      verify_keys: {{'ed25519:n1': '{verify_key_base64(key)}'}}\n"
+        "  ip_range_blocklist: ['10.0.0.0/8']\n"
+        "  ip_range_allowlist: ['10.9.0.0/16']\n"
+    )
+    cfg = load_config(f, environ={})
+    names = [(t.server_name, dict(t.verify_keys)) for t in cfg.federation.trusted_key_servers]
+    assert names == [
+        ("notary.example.org", {}),
+        ("pinned.example.org:8448", {"ed25519:n1": verify_key_base64(key)}),
+    ]
+    ip = cfg.federation.ip_filter
+    assert ip.allows("127.0.0.1") and ip.allows("10.9.1.1") and not ip.allows("10.1.1.1")
+    env = {
+        "HOMESERVER_FEDERATION_TRUSTED_KEY_SERVERS": "a.example.org,b.example.org",
+        "HOMESERVER_FEDERATION_IP_RANGE_ALLOWLIST": "127.0.0.0/8,::1/128",
+    }
+    cfg = load_config(None, environ=env)
+    assert [t.server_name for t in cfg.federation.trusted_key_servers] == [
+        "a.example.org",
+        "b.example.org",
+    ]
+    assert cfg.federation.ip_filter.allows("::1")
+    assert not cfg.federation.ip_filter.allows("10.0.0.1")
+
+
+@pytest.mark.parametrize(
+    ("yaml", "needle"),
+    [
+        ("federation: {ip_range_blocklist: ['10.0.0.1/8']}\n", "ip_range_blocklist"),
+        ("federation: {ip_range_allowlist: ['localhost']}\n", "ip_range_allowlist"),
+        ("federation: {trusted_key_servers: ['bad name!']}\n", "trusted_key_servers"),
+        ("federation: {trusted_key_servers: [{verify_keys: {}}]}\n", "trusted_key_servers"),
+        (
+            "federation: {trusted_key_servers: [{server_name: a.org, verify_keys: {'ed25519:x': '!'}}]}\n",
+            "trusted_key_servers",
+        ),
+    ],
+)
+def test_bad_remote_server_settings_name_the_key(tmp_path: Path, yaml: str, needle: str) -> None:
+    f = tmp_path / "hs.yaml"
+    f.write_text(yaml)
+    with pytest.raises(ConfigError, match=needle):
+        load_config(f, environ={})

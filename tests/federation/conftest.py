@@ -9,6 +9,7 @@ import shutil
 import socket
 import tempfile
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
@@ -63,14 +64,15 @@ async def pair(
             await drop_test_database(pg_url, url)
 
 
-@pytest.fixture(scope="module")
-async def ours(
-    pg_url: str, template_url: str, session: aiohttp.ClientSession
+@asynccontextmanager
+async def running_server(
+    pg_url: str, name: str, env: dict[str, str] | None = None
 ) -> AsyncIterator[OurServer]:
-    """One process of our server."""
+    """One process of our server on its own database (``env``: extra
+    ``HOMESERVER_*`` settings), stopped and dropped afterwards."""
     tmp = Path(tempfile.mkdtemp(prefix="hs-fed-"))
     url = await create_test_database(pg_url)
-    srv = OurServer("ours", free_port(), free_port(), url, tmp / "ours")
+    srv = OurServer(name, free_port(), free_port(), url, tmp / name, env=env)
     srv.start()
     try:
         await srv.wait_ready()
@@ -81,11 +83,20 @@ async def ours(
 
 
 @pytest.fixture(scope="module")
+async def ours(
+    pg_url: str, template_url: str, session: aiohttp.ClientSession
+) -> AsyncIterator[OurServer]:
+    """One process of our server."""
+    async with running_server(pg_url, "ours") as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
 def synapse() -> Iterator[SynapseServer]:
     """A fresh Synapse on a free loopback port (skips the test when it cannot start)."""
     # A state folder of its own per run (Synapse keeps our old keys, rooms and
     # backoff otherwise); the venv with Synapse itself is shared in .peers.
-    name = f"fedtest-{os.getpid()}"
+    name = f"{os.environ.get('HOMESERVER_TEST_SYNAPSE_PREFIX', 'fedtest')}-{os.getpid()}"
     peer = SynapseServer(name, free_port(), free_port(), REPO / ".peers")
     try:
         peer.start()

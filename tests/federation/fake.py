@@ -53,6 +53,19 @@ def b64(key: SigningKey) -> str:
     return encode_base64(key.verify_key.encode())
 
 
+async def serve_tls(app: web.Application, port: int) -> web.AppRunner:
+    """Serve ``app`` over HTTPS (a fresh self-signed certificate for
+    localhost) on 127.0.0.1:``port``; clean up the returned runner."""
+    tmp = Path(tempfile.mkdtemp(prefix="hs-tls-"))
+    ensure_tls_certificate(tmp / "tls.crt", tmp / "tls.key", "localhost")
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(tmp / "tls.crt", tmp / "tls.key")
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port, ssl_context=ctx).start()
+    return runner
+
+
 class Answer:
     def __init__(self, status: int, body: Any) -> None:
         self.status = status
@@ -158,18 +171,12 @@ class FakeOrigin:
         self._extra_routes.append((method, path, handler))
 
     async def start(self) -> None:
-        tmp = Path(tempfile.mkdtemp(prefix="hs-fake-"))
-        ensure_tls_certificate(tmp / "tls.crt", tmp / "tls.key", "localhost")
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ctx.load_cert_chain(tmp / "tls.crt", tmp / "tls.key")
         app = web.Application()
         app.router.add_get("/_matrix/key/v2/server", self._keys)
         app.router.add_put("/_matrix/federation/v2/invite/{room_id}/{event_id}", self._invite)
         for method, path, handler in self._extra_routes:
             app.router.add_route(method, path, handler)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port, ssl_context=ctx).start()
+        self._runner = await serve_tls(app, self.port)
 
     async def stop(self) -> None:
         if self._runner is not None:

@@ -22,7 +22,13 @@ from urllib.parse import quote
 
 import aiohttp
 
+from homeserver.core.ip_ranges import DEFAULT_BLOCKLIST, LOOPBACK_ALLOWLIST, IPRangeFilter
+
 CS = "/_matrix/client/v3"
+# federation.ip_range_allowlist for servers that federate over loopback, and
+# the filter of in-process clients that do.
+LOOPBACK = ",".join(LOOPBACK_ALLOWLIST)
+LOOPBACK_OPEN = IPRangeFilter.from_strings(DEFAULT_BLOCKLIST, LOOPBACK_ALLOWLIST)
 REPO = Path(__file__).resolve().parents[2]
 SYNAPSE_SH = REPO.parent / "shared" / "peers" / "synapse.sh"
 
@@ -226,9 +232,16 @@ class OurServer:
     """``python -m homeserver.cli serve`` as a subprocess."""
 
     def __init__(
-        self, name: str, fed_port: int, client_port: int, db_url: str, data_dir: Path
+        self,
+        name: str,
+        fed_port: int,
+        client_port: int,
+        db_url: str,
+        data_dir: Path,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.server_name = f"localhost:{fed_port}"
+        self.extra_env = env or {}
         self.fed_port = fed_port
         self.client_port = client_port
         self.db_url = db_url
@@ -239,11 +252,15 @@ class OurServer:
 
     def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        # Loopback test servers: self-signed certificates, and loopback
+        # opened in the outbound address filter (closed by default).
         env = dict(
             os.environ,
             HOMESERVER_FEDERATION_VERIFY_CERTIFICATES="false",
+            HOMESERVER_FEDERATION_IP_RANGE_ALLOWLIST=LOOPBACK,
             HOMESERVER_REGISTRATION_ENABLED="true",
         )
+        env.update(self.extra_env)
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [

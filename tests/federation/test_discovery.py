@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import email.utils
 import json
-import ssl
-import tempfile
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,8 +24,9 @@ from homeserver.services.federation.client import (
     SrvRecord,
     Target,
 )
-from homeserver.services.server_keys import ensure_tls_certificate
 from tests.federation.conftest import free_port
+from tests.federation.fake import serve_tls
+from tests.federation.harness import LOOPBACK_OPEN
 
 H = 3600.0
 
@@ -64,16 +62,10 @@ class WellKnownSite:
         return web.json_response({"server": {"name": "site"}})
 
     async def start(self) -> None:
-        tmp = Path(tempfile.mkdtemp(prefix="hs-wk-"))
-        ensure_tls_certificate(tmp / "c.pem", tmp / "k.pem", "localhost")
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ctx.load_cert_chain(tmp / "c.pem", tmp / "k.pem")
         app = web.Application()
         app.router.add_get("/.well-known/matrix/server", self._well_known)
         app.router.add_get("/_matrix/federation/v1/version", self._version)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port, ssl_context=ctx).start()
+        self._runner = await serve_tls(app, self.port)
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -122,6 +114,7 @@ def client(site: WellKnownSite, clock: Clock, srv: Any = no_srv, verify: bool = 
         well_known_port=site.port,
         srv=srv,
         clock=clock,
+        ip_filter=LOOPBACK_OPEN,
     )
 
 

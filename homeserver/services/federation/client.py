@@ -18,6 +18,13 @@ Server discovery follows the Server-Server API "Resolving server names":
    ``_matrix._tcp.<hostname>``, then the hostname on 8448; Host and
    certificate being the hostname.
 
+SRV records come from dnspython's asyncio resolver; A/AAAA from the system
+resolver (hosts file, then DNS). Every address a connection is about to be
+opened to — after well-known, SRV and A/AAAA resolution, on every hop and
+redirect — passes ``federation.ip_range_blocklist`` /
+``ip_range_allowlist`` (``core.ip_ranges``) first; a refused one is logged
+and the request fails at once with a ``FederationError`` saying so.
+
 Every request carries ``Authorization: X-Matrix`` signed by this server.
 Certificates are verified unless ``federation.verify_certificates`` is off
 (loopback tests only). The connection goes to the resolved host while SNI
@@ -32,11 +39,9 @@ import ipaddress
 import json
 import logging
 import os
-import random
 import re
 import socket
 import ssl
-import struct
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -45,6 +50,9 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 import aiohttp
+import dns.asyncresolver
+import dns.exception
+import dns.resolver
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 from signedjson.types import SigningKey
@@ -52,6 +60,7 @@ from yarl import URL
 
 from homeserver.core.canonical import encode_canonical_json
 from homeserver.core.ids import InvalidID, ServerName
+from homeserver.core.ip_ranges import DEFAULT_FILTER, IPRangeFilter
 from homeserver.core.signing import sign_request
 
 log = logging.getLogger(__name__)
@@ -73,16 +82,51 @@ def encode_path(template: str, *args: str) -> str:
 
 class FederationError(Exception):
     """A remote server answered with an error (``status`` set) or could not
-    be reached (``status`` None)."""
+    be reached (``status`` None; ``blocked`` when the address filter
+    refused it)."""
 
-    def __init__(self, destination: str, status: int | None, body: Any, message: str = "") -> None:
+    def __init__(
+        self,
+        destination: str,
+        status: int | None,
+        body: Any,
+        message: str = "",
+        *,
+        blocked: bool = False,
+    ) -> None:
         self.destination = destination
+        self.blocked = blocked
         self.status = status
         self.body = body if isinstance(body, dict) else {}
         self.errcode = self.body.get("errcode") if isinstance(self.body, dict) else None
         super().__init__(
             message or f"{destination}: {status} {self.errcode or ''} {self.body.get('error', '')}"
         )
+
+
+class BlockedAddress(OSError):
+    """An outbound connection to an address the IP range filter refuses."""
+
+    def __init__(self, address: str) -> None:
+        super().__init__(f"{address} is blocked by federation.ip_range_blocklist")
+        self.address = address
+
+
+def blocked_message(destination: str) -> str:
+    return f"{destination}: refused, its address is blocked by federation.ip_range_blocklist"
+
+
+def _was_blocked(e: BaseException) -> bool:
+    """Whether a connection failure came from the address filter (aiohttp
+    wraps it, and several refused addresses merge into one OSError)."""
+    seen: BaseException | None = e
+    for _ in range(5):
+        if seen is None:
+            return False
+        if isinstance(seen, BlockedAddress) or "federation.ip_range_blocklist" in str(seen):
+            return True
+        seen = getattr(seen, "os_error", None) or seen.__cause__
+    return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,112 +154,50 @@ def _split(name: str) -> tuple[str, int | None]:
 
 # ------------------------------------------------------------------ SRV lookups
 SrvRecord = tuple[int, int, int, str]  # priority, weight, port, target
+SRV_TIMEOUT_S = 5.0
 
 
-def _nameservers() -> list[str]:
-    try:
-        with open("/etc/resolv.conf") as f:
-            out = [
-                line.split()[1]
-                for line in f
-                if line.startswith("nameserver") and len(line.split()) > 1
-            ]
-    except OSError:
-        out = []
-    return out or ["127.0.0.1"]
+class DnsSrvLookup:
+    """SRV records through dnspython's asyncio resolver (the system's
+    nameservers from resolv.conf; TTL-respecting cache, truncation, TCP
+    fallback and IPv6 nameservers handled by the library). [] when the name
+    has no SRV records, says the service is absent (target "."), or DNS
+    cannot answer in time: discovery then falls back to port 8448."""
 
+    def __init__(
+        self, timeout: float = SRV_TIMEOUT_S, resolver: dns.asyncresolver.Resolver | None = None
+    ) -> None:
+        self._timeout = timeout
+        self._resolver = resolver
 
-def _dns_query(name: str, qtype: int) -> tuple[int, bytes]:
-    qid = random.randint(0, 0xFFFF)
-    header = struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0)
-    qname = b"".join(
-        bytes([len(p)]) + p for p in (label.encode("idna") for label in name.split(".") if label)
-    )
-    return qid, header + qname + b"\x00" + struct.pack(">HH", qtype, 1)
+    def _get_resolver(self) -> dns.asyncresolver.Resolver:
+        if self._resolver is None:
+            try:
+                r = dns.asyncresolver.Resolver()
+            except dns.resolver.NoResolverConfiguration:
+                log.warning("no nameservers configured (resolv.conf): asking 127.0.0.1")
+                r = dns.asyncresolver.Resolver(configure=False)
+                r.nameservers = ["127.0.0.1"]
+            self._resolver = r
+        if self._resolver.cache is None:
+            self._resolver.cache = dns.resolver.Cache()
+        return self._resolver
 
-
-def _read_name(msg: bytes, off: int) -> tuple[str, int]:
-    labels: list[str] = []
-    end = None
-    jumps = 0
-    while True:
-        n = msg[off]
-        if n & 0xC0 == 0xC0:
-            if end is None:
-                end = off + 2
-            off = ((n & 0x3F) << 8) | msg[off + 1]
-            jumps += 1
-            if jumps > 20:
-                raise ValueError("DNS name compression loop")
-            continue
-        if n == 0:
-            off += 1
-            break
-        labels.append(msg[off + 1 : off + 1 + n].decode("ascii", "replace"))
-        off += 1 + n
-    return ".".join(labels), (end if end is not None else off)
-
-
-def _parse_srv(msg: bytes, qid: int) -> list[SrvRecord]:
-    rid, flags, qd, an, _ns, _ar = struct.unpack(">HHHHHH", msg[:12])
-    if rid != qid or flags & 0x000F not in (0, 3):
-        raise ValueError("bad DNS answer")
-    off = 12
-    for _ in range(qd):
-        _, off = _read_name(msg, off)
-        off += 4
-    out: list[SrvRecord] = []
-    for _ in range(an):
-        _, off = _read_name(msg, off)
-        rtype, _cls, _ttl, rdlen = struct.unpack(">HHIH", msg[off : off + 10])
-        off += 10
-        if rtype == 33:
-            prio, weight, port = struct.unpack(">HHH", msg[off : off + 6])
-            target, _ = _read_name(msg, off + 6)
-            out.append((prio, weight, port, target.rstrip(".")))
-        off += rdlen
-    return out
-
-
-class _DnsProtocol(asyncio.DatagramProtocol):
-    def __init__(self, fut: asyncio.Future[bytes]) -> None:
-        self.fut = fut
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        if not self.fut.done():
-            self.fut.set_result(data)
-
-    def error_received(self, exc: Exception) -> None:
-        if not self.fut.done():
-            self.fut.set_exception(exc)
-
-
-async def _query_srv(ns: str, name: str, timeout: float) -> list[SrvRecord]:
-    loop = asyncio.get_running_loop()
-    qid, packet = _dns_query(name, 33)
-    fut: asyncio.Future[bytes] = loop.create_future()
-    transport, _ = await loop.create_datagram_endpoint(
-        lambda: _DnsProtocol(fut),
-        remote_addr=(ns, 53),
-        family=socket.AF_INET6 if ":" in ns else 0,
-    )
-    try:
-        transport.sendto(packet)
-        data = await asyncio.wait_for(fut, timeout)
-    finally:
-        transport.close()
-    return sorted(_parse_srv(data, qid), key=lambda r: (r[0], -r[1]))
-
-
-async def lookup_srv(name: str, timeout: float = 3.0) -> list[SrvRecord]:
-    """SRV records for ``name`` via the system's nameservers (UDP); [] when
-    there are none or DNS cannot be reached."""
-    for ns in _nameservers()[:2]:
+    async def __call__(self, name: str) -> list[SrvRecord]:
         try:
-            return await _query_srv(ns, name, timeout)
-        except (OSError, TimeoutError, ValueError, struct.error, IndexError):
-            continue
-    return []
+            answer = await self._get_resolver().resolve(
+                name, "SRV", lifetime=self._timeout, search=False
+            )
+        except (dns.exception.DNSException, OSError) as e:
+            log.debug("SRV lookup of %s: %s", name, e)
+            return []
+        out: list[SrvRecord] = []
+        for rr in answer:
+            target = rr.target.to_text(omit_final_dot=True)
+            if target in ("", "."):
+                continue  # RFC 2782: "." means the service is not available
+            out.append((rr.priority, rr.weight, rr.port, target))
+        return sorted(out, key=lambda r: (r[0], -r[1]))
 
 
 # ------------------------------------------------------------- resolution
@@ -251,11 +233,11 @@ class ServerResolver:
     def __init__(
         self,
         fetch_well_known: WellKnownFetcher,
-        srv: SrvLookup = lookup_srv,
+        srv: SrvLookup | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._fetch = fetch_well_known
-        self._srv = srv
+        self._srv = srv or DnsSrvLookup()
         self._clock = clock
         self._well_known: dict[str, tuple[str | None, float]] = {}
         # hostname → consecutive failures; the last delegation and when it came
@@ -373,10 +355,12 @@ class FederationClient:
         resolver: ServerResolver | None = None,
         timeout: float = 60.0,
         well_known_port: int = 443,
-        srv: SrvLookup = lookup_srv,
+        srv: SrvLookup | None = None,
         clock: Callable[[], float] = time.monotonic,
+        ip_filter: IPRangeFilter | None = None,
     ) -> None:
         self.server_name = server_name
+        self._ip_filter = ip_filter or DEFAULT_FILTER
         self._key = signing_key
         self._verify = verify_certificates
         self._timeout = timeout
@@ -397,7 +381,11 @@ class FederationClient:
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(
-                resolver=self._dns, ssl=self._ssl(), limit=200, limit_per_host=16
+                resolver=self._dns,
+                ssl=self._ssl(),
+                limit=200,
+                limit_per_host=16,
+                socket_factory=self._open_socket,
             )
             self._session = aiohttp.ClientSession(
                 connector=connector,
@@ -410,6 +398,34 @@ class FederationClient:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+    def _open_socket(self, addr_info: Any) -> socket.socket:
+        """The one place every outbound connection of this client opens its
+        socket — federation requests, key fetches, well-known lookups and
+        each redirect they follow, whatever name, SRV target or IP literal
+        led there — so the address filter sees the final, resolved address
+        (no DNS answer can swap it afterwards)."""
+        family, type_, proto, _canon, sockaddr = addr_info
+        address = str(sockaddr[0])
+        if not self._ip_filter.allows(address):
+            log.warning(
+                "refused outbound connection to %s port %s: blocked by "
+                "federation.ip_range_blocklist",
+                address,
+                sockaddr[1],
+            )
+            raise BlockedAddress(address)
+        return socket.socket(family, type_, proto)
+
+    def _refuse_literal(self, destination: str, host: str) -> None:
+        """Fail at once (no connection attempt) for a blocked IP literal."""
+        if _is_ip(host) and not self._ip_filter.allows(host):
+            log.warning(
+                "refused federation request to %s: %s is blocked by federation.ip_range_blocklist",
+                destination,
+                host,
+            )
+            raise FederationError(destination, None, {}, blocked_message(destination), blocked=True)
 
     async def _fetch_well_known(self, hostname: str) -> tuple[str | None, float]:
         port = "" if self._well_known_port == 443 else f":{self._well_known_port}"
@@ -466,6 +482,7 @@ class FederationClient:
             target = await self.resolver.resolve(destination)
         except (InvalidID, ValueError) as e:
             raise FederationError(destination, None, {}, f"cannot resolve: {e}") from e
+        self._refuse_literal(destination, target.connect_host)
         self._dns.overrides[(target.tls_name, target.port)] = target.connect_host
         host = f"[{target.tls_name}]" if ":" in target.tls_name else target.tls_name
         url = f"https://{host}:{target.port}{uri}"
@@ -482,6 +499,10 @@ class FederationClient:
                 raw = await resp.read()
                 status = resp.status
         except (aiohttp.ClientError, TimeoutError, OSError, ssl.SSLError) as e:
+            if _was_blocked(e):
+                raise FederationError(
+                    destination, None, {}, blocked_message(destination), blocked=True
+                ) from e
             raise FederationError(
                 destination, None, {}, f"{destination}: {type(e).__name__}: {e}"
             ) from e

@@ -145,9 +145,8 @@ class Ingest:
     # --------------------------------------------------------- /send entry
     async def receive_pdu(self, origin: str, pdu: Any) -> tuple[str | None, str | None]:
         """Handle one PDU of a transaction: (its event id, an error text or
-        None). Keys that their servers do not give are asked of ``origin``."""
-        with self._keyring.asking(origin):
-            return await self._receive_pdu(origin, pdu)
+        None)."""
+        return await self._receive_pdu(origin, pdu)
 
     async def _receive_pdu(self, origin: str, pdu: Any) -> tuple[str | None, str | None]:
         if not isinstance(pdu, Mapping):
@@ -318,10 +317,8 @@ class Ingest:
     ) -> dict[str, Event]:
         """Check and store events as outliers (state and auth chains):
         format, signatures, hash, and auth against their own auth events.
-        Events whose auth events cannot be found are not stored. Keys that
-        their servers do not give are asked of ``origin``."""
-        with self._keyring.asking(origin):
-            return await self._persist_outliers(origin, room_id, rv, pdus)
+        Events whose auth events cannot be found are not stored."""
+        return await self._persist_outliers(origin, room_id, rv, pdus)
 
     async def _persist_outliers(
         self, origin: str, room_id: str, rv: RoomVersion, pdus: Sequence[Any]

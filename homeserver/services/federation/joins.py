@@ -82,6 +82,8 @@ def _server_of(user_or_room: str) -> str | None:
 
 
 def _federation_to_matrix(e: FederationError, what: str) -> MatrixError:
+    if e.blocked:
+        return MatrixError(502, "M_UNKNOWN", f"{what}: {e}")
     if e.status is None:
         return MatrixError(502, "M_UNKNOWN", f"{what}: {e.destination} is unreachable")
     errcode = e.errcode or "M_UNKNOWN"

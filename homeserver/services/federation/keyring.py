@@ -1,12 +1,16 @@
 """Remote servers' signing keys: fetch, check, cache, and verify with them.
 
-Keys come from ``GET /_matrix/key/v2/server`` on the server itself (the
-response must name the server and be signed by every key it lists), or,
-when that fails, from the configured notary servers
-(``POST /_matrix/key/v2/query``) — and, within ``Keyring.asking``, from
-the server whose events are being checked (it had to check the same
-signatures, so it holds those keys: a new joiner can verify the member
-events of a server that is down). They are kept in PostgreSQL
+Server-Server API "Retrieving server keys": a server's keys come from
+``GET /_matrix/key/v2/server`` on the server itself (the response must name
+the server and be signed by every key it lists), or, when that fails, from
+the notaries the operator configured (``federation.trusted_key_servers``,
+``POST /_matrix/key/v2/query``; the answer must still be self-signed by the
+server, and signed by the notary with a key pinned in the configuration or
+fetched from the notary itself). Never from anyone else — in particular
+not from the server that relayed the events being checked: a hostile
+server could otherwise vouch for keys it made up for a server that is
+down. Events whose signatures cannot be checked this way are dropped
+(the receipt checks, step 2). Keys are kept in PostgreSQL
 (``federation_server_keys``) and in memory. A current key counts as valid
 until the lesser of its ``valid_until_ts`` and seven days after it was
 fetched; an old key (``old_verify_keys``) until its ``expired_ts``. A
@@ -23,14 +27,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from signedjson.key import get_verify_key
 from signedjson.types import VerifyKey
 
+from homeserver.config import TrustedKeyServer
 from homeserver.core.canonical import redact
 from homeserver.core.ids import InvalidID, ServerName
 from homeserver.core.room_versions import RoomVersion
@@ -51,8 +54,6 @@ log = logging.getLogger(__name__)
 
 MAX_KEY_VALIDITY_MS = 7 * 24 * 3600 * 1000
 UNKNOWN_KEY_RETRY_S = 5.0
-# Servers asked as notaries besides the configured ones (``Keyring.asking``).
-_ASKING: ContextVar[tuple[str, ...]] = ContextVar("keyring_asking", default=())
 REFETCH_INTERVAL_S = 5.0  # at most one fetch per server in this long
 
 
@@ -66,12 +67,18 @@ class Keyring:
         store: FederationStore,
         client: FederationClient,
         own: ServerKeys,
-        notaries: Sequence[str] = (),
+        notaries: Sequence[TrustedKeyServer] = (),
     ) -> None:
         self._store = store
         self._client = client
         self._own = own
-        self._notaries = list(notaries)
+        trusted = [n for n in notaries if n.server_name != own.server_name]
+        self._notaries = [n.server_name for n in trusted]
+        # Notaries' keys pinned in the configuration: key id -> verify key.
+        self._pinned: dict[str, dict[str, VerifyKey]] = {
+            n.server_name: {kid: decode_verify_key(kid, b64) for kid, b64 in n.verify_keys}
+            for n in trusted
+        }
         self._mem: dict[str, dict[str, StoredKey]] = {}
         self._last_fetch: dict[str, float] = {}
         self._unknown_asked: dict[tuple[str, str], float] = {}
@@ -118,27 +125,10 @@ class Keyring:
         self._unknown_asked[(server, key_id)] = now
         return True
 
-    @contextmanager
-    def asking(self, *servers: str) -> Iterator[None]:
-        """Within the block (and the tasks it starts), keys that cannot be
-        fetched from their server are also asked of ``servers`` as notaries,
-        after the configured ones: the server that sent the events being
-        checked."""
-        token = _ASKING.set(tuple(servers))
-        try:
-            yield
-        finally:
-            _ASKING.reset(token)
-
-    def _notaries_for(self, server: str) -> list[str]:
-        out = list(self._notaries)
-        for s in _ASKING.get():
-            if s not in out and s not in (server, self._own.server_name):
-                out.append(s)
-        return out
-
     async def fetch(self, server: str, *, force: bool = False, key_id: str | None = None) -> None:
-        """Fetch ``server``'s keys (directly, then through notaries)."""
+        """Fetch ``server``'s keys: directly, then through the configured
+        notaries — except a notary's own keys, which come from it alone (so
+        notaries cannot vouch for each other, nor wait on each other)."""
         lock = self._locks.setdefault(server, asyncio.Lock())
         async with lock:
             last = self._last_fetch.get(server, 0.0)
@@ -151,7 +141,9 @@ class Keyring:
                 return
             except (FederationError, SignatureError, ValueError, KeyError, TypeError) as e:
                 log.info("fetching keys of %s directly failed: %s", server, e)
-            for notary in self._notaries_for(server):
+            if server in self._notaries:
+                return
+            for notary in self._notaries:
                 try:
                     # The spec asks for minimum_valid_until_ts, so the notary
                     # refreshes keys that would not be valid long enough.
@@ -162,25 +154,38 @@ class Keyring:
                     got = await self._client.post_json(notary, "/_matrix/key/v2/query", body)
                     for resp in got.get("server_keys", []):
                         if isinstance(resp, dict) and resp.get("server_name") == server:
-                            await self._accept_response(server, resp, notary=notary)
+                            await self._accept_from_notary(server, resp, notary)
                             return
                 except (FederationError, SignatureError, ValueError, KeyError, TypeError) as e:
                     log.info("fetching keys of %s through %s failed: %s", server, notary, e)
 
+    async def _notary_key(self, notary: str, key_id: str) -> VerifyKey | None:
+        """A configured notary's key: pinned, else as the notary serves it."""
+        pinned = self._pinned.get(notary, {})
+        if pinned:
+            return pinned.get(key_id)
+        return await self.get_key(notary, key_id, now_ms())
+
+    async def _accept_from_notary(self, server: str, resp: Mapping[str, Any], notary: str) -> None:
+        """A notary's copy of ``server``'s keys: used for checking signatures
+        once both the server's self-signatures and the notary's hold, but
+        not kept as something we could serve as a notary ourselves."""
+        sigs = resp.get("signatures", {}).get(notary, {})
+        for kid in sigs if isinstance(sigs, Mapping) else ():
+            nkey = await self._notary_key(notary, kid)
+            if nkey is not None:
+                verify_json_signature(resp, notary, kid, nkey)
+                await self._accept_response(server, resp, direct=False)
+                return
+        raise SignatureError(f"no valid signature of notary {notary}")
+
     async def _accept_response(
-        self, server: str, resp: Mapping[str, Any], notary: str | None = None
+        self, server: str, resp: Mapping[str, Any], *, direct: bool = True
     ) -> None:
+        """Store ``server``'s keys from a response it signed; the response
+        itself is kept for our notary endpoint only when it came from the
+        server directly."""
         keys = parse_key_response(server, resp)
-        if notary is not None:
-            nkey = None
-            sigs = resp.get("signatures", {}).get(notary, {})
-            for kid in sigs:
-                nkey = await self.get_key(notary, kid, now_ms())
-                if nkey is not None:
-                    verify_json_signature(resp, notary, kid, nkey)
-                    break
-            if nkey is None:
-                raise SignatureError(f"no valid signature of notary {notary}")
         now = now_ms()
         stored = []
         valid_until = min(int(resp["valid_until_ts"]), now + MAX_KEY_VALIDITY_MS)
@@ -188,8 +193,10 @@ class Keyring:
             if not is_old:
                 until = valid_until
             stored.append(StoredKey(server, key_id, b64, until, is_old))
-        signed_by_server = {k: v for k, v in resp.get("signatures", {}).items() if k == server}
-        original = dict(resp) | {"signatures": signed_by_server}
+        original = None
+        if direct:
+            signed_by_server = {k: v for k, v in resp.get("signatures", {}).items() if k == server}
+            original = dict(resp) | {"signatures": signed_by_server}
         await self._store.store_server_keys(server, stored, original, valid_until, now)
         self._mem.pop(server, None)
 
@@ -282,8 +289,13 @@ class Keyring:
     async def notary_response(
         self, server: str, minimum_valid_until_ts: int = 0
     ) -> dict[str, Any] | None:
-        """A server's key response as we know it (fetched again if too old),
-        countersigned by us — or our own keys."""
+        """A server's key response as we fetched it from the server itself
+        (fetched again if too old), countersigned by us — or our own keys.
+
+        Synapse also re-serves keys it got from its own notaries; we do not:
+        our signature on a response says "this server gave us these keys",
+        which a notary's word does not let us say. A server we cannot reach
+        and never reached gets an empty answer."""
         if server == self._own.server_name:
             return self._own.server_keys_response()
         got = await self._store.key_response(server)

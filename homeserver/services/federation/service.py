@@ -88,9 +88,12 @@ def build_federation(
     name = keys.server_name
     store = FederationStore(db)
     client = FederationClient(
-        name, keys.signing_key, verify_certificates=config.federation.verify_certificates
+        name,
+        keys.signing_key,
+        verify_certificates=config.federation.verify_certificates,
+        ip_filter=config.federation.ip_filter,
     )
-    keyring = Keyring(store, client, keys)
+    keyring = Keyring(store, client, keys, config.federation.trusted_key_servers)
     sender = FederationSender(store, events, client, name)
     persister.in_transaction.append(sender.on_commit_in_transaction)
     persister.on_committed.append(sender.on_committed)
