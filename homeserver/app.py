@@ -140,7 +140,10 @@ def create_app(
     serializer = EventSerializer(event_store, projections)
     timeline = TimelineService(room_state, serializer, Visibility(event_store, projections))
     lifecycle_store = LifecycleStore(db)
-    room_admin = RoomAdminService(db, creator, room_state, room_store, name, lifecycle_store)
+    room_admin = RoomAdminService(
+        db, creator, room_state, room_store, name, lifecycle_store, room_creation, membership
+    )
+    membership.owner_exit = room_admin.close_if_owner_bound
     ephemeral_store = EphemeralStore(db, event_store)
     ephemeral = EphemeralService(ephemeral_store, room_state, account_data)
     sync = SyncService(

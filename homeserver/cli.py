@@ -89,6 +89,20 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("room")
     au.add_argument("user")
     _add_config_flags(au, nested=True)
+    cr = asub.add_parser(
+        "create-room",
+        help="create a room for others (made by the server's system user, which then leaves)",
+    )
+    cr.add_argument("--owner", required=True, help="the room's owner (one of --invite/--add)")
+    cr.add_argument(
+        "--kind", default="persistent", choices=["transient", "persistent", "public", "conference"]
+    )
+    cr.add_argument("--name")
+    cr.add_argument("--topic")
+    cr.add_argument("--invite", action="append", default=[], help="invite this user (repeat)")
+    cr.add_argument("--add", action="append", default=[], help="join this local user (repeat)")
+    cr.add_argument("--room-version", dest="room_version")
+    _add_config_flags(cr, nested=True)
     dr = asub.add_parser("delete", help="delete a room (kick local members, block)")
     dr.add_argument("room")
     dr.add_argument("--purge", action="store_true", help="also delete its history")
@@ -214,6 +228,8 @@ async def _admin(config: Config, args: argparse.Namespace) -> int:
                 out = await rooms.state(args.room)
             elif cmd == "show":
                 out = await rooms.room_details(args.room)
+            elif cmd == "create-room":
+                out = await rooms.create_for_others(who, _operator_room(args))
             elif cmd == "add-user":
                 await rooms.add_user(args.room, args.user, who)
                 out = {"added": args.user}
@@ -224,6 +240,26 @@ async def _admin(config: Config, args: argparse.Namespace) -> int:
             return 1
     print(json.dumps(out, indent=2, default=str))
     return 0
+
+
+def _operator_room(args: argparse.Namespace) -> Any:
+    """The create-room arguments as the service's typed request."""
+    from homeserver.core.ids import InvalidID, UserID
+    from homeserver.services.errors import invalid_param
+    from homeserver.services.room_admin import OperatorRoom
+
+    try:
+        return OperatorRoom(
+            owner=UserID.parse(args.owner),
+            kind=args.kind,
+            name=args.name,
+            topic=args.topic,
+            invite=tuple(UserID.parse(u) for u in args.invite),
+            add=tuple(UserID.parse(u) for u in args.add),
+            room_version=args.room_version,
+        )
+    except InvalidID as e:
+        raise invalid_param(str(e)) from e
 
 
 async def _rotate_signing_key(config: Config, args: argparse.Namespace) -> int:

@@ -46,6 +46,9 @@ class Requester:
     is_admin: bool
 
 
+# The server's own user (rooms an operator creates for others); never an account.
+SYSTEM_LOCALPART = "_homeserver"
+
 TOKEN_CACHE_TTL = 60.0
 TOKEN_CACHE_SIZE = 100_000
 
@@ -85,6 +88,8 @@ class AccountService:
                 "M_INVALID_USERNAME",
                 "User ID can only contain characters a-z, 0-9, or '=_-./+'",
             )
+        if localpart == SYSTEM_LOCALPART:
+            raise AccountError("M_EXCLUSIVE", "This user ID is reserved for the server")
         try:
             return UserID.create(localpart, self._server_name)
         except InvalidID as e:

@@ -60,6 +60,10 @@ class MembershipService:
         self.remote: RemoteMembership | None = None
         # Called after a local user is invited (DM bookkeeping, expiry, ...).
         self.invite_hooks: list[Callable[[Event], Awaitable[None]]] = []
+        # Called before a joined member leaves, with (room, user, reason); True
+        # when it handled the leave itself (an owner-bound room's owner: the
+        # room is closed, which includes the owner's leave).
+        self.owner_exit: Callable[[str, str, str | None], Awaitable[bool]] | None = None
 
     @property
     def room_state(self) -> RoomState:
@@ -200,6 +204,12 @@ class MembershipService:
             raise forbidden("You are not a member of this room")
         if current in ("leave", "ban"):
             return  # already out: leaving again is a no-op, as Synapse does
+        if (
+            current == "join"
+            and self.owner_exit is not None
+            and await self.owner_exit(room_id, user_id, reason)
+        ):
+            return
         content = await self._member_content(user_id, "leave", reason)
         if current in ("invite", "knock") and self.remote is not None:
             inviter_local = await self._local_room_participation(room_id)

@@ -1,19 +1,40 @@
-"""Deleting rooms (operators and room owners) and the operator's view of rooms.
+"""Deleting rooms (operators and room owners), the operator's view of rooms,
+and rooms an operator creates for others.
 
 Deleting a room: remove its aliases and directory entry, kick every local
 member with a reason, block it so nobody on this server can rejoin, and
-optionally purge its history.
+optionally purge its history. An owner-bound room (creation content
+``io.homeserver.owner_bound``) is deleted the same way when its owner leaves.
+
+Creating a room for others (IPCortex ``api_chat``: "create rooms without
+needing to be a participant"): the server's system user
+(``@_homeserver:<server>``, a name nobody can register) creates it, naming
+the requested owner (``io.homeserver.owner``; a creator in room v12, the admin
+level before), invites the members, joins those to be added, then steps down
+— drops its own power level where it has one (v10/v11) — and leaves. The
+operator never becomes a member.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from homeserver.core.auth import get_user_power_level
+from homeserver.core.ids import UserID
+from homeserver.services.accounts import SYSTEM_LOCALPART
 from homeserver.services.clock import now_ms
-from homeserver.services.errors import MatrixError, forbidden, not_found
+from homeserver.services.errors import MatrixError, forbidden, invalid_param, not_found
 from homeserver.services.event_creator import Draft, EventCreator, remove_member
+from homeserver.services.membership import MembershipService
+from homeserver.services.room_creation import (
+    KIND,
+    KINDS,
+    OWNER_BOUND,
+    RoomCreationService,
+    owner_of,
+)
 from homeserver.services.room_state import RoomState
 from homeserver.storage.database import Database
 from homeserver.storage.lifecycle import LifecycleStore
@@ -21,6 +42,22 @@ from homeserver.storage.purge import purge_room
 from homeserver.storage.rooms import RoomStore
 
 log = logging.getLogger(__name__)
+
+OWNER_LEFT = "The room's owner left, so the room is closed"
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorRoom:
+    """A room an operator creates for others: ``owner`` must be one of
+    ``invite`` (invited) or ``add`` (joined at once)."""
+
+    owner: UserID
+    kind: str = "persistent"
+    name: str | None = None
+    topic: str | None = None
+    invite: tuple[UserID, ...] = ()
+    add: tuple[UserID, ...] = ()
+    room_version: str | None = None
 
 
 class RoomAdminService:
@@ -32,6 +69,8 @@ class RoomAdminService:
         rooms: RoomStore,
         server_name: str,
         audit: LifecycleStore,
+        creation: RoomCreationService,
+        membership: MembershipService,
     ) -> None:
         self._audit_store = audit
         self._db = db
@@ -39,6 +78,9 @@ class RoomAdminService:
         self._state = state
         self._rooms = rooms
         self._server_name = server_name
+        self._creation = creation
+        self._membership = membership
+        self.system_user = UserID.create(SYSTEM_LOCALPART, server_name)
 
     async def audit(
         self, admin: str, action: str, target: str | None = None, **details: Any
@@ -96,6 +138,89 @@ class RoomAdminService:
             "purged_events": purged,
             "blocked": block,
         }
+
+    async def close_if_owner_bound(self, room_id: str, user_id: str, reason: str | None) -> bool:
+        """OpenSER IMC "exit": when the owner of an owner-bound room leaves,
+        the room is destroyed as the owner's delete would (members removed
+        with a reason, aliases dropped, the room blocked) — the owner's own
+        leave included. False (nothing done) for anyone else or another room."""
+        create = await self._state.event(room_id, "m.room.create")
+        if create is None or create.content.get(OWNER_BOUND) is not True:
+            return False
+        if owner_of(create) != user_id:
+            return False
+        await self.delete_room(room_id, user_id, reason=reason or OWNER_LEFT)
+        return True
+
+    async def create_for_others(self, operator: str, spec: OperatorRoom) -> dict[str, Any]:
+        """Create a room for others without joining it (see the module doc);
+        audited with the new room's id, or with the error when refused."""
+        details: dict[str, Any] = {
+            "owner": spec.owner,
+            "kind": spec.kind,
+            "name": spec.name,
+            "invite": list(spec.invite),
+            "add": list(spec.add),
+        }
+        try:
+            out = await self._create_for_others(spec)
+        except MatrixError as e:
+            await self.audit(operator, "create_room", None, **details, error=e.errcode)
+            raise
+        await self.audit(operator, "create_room", out["room_id"], **details)
+        return out
+
+    async def _create_for_others(self, spec: OperatorRoom) -> dict[str, Any]:
+        if spec.kind not in KINDS:
+            raise MatrixError(400, "M_BAD_JSON", f"kind must be one of {', '.join(KINDS)}")
+        members = set(spec.invite) | set(spec.add)
+        if spec.owner not in members:
+            raise invalid_param("owner must be one of the members to invite or add")
+        if set(spec.invite) & set(spec.add):
+            raise invalid_param("a user is either invited or added, not both")
+        for user in spec.add:
+            if user.server_name != self._server_name:
+                raise invalid_param(f"only local users can be added: {user}")
+        if self.system_user in members:
+            raise invalid_param("the system user cannot be a member")
+        body: dict[str, Any] = {
+            "preset": "public_chat" if spec.kind == "public" else "private_chat",
+            "invite": sorted(members),
+            "creation_content": {KIND: spec.kind},
+        }
+        for key, value in (
+            ("name", spec.name),
+            ("topic", spec.topic),
+            ("room_version", spec.room_version),
+        ):
+            if value is not None:
+                body[key] = value
+        system = str(self.system_user)
+        room_id = await self._creation.create_room(system, body, owner=spec.owner)
+        for user in sorted(spec.add):
+            await self._membership.join(user, room_id)
+        await self._step_down(room_id, system)
+        return {
+            "room_id": room_id,
+            "owner": spec.owner,
+            "invited": sorted(spec.invite),
+            "added": sorted(spec.add),
+            "created_by": system,
+        }
+
+    async def _step_down(self, room_id: str, system: str) -> None:
+        """The system user gives up what it holds: its power level entry
+        (v10/v11; in v12 the create event's sender stays a creator, with no
+        membership) and then its membership."""
+        pl = dict(await self._state.content(room_id, "m.room.power_levels"))
+        users = dict(pl.get("users") or {})
+        if system in users:
+            del users[system]
+            pl["users"] = users
+            await self._creator.send(
+                room_id, [Draft("m.room.power_levels", system, pl, state_key="")]
+            )
+        await self._membership.leave(system, room_id)
 
     async def list_rooms(
         self, *, search: str | None, order_by: str, direction: str, offset: int, limit: int

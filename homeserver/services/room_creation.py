@@ -1,6 +1,8 @@
 """``POST /createRoom``: the room's first events, in the specification's order.
 
-1. m.room.create (creation_content, room_version; v10: creator)
+1. m.room.create (creation_content; the server overwrites room_version and,
+   where the version has it, creator — v11+ drop a client's creator, as
+   Synapse does — and io.homeserver.owner, see below)
 2. the creator's join
 3. m.room.power_levels (preset defaults, then power_level_content_override)
 4. m.room.canonical_alias (room_alias_name)
@@ -8,6 +10,13 @@
 6. initial_state (beats the preset)
 7. m.room.name and m.room.topic (beat initial_state)
 8. invites (with is_direct), then directory visibility.
+
+Our own creation content (docs/room-kinds.md): ``io.homeserver.kind``
+(transient, persistent, public, conference) and ``io.homeserver.owner_bound``
+(the owner's leave closes the room; on by default for ``conference``, the
+OpenSER IMC-style kind, whose invites also default to the room's admin
+level). ``io.homeserver.owner`` names the owner of an owner-bound or
+operator-created room; the server always writes it itself.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from homeserver.core.auth import AuthError
+from homeserver.core.events import Event
 from homeserver.core.ids import InvalidID, RoomAlias, UserID
 from homeserver.core.room_versions import (
     DEFAULT_ROOM_VERSION,
@@ -29,6 +39,11 @@ from homeserver.services.errors import MatrixError, bad_json, invalid_param
 from homeserver.services.event_creator import Draft, EventCreator
 from homeserver.services.membership import MembershipService
 from homeserver.services.profile import ProfileService
+
+KINDS = ("transient", "persistent", "public", "conference")
+KIND = "io.homeserver.kind"
+OWNER = "io.homeserver.owner"
+OWNER_BOUND = "io.homeserver.owner_bound"
 
 PRESETS: dict[str, dict[str, Any]] = {
     "private_chat": {
@@ -107,12 +122,20 @@ class RoomCreationService:
         create = await self._membership.room_state.content(room_id, "m.room.create")
         return _kind_of(create) == "public"
 
-    async def create_room(self, user_id: str, body: Mapping[str, Any]) -> str:
+    async def create_room(
+        self, user_id: str, body: Mapping[str, Any], *, owner: str | None = None
+    ) -> str:
+        """Create a room as ``user_id``. ``owner`` (operator creation only)
+        names another user who gets the owner's power: a creator in room
+        versions with privileged creators, else the admin level."""
         # -- validate the whole request before writing anything
         creation_content = _obj(body, "creation_content")
-        kind = creation_content.get("io.homeserver.kind")
-        if kind is not None and kind not in ("transient", "persistent", "public"):
-            raise bad_json("io.homeserver.kind must be transient, persistent or public")
+        kind = creation_content.get(KIND)
+        if kind is not None and kind not in KINDS:
+            raise bad_json(f"{KIND} must be one of {', '.join(KINDS)}")
+        owner_bound = creation_content.get(OWNER_BOUND, kind == "conference")
+        if not isinstance(owner_bound, bool):
+            raise bad_json(f"{OWNER_BOUND} must be a boolean")
         extra_creators = creation_content.get("additional_creators", [])
         if not isinstance(extra_creators, list) or not all(
             isinstance(u, str) for u in extra_creators
@@ -198,13 +221,15 @@ class RoomCreationService:
         def add(type: str, content: Mapping[str, Any], state_key: str | None = "") -> None:
             drafts.append(Draft(type=type, sender=user_id, content=content, state_key=state_key))
 
-        create_content = dict(creation_content)
-        create_content["room_version"] = rv.identifier
-        if not rv.implicit_room_creator:
-            create_content["creator"] = user_id
-        if rv.privileged_creators and preset["invitees_are_admins"] and invitees:
+        create_content = server_creation_content(
+            rv, creation_content, user_id, owner or user_id, owner_bound=owner_bound
+        )
+        new_creators: set[str] = set(invitees) if preset["invitees_are_admins"] else set()
+        if owner is not None and owner != user_id:
+            new_creators.add(owner)
+        if rv.privileged_creators and new_creators:
             extra = create_content.get("additional_creators", [])
-            create_content["additional_creators"] = sorted(set(extra) | set(invitees))
+            create_content["additional_creators"] = sorted(set(extra) | new_creators)
         add("m.room.create", create_content)
         profile = await self._profiles.get(user_id)
         member: dict[str, Any] = {"membership": "join"}
@@ -214,6 +239,11 @@ class RoomCreationService:
             member["avatar_url"] = profile.avatar_url
         add("m.room.member", member, user_id)
         pl = default_power_levels(rv, user_id, preset, invitees)
+        if kind == "conference":
+            # OpenSER IMC: only the owner and the administrators may invite.
+            pl["invite"] = admin_level(pl)
+        if owner is not None and not rv.privileged_creators:
+            pl["users"][owner] = admin_level(pl)
         for k, v in pl_override.items():
             if isinstance(v, dict) and isinstance(pl.get(k), dict):
                 pl[k] = {**pl[k], **copy.deepcopy(v)}
@@ -281,8 +311,54 @@ class RoomCreationService:
         return room_id
 
 
+def server_creation_content(
+    rv: RoomVersion,
+    requested: Mapping[str, Any],
+    sender: str,
+    owner: str,
+    *,
+    owner_bound: bool,
+) -> dict[str, Any]:
+    """The create event's content from the client's ``creation_content``: the
+    keys the server owns are overwritten, never taken from the client —
+    ``room_version``; ``creator`` (the sender where the version has the field,
+    dropped where it does not: v11+ derive the creator from the sender, and a
+    client-chosen value would only mislead clients that still read it); and
+    ``io.homeserver.owner`` (written for owner-bound rooms and rooms created
+    for someone else, dropped otherwise)."""
+    content = dict(requested)
+    content["room_version"] = rv.identifier
+    content.pop("creator", None)
+    if not rv.implicit_room_creator:
+        content["creator"] = sender
+    content.pop(OWNER, None)
+    if owner_bound:
+        content[OWNER_BOUND] = True
+    if owner_bound or owner != sender:
+        content[OWNER] = owner
+    return content
+
+
+def admin_level(power_levels: Mapping[str, Any]) -> int:
+    """The room's admin level: the power needed to change power levels (who
+    may hand out roles), 100 unless the room says otherwise."""
+    events = power_levels.get("events")
+    needed = events.get("m.room.power_levels") if isinstance(events, dict) else None
+    if isinstance(needed, int) and not isinstance(needed, bool):
+        return needed
+    default = power_levels.get("state_default", 50)
+    return default if isinstance(default, int) and not isinstance(default, bool) else 50
+
+
+def owner_of(create: Event) -> str:
+    """The room's owner: ``io.homeserver.owner`` when the server wrote one
+    (operator-created and owner-bound rooms), else the create event's sender."""
+    owner = create.content.get(OWNER)
+    return owner if isinstance(owner, str) else create.sender
+
+
 def _kind_of(create_content: Mapping[str, Any]) -> str | None:
-    kind = create_content.get("io.homeserver.kind")
+    kind = create_content.get(KIND)
     return kind if isinstance(kind, str) else None
 
 

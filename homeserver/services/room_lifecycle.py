@@ -3,7 +3,7 @@ archived rooms, the purge of transient rooms, and the room's configuration
 under the names multi-user chat users know (members-only, moderated, ...).
 
 Room kinds live in the create event's content as ``io.homeserver.kind``
-(``transient``, ``persistent``, ``public``); limits in the state event
+(``transient``, ``persistent``, ``public``, ``conference``); limits in the state event
 ``io.homeserver.room.limits``. Standard clients ignore both and keep working.
 """
 
@@ -19,6 +19,7 @@ from homeserver.services.clock import now_ms
 from homeserver.services.errors import MatrixError, forbidden
 from homeserver.services.event_creator import Draft, EventCreator, remove_member
 from homeserver.services.membership import MembershipService
+from homeserver.services.room_creation import admin_level
 from homeserver.services.room_state import RoomState
 from homeserver.storage.database import Database
 from homeserver.storage.lifecycle import LifecycleStore
@@ -27,7 +28,6 @@ from homeserver.storage.rooms import RoomStore
 
 log = logging.getLogger(__name__)
 
-KINDS = ("transient", "persistent", "public")
 MAX_INVITE_EXPIRY_MS = 365 * 24 * 3600 * 1000
 
 
@@ -168,8 +168,10 @@ class RoomLifecycleService:
             events = {}
         speak = _int(events.get("m.room.message"), _int(pl.get("events_default"), 0))
         kind = create.get("io.homeserver.kind") or "persistent"
+        invite_level = _int(pl.get("invite"), 0)
         return {
             "members_only": join_rule != "public",
+            "allow_invites": invite_level <= users_default,
             "moderated": speak > users_default,
             "public": join_rule == "public",
             "published": await self._rooms.get_visibility(room_id) == "public",
@@ -179,23 +181,42 @@ class RoomLifecycleService:
             "join_rule": join_rule,
             "history_visibility": hv.get("history_visibility", "shared"),
             "voice_level": speak,
+            "invite_level": invite_level,
+            "owner_bound": create.get("io.homeserver.owner_bound") is True,
         }
 
     async def set_config(
         self, user_id: str, room_id: str, changes: dict[str, Any]
     ) -> dict[str, Any]:
-        """Translate members-only / moderated / public / max_members into
-        join rules, power levels and the limits state event."""
+        """Translate members-only / allow-invites / moderated / public /
+        max_members into join rules, power levels and the limits state event.
+
+        ``allow_invites`` (MUC's ``allowinvites``) is the ``invite`` power
+        level, so other servers enforce it too: on, any member may invite
+        (``users_default``); off, only the room's admin level may. Turning
+        ``members_only`` on turns ``allow_invites`` off unless the request
+        sets it too (MUC: "only members may join, only admins can invite");
+        a request that leaves both out changes neither."""
         await self._state.require_joined(room_id, user_id)
         drafts: list[Draft] = []
         jr = dict(await self._state.content(room_id, "m.room.join_rules"))
         pl = dict(await self._state.content(room_id, "m.room.power_levels"))
+        pl_changed = False
+        allow_invites = changes.get("allow_invites")
+        if "allow_invites" in changes and not isinstance(allow_invites, bool):
+            raise MatrixError(400, "M_BAD_JSON", "allow_invites must be a boolean")
         if "public" in changes or "members_only" in changes:
             public = changes.get("public", not changes.get("members_only", True))
             if not isinstance(public, bool):
                 raise MatrixError(400, "M_BAD_JSON", "public/members_only must be booleans")
             jr["join_rule"] = "public" if public else "invite"
             drafts.append(Draft("m.room.join_rules", user_id, jr, state_key=""))
+            if not public and allow_invites is None:
+                allow_invites = False
+        if allow_invites is not None:
+            users_default = _int(pl.get("users_default"), 0)
+            pl["invite"] = users_default if allow_invites else admin_level(pl)
+            pl_changed = True
         if "moderated" in changes:
             if not isinstance(changes["moderated"], bool):
                 raise MatrixError(400, "M_BAD_JSON", "moderated must be a boolean")
@@ -205,6 +226,8 @@ class RoomLifecycleService:
             else:
                 events.pop("m.room.message", None)
             pl["events"] = events
+            pl_changed = True
+        if pl_changed:
             drafts.append(Draft("m.room.power_levels", user_id, pl, state_key=""))
         if "max_members" in changes:
             cap = changes["max_members"]

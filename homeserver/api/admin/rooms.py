@@ -1,4 +1,5 @@
-"""Operator API: list, inspect and delete rooms (server admins only)."""
+"""Operator API: list, inspect, create (for others) and delete rooms (server
+admins only)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from homeserver.api import validate as v
 from homeserver.api.appkeys import ROOM_ADMIN
 from homeserver.api.auth import require_admin
 from homeserver.api.errors import json_response
+from homeserver.services.room_admin import OperatorRoom
 
 routes = web.RouteTableDef()
 P = "/_homeserver/admin/v1"
@@ -25,6 +27,26 @@ async def list_rooms(request: web.Request) -> web.Response:
         offset=v.query_int(request, "from", 0),
         limit=v.query_int(request, "limit", 100, lo=1, hi=1000),
     )
+    return json_response(out)
+
+
+@routes.post(P + "/rooms")
+async def create_room(request: web.Request) -> web.Response:
+    """Create a room for others: ``{"owner", "kind"?, "name"?, "topic"?,
+    "invite"?: [...], "add"?: [...], "room_version"?}``. The operator does not
+    become a member; the action is audited by the service (with the room id)."""
+    requester = await require_admin(request)
+    body = await v.read_json(request)
+    spec = OperatorRoom(
+        owner=v.user_id(v.get(body, "owner", str), "owner"),
+        kind=v.get(body, "kind", str, "persistent"),
+        name=v.get(body, "name", str, None),
+        topic=v.get(body, "topic", str, None),
+        invite=tuple(v.user_id(u, "invite") for u in v.get_str_list(body, "invite", [])),
+        add=tuple(v.user_id(u, "add") for u in v.get_str_list(body, "add", [])),
+        room_version=v.get(body, "room_version", str, None),
+    )
+    out = await request.app[ROOM_ADMIN].create_for_others(requester.user_id, spec)
     return json_response(out)
 
 
