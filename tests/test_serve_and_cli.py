@@ -122,3 +122,31 @@ def test_operator_commands(db_url: str, tmp_path: Path) -> None:
     assert r.returncode == 1 and "M_NOT_FOUND" in r.stderr
     r = run("rebuild", db_url=db_url, tmp=tmp_path)
     assert r.returncode == 0 and "rebuilt projections of 0 room(s)" in r.stdout
+
+
+def test_admin_create_room(db_url: str, tmp_path: Path) -> None:
+    """`homeserver admin create-room`: a room for others, made by the system
+    user, which leaves; the operator is no member; audited."""
+    for name in ("alice", "bob"):
+        r = run("register-user", name, "--password", "pw", db_url=db_url, tmp=tmp_path)
+        assert r.returncode == 0, r.stderr
+    r = run(
+        *("admin", "--as", "@op:hs.test", "create-room", "--name", "Ops", "--kind", "conference"),
+        *("--owner", "@alice:hs.test", "--add", "@alice:hs.test", "--invite", "@bob:hs.test"),
+        db_url=db_url,
+        tmp=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["owner"] == "@alice:hs.test" and out["created_by"] == "@_homeserver:hs.test"
+    r = run("admin", "members", out["room_id"], db_url=db_url, tmp=tmp_path)
+    members = {m["user_id"]: m["membership"] for m in json.loads(r.stdout)}
+    assert members == {
+        "@_homeserver:hs.test": "leave",
+        "@alice:hs.test": "join",
+        "@bob:hs.test": "invite",
+    }
+    r = run("admin", "create-room", "--owner", "@alice:hs.test", db_url=db_url, tmp=tmp_path)
+    assert r.returncode == 1 and "M_INVALID_PARAM" in r.stderr
+    r = run("verify", db_url=db_url, tmp=tmp_path)
+    assert r.returncode == 0 and "no drift" in r.stdout, r.stdout + r.stderr

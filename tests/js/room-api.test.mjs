@@ -193,6 +193,24 @@ describe("createRoom", () => {
     assert.equal(await promise, id2, "the Promise resolves to the same id");
   });
 
+  test("the server overwrites creator: the caller in v10, dropped from v11 on", async () => {
+    // Seed: "The server will overwrite the following keys: creator, room_version".
+    const alice = await newUser("crc");
+    const mallory = `@mallory:${alice.userId.split(":").slice(1).join(":")}`;
+    for (const version of ["10", "11", "12"]) {
+      const roomId = await alice.createRoom({
+        room_version: version,
+        creation_content: { creator: mallory, room_version: "1", "m.federate": true },
+      });
+      const path = `${CS}/rooms/${encodeURIComponent(roomId)}/state/m.room.create/`;
+      const create = (await raw(alice, "GET", path)).body;
+      assert.equal(create.room_version, version);
+      assert.equal(create["m.federate"], true, "other keys are kept");
+      if (version === "10") assert.equal(create.creator, alice.userId);
+      else assert.ok(!("creator" in create), `v${version} keeps no creator: ${JSON.stringify(create)}`);
+    }
+  });
+
   test("refusals: bad preset, taken alias, bad options", async () => {
     const alice = await newUser("crr");
     const err = await alice.createRoom({ preset: "no_such_preset" }).catch((e) => e);
