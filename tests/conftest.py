@@ -21,9 +21,9 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from homeserver.config import Config, load_config
+from homeserver.config import Config
 from homeserver.storage.database import Database
-from tests.helpers import MatrixClient
+from tests.helpers import MatrixClient, make_config
 
 TEMPLATE = "hs_test_template"
 
@@ -115,11 +115,7 @@ async def db(db_url: str) -> AsyncIterator[Database]:
 
 @pytest.fixture
 def config(tmp_path: Path) -> Config:
-    return load_config(
-        None,
-        overrides={"server_name": "hs.test", "data_dir": str(tmp_path / "data")},
-        environ={},
-    )
+    return make_config(tmp_path)
 
 
 @pytest.fixture

@@ -5,11 +5,24 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from aiohttp.test_utils import TestClient
 
+from homeserver.config import Config, load_config
+
 CS = "/_matrix/client/v3"
+
+
+def make_config(tmp_path: Path, **overrides: Any) -> Config:
+    """The test server's config (server name hs.test, data under tmp_path),
+    with dotted-key overrides such as ``admins=[...]``."""
+    return load_config(
+        None,
+        overrides={"server_name": "hs.test", "data_dir": str(tmp_path / "data"), **overrides},
+        environ={},
+    )
 
 
 @dataclass

@@ -88,20 +88,18 @@ async def test_wrong_password_is_forbidden(client: MatrixClient) -> None:
 
 async def test_register_errors(client: MatrixClient) -> None:
     await client.register("carol")
-    r = await client.call(
-        "POST",
-        f"{CS}/register",
-        {"username": "carol", "password": "x", "auth": {"type": "m.login.dummy"}},
-        expect=400,
-    )
-    assert r["errcode"] == "M_USER_IN_USE"
-    r = await client.call(
-        "POST",
-        f"{CS}/register",
-        {"username": "Bad Name!", "password": "x", "auth": {"type": "m.login.dummy"}},
-        expect=400,
-    )
-    assert r["errcode"] == "M_INVALID_USERNAME"
+    for username, errcode in (
+        ("carol", "M_USER_IN_USE"),
+        ("Bad Name!", "M_INVALID_USERNAME"),
+        ("_homeserver", "M_EXCLUSIVE"),  # the server's system user
+    ):
+        r = await client.call(
+            "POST",
+            f"{CS}/register",
+            {"username": username, "password": "x", "auth": {"type": "m.login.dummy"}},
+            expect=400,
+        )
+        assert r["errcode"] == errcode, username
     # without auth: the user-interactive 401 with the dummy flow
     r = await client.call(
         "POST", f"{CS}/register", {"username": "dave", "password": "x"}, expect=401
@@ -111,6 +109,8 @@ async def test_register_errors(client: MatrixClient) -> None:
     assert r["available"] is True
     r = await client.call("GET", f"{CS}/register/available?username=carol", expect=400)
     assert r["errcode"] == "M_USER_IN_USE"
+    r = await client.call("GET", f"{CS}/register/available?username=_homeserver", expect=400)
+    assert r["errcode"] == "M_EXCLUSIVE"
     r = await client.call(
         "POST", f"{CS}/register", {"username": 5, "auth": {"type": "m.login.dummy"}}, expect=400
     )

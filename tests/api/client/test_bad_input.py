@@ -38,6 +38,15 @@ ROWS: list[tuple[str, str, str | None, int, str]] = [
         400,
         "M_INVALID_PARAM",
     ),
+    # our creation content: an unknown kind, a non-boolean owner_bound
+    ("POST", "/createRoom", '{"creation_content": {"io.homeserver.kind": "x"}}', 400, "M_BAD_JSON"),
+    (
+        "POST",
+        "/createRoom",
+        '{"creation_content": {"io.homeserver.owner_bound": "yes"}}',
+        400,
+        "M_BAD_JSON",
+    ),
     # U+0000 and unpaired surrogates in a body (were 500: PostgreSQL jsonb
     # refuses \u0000, UTF-8 cannot encode a lone surrogate)
     ("PUT", "/user/{user}/account_data/m.x", '{"k": ' + NUL + "}", 400, "M_BAD_JSON"),
