@@ -147,6 +147,10 @@ class RoomAdminService:
         create = await self._state.event(room_id, "m.room.create")
         if create is None or create.content.get(OWNER_BOUND) is not True:
             return False
+        if UserID(create.sender).server_name != self._server_name:
+            # Only our own rooms: another server could name one of our users
+            # the owner and so have us evict every local member and block it.
+            return False
         if owner_of(create) != user_id:
             return False
         await self.delete_room(room_id, user_id, reason=reason or OWNER_LEFT)
@@ -178,6 +182,8 @@ class RoomAdminService:
             raise invalid_param("owner must be one of the members to invite or add")
         if set(spec.invite) & set(spec.add):
             raise invalid_param("a user is either invited or added, not both")
+        if spec.owner.server_name != self._server_name:
+            raise invalid_param("the owner must be a local user")
         for user in spec.add:
             if user.server_name != self._server_name:
                 raise invalid_param(f"only local users can be added: {user}")

@@ -254,6 +254,7 @@ async def test_operator_creation_refusals(client: MatrixClient, db: Database) ->
         ({"owner": "@nobody:hs.test", "add": ["@nobody:hs.test"]}, 404, "M_NOT_FOUND"),
         ({"owner": alice.user_id, "add": [alice.user_id, "@x:elsewhere"]}, 400, "M_INVALID_PARAM"),
         ({"owner": SYSTEM, "add": [SYSTEM]}, 400, "M_INVALID_PARAM"),
+        ({"owner": "@x:elsewhere", "invite": ["@x:elsewhere"]}, 400, "M_INVALID_PARAM"),
     ]
     for body, status, errcode in bad:
         r = await admin.call("POST", f"{ADMIN}/rooms", body, expect=status)
