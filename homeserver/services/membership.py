@@ -9,7 +9,8 @@ rooms and users on other servers.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 from homeserver.core.auth import AuthError
@@ -96,7 +97,7 @@ class MembershipService:
         content: dict[str, Any],
         require: tuple[str, str] | None = None,
     ) -> Event:
-        try:
+        with _refusals_as_matrix_errors():
             (ev,) = await self._creator.send(
                 room_id,
                 [
@@ -109,12 +110,6 @@ class MembershipService:
                     )
                 ],
             )
-        except PreconditionFailed as e:
-            raise MatrixError(403, "M_BAD_STATE", str(e)) from e
-        except AuthError as e:
-            raise forbidden(str(e)) from e
-        except RoomNotFound as e:
-            raise not_found("Unknown room") from e
         return ev
 
     # ---------------------------------------------------------------- join
@@ -262,11 +257,12 @@ class MembershipService:
         if self.is_local(target) or self.remote is None:
             return await self._send(room_id, sender, target, content)
         # Remote invitee: its server must counter-sign before we append.
-        return await self._creator.send_with_countersign(
-            room_id,
-            Draft("m.room.member", sender, content, state_key=target),
-            self.remote.send_invite,
-        )
+        with _refusals_as_matrix_errors():
+            return await self._creator.send_with_countersign(
+                room_id,
+                Draft("m.room.member", sender, content, state_key=target),
+                self.remote.send_invite,
+            )
 
     async def after_local_invites(self, room_id: str, invites: Sequence[Event]) -> None:
         for ev in invites:
@@ -352,6 +348,20 @@ class MembershipService:
                 content[k] = v
         content.pop("reason", None)
         return await self._send(room_id, user_id, user_id, content)
+
+
+@contextmanager
+def _refusals_as_matrix_errors() -> Iterator[None]:
+    """The event creator's refusals as the client's errors (a 403 when the
+    authorization rules say no, on every way a member event is sent)."""
+    try:
+        yield
+    except PreconditionFailed as e:
+        raise MatrixError(403, "M_BAD_STATE", str(e)) from e
+    except AuthError as e:
+        raise forbidden(str(e)) from e
+    except RoomNotFound as e:
+        raise not_found("Unknown room") from e
 
 
 def _server_of(room_id: str) -> str | None:

@@ -108,6 +108,32 @@ async def test_kick_ban_refused_rejoin_unban(sides: tuple[Client, Client]) -> No
     await same_view(host, guest, room)
 
 
+async def test_admin_only_invites_bind_the_other_server(sides: tuple[Client, Client]) -> None:
+    """A conference room's invites are for the owner and admins (the invite
+    power level), so the guest's own server refuses the guest's invite; the
+    room config's allow_invites opens it, on both servers alike."""
+    host, guest = sides
+    friend = await host.register(uniq("friend"))  # on the host's server
+    room = await host.create_room(creation_content={"io.homeserver.kind": "conference"})
+    await host.membership(room, "invite", user_id=guest.user_id)
+    await eventually(guest.sync, lambda s: room in rooms_of(s, "invite"))
+    await guest.join(room, [host.server_name])
+    await membership_is(host, room, guest.user_id, "join")
+    with pytest.raises(MatrixError) as e:
+        await guest.membership(room, "invite", user_id=friend.user_id)
+    # (was a 500: the refusal of an invite to another server went unmapped)
+    assert e.value.status == 403 and e.value.body["errcode"] == "M_FORBIDDEN"
+    cfg = await host.call(
+        "PUT", f"/_homeserver/client/v1/rooms/{q(room)}/config", {"allow_invites": True}
+    )
+    assert cfg["allow_invites"] is True
+    await eventually(
+        lambda: guest.state_event(room, "m.room.power_levels"), lambda pl: pl["invite"] == 0
+    )
+    await guest.membership(room, "invite", user_id=friend.user_id)
+    await membership_is(host, room, friend.user_id, "invite")
+
+
 async def test_remote_moderator_kicks_local_user(pair: Pair) -> None:
     """A moderator on B kicks and bans a user of A, in a room A created."""
     owner = await pair.client(pair.a).register(uniq("owner"))
