@@ -215,8 +215,12 @@ class RoomLifecycleService:
                 allow_invites = False
         if allow_invites is not None:
             users_default = _int(pl.get("users_default"), 0)
-            pl["invite"] = users_default if allow_invites else admin_level(pl)
-            pl_changed = True
+            level = users_default if allow_invites else admin_level(pl)
+            # Unchanged, no event: a member who may change the join rules but
+            # not the power levels can still make the room members-only.
+            if _int(pl.get("invite"), 0) != level:
+                pl["invite"] = level
+                pl_changed = True
         if "moderated" in changes:
             if not isinstance(changes["moderated"], bool):
                 raise MatrixError(400, "M_BAD_JSON", "moderated must be a boolean")

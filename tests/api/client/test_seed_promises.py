@@ -131,6 +131,22 @@ async def test_members_only_turns_invites_to_admins_unless_allowed(client: Matri
     assert r["errcode"] == "M_FORBIDDEN"
 
 
+async def test_a_moderator_makes_an_admin_invite_room_members_only(client: MatrixClient) -> None:
+    """Invites already at the admin level: turning members_only on sends only
+    the join rules, which a moderator may change (not the power levels)."""
+    alice = await client.register("alice")
+    bob = await client.register("bob")
+    room = await alice.create_room(
+        preset="public_chat",
+        power_level_content_override={"invite": 100, "users": {bob.user_id: 50}},
+    )
+    await bob.call("POST", f"{CS}/join/{room}", {})
+    cfg = await bob.call("PUT", f"{HS}/rooms/{room}/config", {"members_only": True})
+    assert cfg["members_only"] is True and cfg["allow_invites"] is False
+    r = await bob.call("PUT", f"{HS}/rooms/{room}/config", {"allow_invites": True}, expect=403)
+    assert r["errcode"] == "M_FORBIDDEN"
+
+
 # ---------------------------------------- 4. IMC: the owner's exit destroys
 
 
