@@ -1,8 +1,8 @@
 """``POST /createRoom``: the room's first events, in the specification's order.
 
-1. m.room.create (creation_content; the server overwrites room_version and,
-   where the version has it, creator — v11+ drop a client's creator, as
-   Synapse does — and io.homeserver.owner, see below)
+1. m.room.create (creation_content; the server overwrites room_version,
+   creator — set in v10, dropped in v11+ where the sender is the creator —
+   and io.homeserver.owner, see below)
 2. the creator's join
 3. m.room.power_levels (preset defaults, then power_level_content_override)
 4. m.room.canonical_alias (room_alias_name)
