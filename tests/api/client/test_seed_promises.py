@@ -13,6 +13,7 @@ tests/js/room-api.test.mjs):
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,7 +28,7 @@ SYSTEM = "@_homeserver:hs.test"
 
 
 @pytest.fixture
-def config(tmp_path) -> Config:  # type: ignore[no-untyped-def]
+def config(tmp_path: Path) -> Config:
     return make_config(tmp_path, admins=["@admin:hs.test"])
 
 
