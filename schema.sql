@@ -525,3 +525,54 @@ BEGIN
         INSERT INTO federation_key_trust_reset VALUES (true) ON CONFLICT DO NOTHING;
     END IF;
 END $$;
+-- ============================================== event relations (client-rooms)
+-- Owned by homeserver/storage/relations.py. A projection of the log: one row
+-- per accepted event whose content carries an ``m.relates_to`` with a string
+-- rel_type and event_id (Client-Server API "Forming relationships between
+-- events"). It is derived by a trigger on the events table, so every write
+-- path (the persister's transaction and the one-statement message append)
+-- fills it in the append's own transaction; ``homeserver rebuild``/``verify``
+-- derive it again from the same view. Redacted relations stay in the table
+-- and are left out when read (event_redactions), as rows never change.
+CREATE TABLE IF NOT EXISTS event_relations (
+    event_id          text PRIMARY KEY,
+    room_id           text NOT NULL,
+    relates_to_id     text NOT NULL,
+    rel_type          text NOT NULL,
+    type              text NOT NULL,
+    sender            text NOT NULL,
+    stream_ordering   bigint NOT NULL,
+    origin_server_ts  bigint NOT NULL
+);
+CREATE INDEX IF NOT EXISTS event_relations_parent
+    ON event_relations (relates_to_id, rel_type, stream_ordering);
+CREATE INDEX IF NOT EXISTS event_relations_threads
+    ON event_relations (room_id, stream_ordering) WHERE rel_type = 'm.thread';
+
+-- The relation rows the log implies: the trigger and the rebuild both read it.
+CREATE OR REPLACE VIEW event_relations_derived AS
+    SELECT e.event_id, e.room_id, r.rel ->> 'event_id' AS relates_to_id,
+           r.rel ->> 'rel_type' AS rel_type, e.type, e.sender, e.stream_ordering,
+           e.origin_server_ts
+    FROM events e,
+         LATERAL (SELECT COALESCE(e.redacted_json, e.json)::jsonb -> 'content' -> 'm.relates_to'
+                  AS rel) r
+    WHERE NOT e.outlier AND NOT e.soft_failed AND e.rejected_reason IS NULL
+      AND jsonb_typeof(r.rel -> 'event_id') = 'string'
+      AND jsonb_typeof(r.rel -> 'rel_type') = 'string';
+
+-- Statement-level, over the inserted rows: events without the key (nearly
+-- all of them) cost one strpos each and no JSON parsing.
+CREATE OR REPLACE FUNCTION hs_derive_relations() RETURNS trigger AS $$
+BEGIN
+    INSERT INTO event_relations
+        SELECT d.* FROM new_events n JOIN event_relations_derived d USING (event_id)
+        WHERE strpos(n.json, 'm.relates_to') > 0
+        ON CONFLICT DO NOTHING;
+    RETURN NULL;
+END $$ LANGUAGE plpgsql;
+
+DROP TRIGGER IF EXISTS events_relations ON events;
+CREATE TRIGGER events_relations AFTER INSERT ON events
+    REFERENCING NEW TABLE AS new_events
+    FOR EACH STATEMENT EXECUTE FUNCTION hs_derive_relations();

@@ -29,6 +29,7 @@ from homeserver.api.client import membership as membership_api
 from homeserver.api.client import presence as presence_api
 from homeserver.api.client import profile as profile_api
 from homeserver.api.client import refused as refused_api
+from homeserver.api.client import relations as relations_api
 from homeserver.api.client import reports as reports_api
 from homeserver.api.client import search as search_api
 from homeserver.api.client import sync as sync_api
@@ -53,6 +54,7 @@ from homeserver.services.devices import DeviceService
 from homeserver.services.direct_messages import DirectMessageService
 from homeserver.services.directory import DirectoryService
 from homeserver.services.ephemeral import EphemeralService
+from homeserver.services.event_context import ContextService
 from homeserver.services.event_creator import EventCreator
 from homeserver.services.federation.service import build_federation
 from homeserver.services.hierarchy import HierarchyService
@@ -62,6 +64,7 @@ from homeserver.services.notifier import Notifier
 from homeserver.services.persister import Persister
 from homeserver.services.presence import PresenceService
 from homeserver.services.profile import ProfileService
+from homeserver.services.relations import RelationsService
 from homeserver.services.reports import ReportService
 from homeserver.services.room_admin import RoomAdminService
 from homeserver.services.room_creation import RoomCreationService
@@ -91,6 +94,7 @@ from homeserver.storage.federation import FED_CHANNEL
 from homeserver.storage.lifecycle import LifecycleStore
 from homeserver.storage.presence import PresenceStore
 from homeserver.storage.projections import Projections
+from homeserver.storage.relations import RelationStore
 from homeserver.storage.reports import ReportStore
 from homeserver.storage.rooms import RoomStore
 from homeserver.storage.search import SearchStore
@@ -137,8 +141,12 @@ def create_app(
     membership.invite_hooks.append(account_data.on_invite)
     room_creation = RoomCreationService(creator, membership, directory, profiles, name)
     messages = MessageService(creator, room_state)
-    serializer = EventSerializer(event_store, projections)
+    relation_store = RelationStore(db)
+    serializer = EventSerializer(event_store, projections, relation_store)
     timeline = TimelineService(room_state, serializer, Visibility(event_store, projections))
+    relations = RelationsService(
+        timeline, event_store, relation_store, Visibility(event_store, projections), serializer
+    )
     lifecycle_store = LifecycleStore(db)
     room_admin = RoomAdminService(
         db, creator, room_state, room_store, name, lifecycle_store, room_creation, membership
@@ -165,6 +173,8 @@ def create_app(
     app[appkeys.MEMBERSHIP] = membership
     app[appkeys.MESSAGES] = messages
     app[appkeys.TIMELINE] = timeline
+    app[relations_api.RELATIONS] = relations
+    app[relations_api.CONTEXT] = ContextService(timeline, relations, event_store, serializer)
     app[appkeys.DIRECTORY] = directory
     app[appkeys.PROFILES] = profiles
     app[appkeys.ACCOUNT_DATA] = account_data
@@ -264,6 +274,7 @@ def create_app(
         fed_leaves,
         fed_invites,
         rooms,
+        relations_api,
         membership_api,
         directory_api,
         profile_api,

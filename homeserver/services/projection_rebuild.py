@@ -6,7 +6,8 @@ forward extremities are the accepted events nothing accepted points back to
 head, see ``room_head``); the current state is the state after the single
 extremity, or the resolution of the extremities' states; every other projection follows from
 the accepted events and that state through the same ``Projections.apply``
-the write path uses. ``verify_room`` runs the rebuild inside a transaction
+the write path uses (event relations, which a trigger derives on the write
+path, from the same view: ``storage/relations.py``). ``verify_room`` runs the rebuild inside a transaction
 that is rolled back and reports the difference.
 """
 
@@ -21,6 +22,7 @@ from homeserver.services.room_head import StateResolver
 from homeserver.storage.database import Database
 from homeserver.storage.events import EventStore, accepted_events, all_room_ids
 from homeserver.storage.projections import Accepted, Projections
+from homeserver.storage.relations import derive_relations
 
 
 @dataclass
@@ -75,6 +77,7 @@ class ProjectionRebuilder:
             [],
             extremities,
         )
+        await derive_relations(conn, room_id)
 
     async def rebuild_room(self, room_id: str) -> None:
         async with self._db.transaction() as conn:

@@ -1,6 +1,6 @@
 """Events as clients see them: the ClientEvent form with ``unsigned``
-(age, transaction_id for the sender's device, prev_content, redacted_because)
-and redactions applied."""
+(age, transaction_id for the sender's device, prev_content, redacted_because,
+the bundled aggregations of ``m.relations``) and redactions applied."""
 
 from __future__ import annotations
 
@@ -12,12 +12,19 @@ from homeserver.core.events import Event
 from homeserver.services.clock import now_ms
 from homeserver.storage.events import EventStore, StoredEvent
 from homeserver.storage.projections import Projections
+from homeserver.storage.relations import RelationStore, Summary
 
 
 class EventSerializer:
-    def __init__(self, store: EventStore, projections: Projections) -> None:
+    def __init__(
+        self,
+        store: EventStore,
+        projections: Projections,
+        relations: RelationStore | None = None,
+    ) -> None:
         self._store = store
         self._proj = projections
+        self._relations = relations
 
     async def serialize(
         self,
@@ -27,10 +34,14 @@ class EventSerializer:
         prev_content: bool = True,
         redactions: Mapping[str, list[str]] | None = None,
         redactions_cover: Collection[str] = (),
+        bundle: bool = True,
+        relations_cover: Collection[str] = (),
     ) -> list[dict[str, Any]]:
         """``redactions`` (redacted id → redaction ids) is authoritative for
         the ids in ``redactions_cover`` (already read by the caller); the
-        rest are looked up."""
+        rest are looked up. With ``bundle``, events get the aggregations of
+        their relations (one query for all of them), except those in
+        ``relations_cover``, which the caller knows have none."""
         if not events:
             return []
         known = dict(redactions or {})
@@ -71,7 +82,45 @@ class EventSerializer:
                     unsigned["prev_sender"] = prev.sender
             d["unsigned"] = unsigned
             out.append(d)
+        if bundle and self._relations is not None:
+            wanted = [e for e in events if e.event.event_id not in relations_cover]
+            await self._bundle(wanted, out, viewer, depth=1)
         return out
+
+    async def _bundle(
+        self,
+        events: Sequence[StoredEvent],
+        out: list[dict[str, Any]],
+        viewer: tuple[str, str] | None,
+        depth: int,
+    ) -> None:
+        """Add ``unsigned.m.relations`` to the unredacted ``events`` (their
+        forms in ``out``) (Client-Server API "Aggregations of child events"):
+        the m.thread summary, the latest m.replace event in full (since v1.7
+        the content itself is never replaced) and the m.reference ids. The
+        latest thread replies and edits are serialised in turn and bundled
+        ``depth`` more times (1 from the top: a reply's own edit)."""
+        assert self._relations is not None
+        by_id = {d["event_id"]: d for d in out}
+        todo = [
+            se for se in events if "redacted_because" not in by_id[se.event.event_id]["unsigned"]
+        ]
+        reader = viewer[0] if viewer else None
+        summaries = await self._relations.aggregations([se.event for se in todo], reader)
+        if not summaries:
+            return
+        found = await self._store.get_events({s.latest for s in summaries})
+        chosen = list(found.values())
+        rendered = await self.serialize(chosen, viewer=viewer, bundle=False)
+        if depth > 0:
+            await self._bundle(chosen, rendered, viewer, depth - 1)
+        latest = {d["event_id"]: d for d in rendered}
+        senders = {se.event.event_id: se.event.sender for se in todo}
+        for s in summaries:
+            if s.latest not in latest:
+                continue
+            rel = by_id[s.parent]["unsigned"].setdefault("m.relations", {})
+            rel[s.rel_type] = _aggregation(s, latest[s.latest], senders[s.parent] == reader)
 
     async def serialize_one(
         self, se: StoredEvent, viewer: tuple[str, str] | None = None
@@ -104,3 +153,16 @@ class EventSerializer:
                 got = await self._store.get_event(eid)
                 return got.event if got else None
         return None
+
+
+def _aggregation(s: Summary, latest: dict[str, Any], reader_is_parent_sender: bool) -> Any:
+    """One relation type's entry in ``unsigned.m.relations``."""
+    if s.rel_type == "m.thread":
+        return {
+            "latest_event": latest,
+            "count": s.count,
+            "current_user_participated": s.participated or reader_is_parent_sender,
+        }
+    if s.rel_type == "m.replace":
+        return latest
+    return {"chunk": [{"event_id": i} for i in s.ids]}

@@ -11,14 +11,14 @@ writes from this process and, through LISTEN/NOTIFY, from any other.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from homeserver.core.events import STRIPPED_STATE_TYPES, StateKey
 from homeserver.services.clock import now_ms
 from homeserver.services.filters import EventFilter, flag, str_list, sub_object
-from homeserver.services.notifier import Notifier, wait_for
+from homeserver.services.notifier import LocalAppend, Notifier, wait_for
 from homeserver.services.serialize import EventSerializer
 from homeserver.services.timeline import Visibility, make_token
 from homeserver.storage.account_data import AccountDataStore
@@ -347,6 +347,9 @@ class SyncService:
             user_id,
             device_id,
             _Prefetch({}, {}, [], {}, set(), {}, {}, redactions={}, redactions_cover=covered),
+            # Only these appends can relate to these events (nothing was
+            # written in between): no relations lookup unless one does.
+            relations_cover=covered - _relation_targets(appends),
         )
         self._remember_views(user_id, upto, views)
         self.answered_from_memory += 1
@@ -533,7 +536,12 @@ class SyncService:
         }
 
     async def _fill_events(
-        self, rooms: dict[str, Any], user_id: str, device_id: str, pre: _Prefetch
+        self,
+        rooms: dict[str, Any],
+        user_id: str,
+        device_id: str,
+        pre: _Prefetch,
+        relations_cover: Collection[str] = (),
     ) -> None:
         """Serialise every room's timeline and state events in two calls (one
         redaction lookup each, none for what the snapshot covered) instead of
@@ -546,9 +554,10 @@ class SyncService:
                 viewer=(user_id, device_id),
                 redactions=pre.redactions,
                 redactions_cover=pre.redactions_cover,
+                relations_cover=relations_cover,
             )
         )
-        st_iter = iter(await self._ser.serialize(states, prev_content=False))
+        st_iter = iter(await self._ser.serialize(states, prev_content=False, bundle=False))
         for entry in rooms.values():
             entry["timeline"]["events"] = [next(tl_iter) for _ in entry["timeline"]["events"]]
             entry["state"]["events"] = [next(st_iter) for _ in entry["state"]["events"]]
@@ -586,7 +595,9 @@ class SyncService:
                 "limited": limited,
                 "prev_batch": make_token(start),
             },
-            "state": {"events": await self._ser.serialize(state_evs, prev_content=False)},
+            "state": {
+                "events": await self._ser.serialize(state_evs, prev_content=False, bundle=False)
+            },
             "account_data": {"events": []},
         }
 
@@ -677,6 +688,17 @@ def _summary(stats: Mapping[str, Any]) -> dict[str, Any]:
     }
     if _needs_heroes(stats):
         out["m.heroes"] = stats.get("heroes") or []
+    return out
+
+
+def _relation_targets(appends: Iterable[LocalAppend]) -> set[str]:
+    """The events the appended events relate to (``m.relates_to``)."""
+    out: set[str] = set()
+    for a in appends:
+        for e in a.events:
+            rel = e.event.content.get("m.relates_to")
+            if isinstance(rel, dict) and isinstance(rel.get("event_id"), str):
+                out.add(rel["event_id"])
     return out
 
 

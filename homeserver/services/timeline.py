@@ -92,7 +92,7 @@ class TimelineService:
         # by federation: /messages asks for history we never received.
         self.backfill: Callable[[str, int], Awaitable[bool]] | None = None
 
-    async def _require_can_read(self, room_id: str, user_id: str) -> str | None:
+    async def require_can_read(self, room_id: str, user_id: str) -> str | None:
         """The user's membership; 403 when they may not read the room at all."""
         await self._state.require_room(room_id)
         m = await self._state.membership(room_id, user_id)
@@ -106,13 +106,13 @@ class TimelineService:
         raise forbidden(f"User {user_id} not in room {room_id}")
 
     async def state(self, room_id: str, user_id: str) -> list[dict[str, Any]]:
-        m = await self._require_can_read(room_id, user_id)
+        m = await self.require_can_read(room_id, user_id)
         if m in ("leave", "ban"):
             ids = await self._state_when_left(room_id, user_id)
         else:
             ids = await self._proj.current_state_ids(room_id)
         evs = await self._store.get_events(ids.values())
-        return await self._ser.serialize(list(evs.values()), prev_content=False)
+        return await self._ser.serialize(list(evs.values()), prev_content=False, bundle=False)
 
     async def _state_when_left(self, room_id: str, user_id: str) -> Mapping[StateKey, str]:
         m = await self._proj.membership(room_id, user_id)
@@ -123,7 +123,7 @@ class TimelineService:
     async def state_event(
         self, room_id: str, user_id: str, type: str, state_key: str, *, full: bool = False
     ) -> dict[str, Any]:
-        m = await self._require_can_read(room_id, user_id)
+        m = await self.require_can_read(room_id, user_id)
         if m in ("leave", "ban"):
             eid = (await self._state_when_left(room_id, user_id)).get((type, state_key))
         else:
@@ -156,7 +156,7 @@ class TimelineService:
         membership: str | None,
         not_membership: str | None,
     ) -> list[dict[str, Any]]:
-        m = await self._require_can_read(room_id, user_id)
+        m = await self.require_can_read(room_id, user_id)
         if at is not None or m in ("leave", "ban"):
             if at is not None:
                 pos = parse_token(at)
@@ -175,7 +175,7 @@ class TimelineService:
         if not_membership:
             evs = [e for e in evs if e.event.membership != not_membership]
         evs.sort(key=lambda e: e.event.state_key or "")
-        return await self._ser.serialize(evs, prev_content=False)
+        return await self._ser.serialize(evs, prev_content=False, bundle=False)
 
     async def joined_members(self, room_id: str, user_id: str) -> dict[str, Any]:
         await self._state.require_joined(room_id, user_id)
@@ -197,7 +197,7 @@ class TimelineService:
         limit: int,
         filter_fn: Any = None,
     ) -> dict[str, Any]:
-        m = await self._require_can_read(room_id, user_id)
+        m = await self.require_can_read(room_id, user_id)
         backwards = direction == "b"
         upper_limit = None
         if m in ("leave", "ban"):
@@ -255,7 +255,9 @@ class TimelineService:
             ids = await self._proj.current_state_ids(room_id)
             mids = [ids[("m.room.member", s)] for s in senders if ("m.room.member", s) in ids]
             evs = await self._store.get_events(mids)
-            out["state"] = await self._ser.serialize(list(evs.values()), prev_content=False)
+            out["state"] = await self._ser.serialize(
+                list(evs.values()), prev_content=False, bundle=False
+            )
         return out
 
     async def joined_rooms(self, user_id: str) -> list[str]:

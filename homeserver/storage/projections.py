@@ -26,6 +26,7 @@ PROJECTION_TABLES = (
     "room_stats",
     "user_membership_stream",
     "event_redactions",
+    "event_relations",  # written by a trigger; storage/relations.py
 )
 
 # State event types that feed room_stats, and the content key each one sets.

@@ -18,6 +18,7 @@ _DERIVED = (
     "room_stats",
     "user_membership_stream",
     "event_redactions",
+    "event_relations",
     "room_aliases",
     "room_directory",
     "account_data",

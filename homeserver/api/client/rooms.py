@@ -154,15 +154,7 @@ async def messages(request: web.Request) -> web.Response:
     q = request.query
     direction = check_direction(q.get("dir", "b"))
     limit = v.query_int(request, "limit", 10, lo=1, hi=1000)
-    event_filter = None
-    if "filter" in q:
-        try:
-            raw = json.loads(q["filter"])
-        except ValueError as e:
-            raise MatrixError(400, "M_NOT_JSON", "filter is not JSON") from e
-        if not isinstance(raw, dict):
-            raise MatrixError(400, "M_BAD_JSON", "filter must be an object")
-        event_filter = EventFilter.from_json(raw)
+    event_filter = event_filter_param(request)
     out = await request.app[TIMELINE].messages(
         room_id,
         requester.user_id,
@@ -174,3 +166,16 @@ async def messages(request: web.Request) -> web.Response:
         filter_fn=event_filter,
     )
     return json_response(out)
+
+
+def event_filter_param(request: web.Request) -> EventFilter | None:
+    """The ``filter`` query parameter (a RoomEventFilter as JSON), if given."""
+    if "filter" not in request.query:
+        return None
+    try:
+        raw = json.loads(request.query["filter"])
+    except ValueError as e:
+        raise MatrixError(400, "M_NOT_JSON", "filter is not JSON") from e
+    if not isinstance(raw, dict):
+        raise MatrixError(400, "M_BAD_JSON", "filter must be an object")
+    return EventFilter.from_json(raw)
