@@ -31,6 +31,7 @@ from homeserver.api.client import profile as profile_api
 from homeserver.api.client import refused as refused_api
 from homeserver.api.client import relations as relations_api
 from homeserver.api.client import reports as reports_api
+from homeserver.api.client import room_upgrade as room_upgrade_api
 from homeserver.api.client import search as search_api
 from homeserver.api.client import sync as sync_api
 from homeserver.api.client import thirdparty as thirdparty_api
@@ -71,6 +72,7 @@ from homeserver.services.room_creation import RoomCreationService
 from homeserver.services.room_head import HeadPlanner, StateResetAlarm, StateResolver
 from homeserver.services.room_lifecycle import RoomLifecycleService
 from homeserver.services.room_state import RoomState
+from homeserver.services.room_upgrade import RoomUpgradeService
 from homeserver.services.search import SearchService
 from homeserver.services.serialize import EventSerializer
 from homeserver.services.server_keys import (
@@ -175,6 +177,9 @@ def create_app(
     app[appkeys.TIMELINE] = timeline
     app[relations_api.RELATIONS] = relations
     app[relations_api.CONTEXT] = ContextService(timeline, relations, event_store, serializer)
+    app[room_upgrade_api.ROOM_UPGRADE] = RoomUpgradeService(
+        creator, room_state, membership, messages, profiles, room_store, name
+    )
     app[appkeys.DIRECTORY] = directory
     app[appkeys.PROFILES] = profiles
     app[appkeys.ACCOUNT_DATA] = account_data
@@ -275,6 +280,7 @@ def create_app(
         fed_invites,
         rooms,
         relations_api,
+        room_upgrade_api,
         membership_api,
         directory_api,
         profile_api,
