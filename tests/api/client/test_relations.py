@@ -313,3 +313,33 @@ async def test_relations_projection_is_verified_and_rebuilt(
     await rebuilder.rebuild_room(room)
     assert (await rebuilder.verify_room(room)).clean
     assert (await event(bob, room, root))["unsigned"]["m.relations"]["m.thread"]["count"] == 1
+
+
+async def test_aggregations_cost_one_query_per_page(
+    pair: tuple[User, User, str], db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """However many events a page holds, their aggregations are one query
+    (and one more for the latest replies' own edits), on /messages and /sync."""
+    alice, bob, room = pair
+    roots = [await alice.send(room, f"root {i}") for i in range(12)]
+    for r in roots:
+        await reply(bob, room, r, "re")
+    queries: list[str] = []
+    real_fetch = db.fetch
+
+    async def counting(sql: str, *args: Any) -> Any:
+        if "event_relations" in sql:
+            queries.append(sql)
+        return await real_fetch(sql, *args)
+
+    monkeypatch.setattr(db, "fetch", counting)
+    page = await bob.call("GET", f"{CS}/rooms/{room}/messages?dir=b&limit=30")
+    bundled = [e for e in page["chunk"] if "m.relations" in e["unsigned"]]
+    assert {e["event_id"] for e in bundled} == set(roots)
+    assert len(queries) == 2, queries
+    queries.clear()
+    flt = quote(json.dumps({"room": {"timeline": {"limit": 30}}}))
+    s = await bob.call("GET", f"{CS}/sync?filter={flt}")
+    timeline = s["rooms"]["join"][room]["timeline"]["events"]
+    assert {e["event_id"] for e in timeline if "m.relations" in e["unsigned"]} == set(roots)
+    assert len(queries) == 2, queries
