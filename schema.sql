@@ -549,30 +549,44 @@ CREATE INDEX IF NOT EXISTS event_relations_parent
 CREATE INDEX IF NOT EXISTS event_relations_threads
     ON event_relations (room_id, stream_ordering) WHERE rel_type = 'm.thread';
 
--- The relation rows the log implies: the trigger and the rebuild both read it.
+-- An event's relation (its content's m.relates_to) when it has a usable one,
+-- else NULL: the one definition the trigger, the rebuild and the seed share.
+CREATE OR REPLACE FUNCTION hs_relation(pdu text, redacted_pdu text) RETURNS jsonb AS $$
+    SELECT CASE WHEN jsonb_typeof(r -> 'event_id') = 'string'
+                 AND jsonb_typeof(r -> 'rel_type') = 'string' THEN r END
+    FROM (SELECT COALESCE(redacted_pdu, pdu)::jsonb -> 'content' -> 'm.relates_to' AS r) x
+$$ LANGUAGE sql IMMUTABLE;
+
+-- Statement-level, over the inserted rows alone (no read of events): rows
+-- without the key (nearly all) cost one strpos each and no JSON parsing.
+CREATE OR REPLACE FUNCTION hs_derive_relations() RETURNS trigger AS $$
+BEGIN
+    INSERT INTO event_relations
+        SELECT n.event_id, n.room_id, r.rel ->> 'event_id', r.rel ->> 'rel_type', n.type,
+               n.sender, n.stream_ordering, n.origin_server_ts
+        FROM new_events n, LATERAL (SELECT hs_relation(n.json, n.redacted_json) AS rel) r
+        WHERE strpos(n.json, 'm.relates_to') > 0 AND r.rel IS NOT NULL
+          AND NOT n.outlier AND NOT n.soft_failed AND n.rejected_reason IS NULL
+        ON CONFLICT DO NOTHING;
+    RETURN NULL;
+END $$ LANGUAGE plpgsql;
+
+-- The relation rows the log implies (the rebuild and the seed read it).
 CREATE OR REPLACE VIEW event_relations_derived AS
     SELECT e.event_id, e.room_id, r.rel ->> 'event_id' AS relates_to_id,
            r.rel ->> 'rel_type' AS rel_type, e.type, e.sender, e.stream_ordering,
            e.origin_server_ts
-    FROM events e,
-         LATERAL (SELECT COALESCE(e.redacted_json, e.json)::jsonb -> 'content' -> 'm.relates_to'
-                  AS rel) r
-    WHERE NOT e.outlier AND NOT e.soft_failed AND e.rejected_reason IS NULL
-      AND jsonb_typeof(r.rel -> 'event_id') = 'string'
-      AND jsonb_typeof(r.rel -> 'rel_type') = 'string';
-
--- Statement-level, over the inserted rows: events without the key (nearly
--- all of them) cost one strpos each and no JSON parsing.
-CREATE OR REPLACE FUNCTION hs_derive_relations() RETURNS trigger AS $$
-BEGIN
-    INSERT INTO event_relations
-        SELECT d.* FROM new_events n JOIN event_relations_derived d USING (event_id)
-        WHERE strpos(n.json, 'm.relates_to') > 0
-        ON CONFLICT DO NOTHING;
-    RETURN NULL;
-END $$ LANGUAGE plpgsql;
+    FROM events e, LATERAL (SELECT hs_relation(e.json, e.redacted_json) AS rel) r
+    WHERE strpos(e.json, 'm.relates_to') > 0 AND r.rel IS NOT NULL
+      AND NOT e.outlier AND NOT e.soft_failed AND e.rejected_reason IS NULL;
 
 DROP TRIGGER IF EXISTS events_relations ON events;
 CREATE TRIGGER events_relations AFTER INSERT ON events
     REFERENCING NEW TABLE AS new_events
     FOR EACH STATEMENT EXECUTE FUNCTION hs_derive_relations();
+-- Databases that had events before this table existed: derived once.
+CREATE TABLE IF NOT EXISTS event_relations_seeded (done boolean PRIMARY KEY);
+INSERT INTO event_relations
+    SELECT * FROM event_relations_derived WHERE NOT EXISTS (SELECT 1 FROM event_relations_seeded)
+    ON CONFLICT DO NOTHING;
+INSERT INTO event_relations_seeded VALUES (true) ON CONFLICT DO NOTHING;

@@ -115,12 +115,13 @@ class EventSerializer:
         if depth > 0:
             await self._bundle(chosen, rendered, viewer, depth - 1)
         latest = {d["event_id"]: d for d in rendered}
-        senders = {se.event.event_id: se.event.sender for se in todo}
+        parents = {se.event.event_id: se.event for se in todo}
         for s in summaries:
-            if s.latest not in latest:
-                continue
+            parent = parents[s.parent]
+            if s.latest not in latest or (s.rel_type == "m.replace" and _is_edit(parent)):
+                continue  # (an edit is never edited itself)
             rel = by_id[s.parent]["unsigned"].setdefault("m.relations", {})
-            rel[s.rel_type] = _aggregation(s, latest[s.latest], senders[s.parent] == reader)
+            rel[s.rel_type] = _aggregation(s, latest[s.latest], parent.sender == reader)
 
     async def serialize_one(
         self, se: StoredEvent, viewer: tuple[str, str] | None = None
@@ -166,3 +167,8 @@ def _aggregation(s: Summary, latest: dict[str, Any], reader_is_parent_sender: bo
     if s.rel_type == "m.replace":
         return latest
     return {"chunk": [{"event_id": i} for i in s.ids]}
+
+
+def _is_edit(ev: Event) -> bool:
+    rel = ev.content.get("m.relates_to")
+    return isinstance(rel, Mapping) and rel.get("rel_type") == "m.replace"

@@ -110,6 +110,9 @@ async def test_aggregations_bundled_on_event_messages_sync_and_context(
     # r1 is in the thread too; edits are no aggregations of their own
     assert "m.relations" not in (await event(bob, room, r1))["unsigned"]
     assert e1 != e2
+    # an edit of an edit is no edit: nothing bundled on the edit
+    await edit(alice, room, e2, "edit of an edit")
+    assert "m.relations" not in (await event(bob, room, e2))["unsigned"]
 
     # carol never took part in the thread
     carol = await alice.http.register("carol")
@@ -343,3 +346,20 @@ async def test_aggregations_cost_one_query_per_page(
     timeline = s["rooms"]["join"][room]["timeline"]["events"]
     assert {e["event_id"] for e in timeline if "m.relations" in e["unsigned"]} == set(roots)
     assert len(queries) == 2, queries
+
+
+async def test_relations_of_a_database_from_before_are_derived_once_at_start(
+    pair: tuple[User, User, str], db: Database
+) -> None:
+    alice, bob, room = pair
+    root = await alice.send(room, "root")
+    await reply(bob, room, root, "r")
+    # as a database written before the table existed: rows and marker absent
+    await db.execute("DELETE FROM event_relations")
+    await db.execute("DROP TABLE event_relations_seeded")
+    await db.apply_schema()
+    assert (await event(bob, room, root))["unsigned"]["m.relations"]["m.thread"]["count"] == 1
+    # once: a later start derives nothing again
+    await db.execute("DELETE FROM event_relations")
+    await db.apply_schema()
+    assert await db.fetchval("SELECT count(*) FROM event_relations") == 0
