@@ -91,12 +91,9 @@ async def ours(
         yield srv
 
 
-@pytest.fixture(scope="module")
-def synapse() -> Iterator[SynapseServer]:
-    """A fresh Synapse on a free loopback port (skips the test when it cannot start)."""
-    # A state folder of its own per run (Synapse keeps our old keys, rooms and
-    # backoff otherwise); the venv with Synapse itself is shared in .peers.
-    name = f"{os.environ.get('HOMESERVER_TEST_SYNAPSE_PREFIX', 'fedtest')}-{os.getpid()}"
+def synapse_peer(name: str) -> Iterator[SynapseServer]:
+    """A fresh Synapse named ``name`` on free loopback ports, stopped and its
+    state folder removed afterwards (skips the test when it cannot start)."""
     peer = SynapseServer(name, free_port(), free_port(), REPO / ".peers")
     try:
         peer.start()
@@ -110,3 +107,12 @@ def synapse() -> Iterator[SynapseServer]:
     peer.stop()
     shutil.rmtree(REPO / ".peers" / name, ignore_errors=True)
     (REPO / ".peers" / f"{name}.start.log").unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="module")
+def synapse() -> Iterator[SynapseServer]:
+    """A fresh Synapse on a free loopback port (skips the test when it cannot start)."""
+    # A state folder of its own per run (Synapse keeps our old keys, rooms and
+    # backoff otherwise); the venv with Synapse itself is shared in .peers.
+    prefix = os.environ.get("HOMESERVER_TEST_SYNAPSE_PREFIX", "fedtest")
+    yield from synapse_peer(f"{prefix}-{os.getpid()}")

@@ -6,14 +6,13 @@ Skipped when Synapse cannot be started (shared/peers/synapse.sh)."""
 from __future__ import annotations
 
 import os
-import shutil
 import uuid
 from collections.abc import Iterator
 
 import pytest
 
-from tests.federation.conftest import free_port
-from tests.federation.harness import REPO, Client, OurServer, SynapseServer, eventually, q
+from tests.federation.conftest import synapse_peer
+from tests.federation.harness import Client, OurServer, SynapseServer, eventually, q
 
 pytestmark = pytest.mark.interop
 
@@ -22,20 +21,8 @@ CS = "/_matrix/client/v3"
 
 @pytest.fixture(scope="module")
 def synapse() -> Iterator[SynapseServer]:
-    """A Synapse of this module's own (named for this work), skipped when
-    it cannot start."""
-    name = f"client-rooms-{os.getpid()}"
-    peer = SynapseServer(name, free_port(), free_port(), REPO / ".peers")
-    try:
-        peer.start()
-    except Exception as e:  # no PyPI, no venv, ports taken, ...
-        peer.stop()
-        shutil.rmtree(REPO / ".peers" / name, ignore_errors=True)
-        pytest.skip(f"Synapse is not available: {e}")
-    yield peer
-    peer.stop()
-    shutil.rmtree(REPO / ".peers" / name, ignore_errors=True)
-    (REPO / ".peers" / f"{name}.start.log").unlink(missing_ok=True)
+    """A Synapse of this module's own, named for this work."""
+    yield from synapse_peer(f"client-rooms-{os.getpid()}")
 
 
 def uniq(name: str) -> str:

@@ -176,14 +176,20 @@ async def test_relations_three_forms_both_directions_and_recursion(
     assert [e["event_id"] for e in deep_reactions["chunk"]] == [nested, *reactions[::-1]]
 
 
-async def test_relations_refusals(pair: tuple[User, User, str], client: MatrixClient) -> None:
+@pytest.fixture
+async def outsider(client: MatrixClient) -> tuple[User, str]:
+    """A user in none of the pair's rooms, and an event of their own room."""
+    mallory = await client.register("mallory")
+    other = await mallory.create_room()
+    return mallory, str(await mallory.send(other, "mine"))
+
+
+async def test_relations_refusals(pair: tuple[User, User, str], outsider: tuple[User, str]) -> None:
     alice, bob, room = pair
     root = await alice.send(room, "root")
-    outsider = await client.register("mallory")
-    other = await outsider.create_room()
-    elsewhere = await outsider.send(other, "mine")
+    outsider_user, elsewhere = outsider
     # not in the room: 403; an event of another room or none at all: 404
-    r = await relations(outsider, room, root, expect=403)
+    r = await relations(outsider_user, room, root, expect=403)
     assert r["errcode"] == "M_FORBIDDEN"
     r = await relations(bob, room, elsewhere, expect=404)
     assert r["errcode"] == "M_NOT_FOUND"
@@ -201,7 +207,7 @@ async def test_relations_refusals(pair: tuple[User, User, str], client: MatrixCl
     assert r["errcode"] == "M_INVALID_PARAM"
     r = await bob.call("GET", f"{V1}/rooms/{room}/threads?include=some", expect=400)
     assert r["errcode"] == "M_INVALID_PARAM"
-    r = await outsider.call("GET", f"{V1}/rooms/{room}/threads", expect=403)
+    r = await outsider_user.call("GET", f"{V1}/rooms/{room}/threads", expect=403)
     assert r["errcode"] == "M_FORBIDDEN"
 
 
@@ -273,14 +279,12 @@ async def test_context_sides_tokens_filter_and_lazy_members(
     assert only["events_before"] == only["events_after"] == []
 
 
-async def test_context_refusals(pair: tuple[User, User, str], client: MatrixClient) -> None:
+async def test_context_refusals(pair: tuple[User, User, str], outsider: tuple[User, str]) -> None:
     alice, bob, room = pair
     eid = await alice.send(room, "x")
-    outsider = await client.register("mallory")
-    other = await outsider.create_room()
-    elsewhere = await outsider.send(other, "mine")
+    outsider_user, elsewhere = outsider
     base = f"{CS}/rooms/{room}/context"
-    assert (await outsider.call("GET", f"{base}/{quote(eid)}", expect=403))["errcode"] == (
+    assert (await outsider_user.call("GET", f"{base}/{quote(eid)}", expect=403))["errcode"] == (
         "M_FORBIDDEN"
     )
     assert (await bob.call("GET", f"{base}/{quote(elsewhere)}", expect=404))["errcode"] == (
