@@ -6,13 +6,13 @@ Skipped when Synapse cannot be started (shared/peers/synapse.sh)."""
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 
 import pytest
 
 from tests.federation.conftest import synapse_peer
-from tests.federation.harness import Client, OurServer, SynapseServer, eventually, q
+from tests.federation.harness import Client, SynapseServer, eventually, q
+from tests.federation.test_synapse import uniq, users  # noqa: F401  (the users fixture)
 
 pytestmark = pytest.mark.interop
 
@@ -25,23 +25,12 @@ def synapse() -> Iterator[SynapseServer]:
     yield from synapse_peer(f"client-rooms-{os.getpid()}")
 
 
-def uniq(name: str) -> str:
-    return f"{name}{uuid.uuid4().hex[:6]}"
-
-
-@pytest.fixture
-async def users(ours: OurServer, synapse: SynapseServer, session) -> tuple[Client, Client]:  # type: ignore[no-untyped-def]
-    mine = await Client(session, ours.base, ours.server_name).register(uniq("ours"))
-    theirs = await Client(session, synapse.base, synapse.server_name).register(uniq("syn"))
-    return mine, theirs
-
-
 async def upgrade(user: Client, room: str, version: str) -> str:
     r = await user.call("POST", f"{CS}/rooms/{q(room)}/upgrade", {"new_version": version})
     return str(r["replacement_room"])
 
 
-async def test_synapse_member_follows_our_upgrade(users: tuple[Client, Client]) -> None:
+async def test_synapse_member_follows_our_upgrade(users: tuple[Client, Client]) -> None:  # noqa: F811
     mine, theirs = users
     alias_name = uniq("hall")
     alias = f"#{alias_name}:{mine.server_name}"
@@ -78,7 +67,7 @@ async def test_synapse_member_follows_our_upgrade(users: tuple[Client, Client]) 
     await eventually(lambda: mine.bodies(new), lambda b: "followed" in b, timeout=30)
 
 
-async def test_our_member_follows_synapse_upgrade(users: tuple[Client, Client]) -> None:
+async def test_our_member_follows_synapse_upgrade(users: tuple[Client, Client]) -> None:  # noqa: F811
     mine, theirs = users
     old = await theirs.create_room(preset="public_chat", room_version="10", name="Theirs")
     await mine.join(old, [theirs.server_name])
