@@ -61,27 +61,30 @@ class ThreadRoot:
 # One statement for a whole page of parents: threads and references are
 # grouped; edits count only when they have the parent's sender and type and
 # the parent is no state event (Client-Server API "Validity of replacement
-# events"), the latest by origin_server_ts then event id.
+# events"), the latest by origin_server_ts then event id. Each parent is
+# looked up by its own index scan (the LATERAL parts aggregate or limit, so
+# the planner cannot turn them into a join over every relation of the table).
 _AGGREGATIONS_SQL = (
     "WITH p AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], "
     "  $5::boolean[]) AS p(event_id, room_id, sender, type, is_state)) "
-    "SELECT r.relates_to_id AS parent, r.rel_type, count(*) AS n, "
+    "SELECT p.event_id AS parent, a.rel_type, a.n, a.latest, a.mine, a.ids "
+    "FROM p, LATERAL (SELECT r.rel_type, count(*) AS n, "
     "  (array_agg(r.event_id ORDER BY r.stream_ordering DESC))[1] AS latest, "
     "  COALESCE(bool_or(r.sender = $6), false) AS mine, "
     "  array_agg(r.event_id ORDER BY r.stream_ordering) "
     "    FILTER (WHERE r.rel_type = 'm.reference') AS ids "
-    "FROM p JOIN event_relations r ON r.relates_to_id = p.event_id AND r.room_id = p.room_id "
-    "WHERE r.rel_type IN ('m.thread', 'm.reference') AND "
+    "  FROM event_relations r WHERE r.relates_to_id = p.event_id AND r.room_id = p.room_id "
+    "  AND r.rel_type IN ('m.thread', 'm.reference') AND "
     + _NOT_REDACTED.format(r="r")
-    + " GROUP BY r.relates_to_id, r.rel_type "
+    + "  GROUP BY r.rel_type) a "
     "UNION ALL "
-    "SELECT * FROM (SELECT DISTINCT ON (r.relates_to_id) r.relates_to_id, r.rel_type, 1, "
-    "  r.event_id, false, NULL::text[] "
-    "FROM p JOIN event_relations r ON r.relates_to_id = p.event_id AND r.room_id = p.room_id "
-    "WHERE r.rel_type = 'm.replace' AND r.sender = p.sender AND r.type = p.type "
+    "SELECT p.event_id, 'm.replace', 1, e.event_id, false, NULL::text[] "
+    "FROM p, LATERAL (SELECT r.event_id FROM event_relations r "
+    "  WHERE r.relates_to_id = p.event_id AND r.room_id = p.room_id "
+    "  AND r.rel_type = 'm.replace' AND r.sender = p.sender AND r.type = p.type "
     "  AND NOT p.is_state AND "
     + _NOT_REDACTED.format(r="r")
-    + " ORDER BY r.relates_to_id, r.origin_server_ts DESC, r.event_id DESC) edits"
+    + "  ORDER BY r.origin_server_ts DESC, r.event_id DESC LIMIT 1) e"
 )
 
 # $1 room, $2 parent, $3 rel_type or NULL, $4 event type or NULL, $5 depth,
