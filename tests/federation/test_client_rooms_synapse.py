@@ -1,7 +1,9 @@
-"""Room upgrades across servers, Synapse as the other side: a Synapse member
-of a room we host sees its tombstone, resolves the moved alias and follows
-to the replacement; and our member of a room Synapse upgrades follows too.
-Skipped when Synapse cannot be started (shared/peers/synapse.sh)."""
+"""Upgrades and relations across servers, Synapse as the other side: a
+Synapse member of a room we host sees its tombstone, resolves the moved alias
+and follows to the replacement; our member of a room Synapse upgrades
+follows too; thread replies and reactions received over federation are
+aggregated and listed here, ours are listed by Synapse. Skipped when Synapse
+cannot be started (shared/peers/synapse.sh)."""
 
 from __future__ import annotations
 
@@ -89,3 +91,38 @@ async def test_our_member_follows_synapse_upgrade(users: tuple[Client, Client]) 
     assert (await mine.state_event(new, "m.room.create"))["predecessor"]["room_id"] == old
     await mine.send(new, "followed too")
     await eventually(lambda: theirs.bodies(new), lambda b: "followed too" in b, timeout=30)
+
+
+async def test_relations_across_servers(users: tuple[Client, Client]) -> None:  # noqa: F811
+    mine, theirs = users
+    room = await mine.create_room(preset="public_chat")
+    await theirs.join(room, [mine.server_name])
+    await eventually(lambda: mine.joined_members(room), lambda m: theirs.user_id in m, timeout=30)
+    root = await mine.send(room, "root")
+    thread = {"m.relates_to": {"rel_type": "m.thread", "event_id": root}}
+    await eventually(lambda: theirs.bodies(room), lambda b: "root" in b, timeout=30)
+    # Synapse's user replies in the thread: aggregated and listed here
+    theirs_reply = await theirs.send(room, content={"msgtype": "m.text", "body": "re", **thread})
+
+    async def bundled() -> dict:  # type: ignore[type-arg]
+        ev = await mine.call("GET", f"{CS}/rooms/{q(room)}/event/{q(root)}")
+        return ev["unsigned"].get("m.relations", {})  # type: ignore[no-any-return]
+
+    got = await eventually(bundled, lambda r: "m.thread" in r, timeout=30)
+    assert got["m.thread"]["latest_event"]["event_id"] == theirs_reply
+    listed = await mine.call("GET", f"/_matrix/client/v1/rooms/{q(room)}/relations/{q(root)}")
+    assert [e["event_id"] for e in listed["chunk"]] == [theirs_reply]
+    # our reaction is listed by Synapse
+    reaction = await mine.send(
+        room,
+        type="m.reaction",
+        content={"m.relates_to": {"rel_type": "m.annotation", "event_id": root, "key": "+1"}},
+    )
+
+    async def synapse_lists() -> list[str]:
+        r = await theirs.call(
+            "GET", f"/_matrix/client/v1/rooms/{q(room)}/relations/{q(root)}/m.annotation"
+        )
+        return [e["event_id"] for e in r["chunk"]]
+
+    assert await eventually(synapse_lists, lambda ids: reaction in ids, timeout=30)
