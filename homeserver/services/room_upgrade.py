@@ -15,11 +15,18 @@ server behaviour), numbered like the specification:
 6. The old room's power levels are restricted where the user may change
    them: ``events_default`` and ``invite`` raised to the greater of 50 and
    ``users_default + 1``; its canonical alias event is emptied.
+
+As in Synapse, upgrades of one room run one at a time (in this process), and
+a user asking again within five minutes (a client retrying) gets the room
+already made rather than a second one.
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import time
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -51,6 +58,8 @@ TRANSFERRED = (
 TRANSFERRED_ALL_KEYS = ("m.space.child",)
 # Keys of the old create event that do not describe the room's nature.
 _CREATE_KEYS_NOT_COPIED = ("creator", "room_version", "predecessor", "additional_creators")
+# How long a repeated request of the same user gets the same answer.
+REPEAT_WINDOW_S = 300.0
 
 
 class RoomUpgradeService:
@@ -71,6 +80,8 @@ class RoomUpgradeService:
         self._profiles = profiles
         self._rooms = rooms
         self._server_name = server_name
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._recent: dict[tuple[str, str], tuple[float, str]] = {}
 
     async def upgrade(
         self,
@@ -80,6 +91,24 @@ class RoomUpgradeService:
         additional_creators: Sequence[str] = (),
     ) -> str:
         """The new room's id."""
+        lock = self._locks.setdefault(room_id, asyncio.Lock())
+        async with lock:
+            now = time.monotonic()
+            self._recent = {k: v for k, v in self._recent.items() if v[0] > now}
+            done = self._recent.get((room_id, user_id))
+            if done is not None:
+                return done[1]
+            new_room = await self._upgrade(user_id, room_id, new_version, additional_creators)
+            self._recent[(room_id, user_id)] = (now + REPEAT_WINDOW_S, new_room)
+            return new_room
+
+    async def _upgrade(
+        self,
+        user_id: str,
+        room_id: str,
+        new_version: str,
+        additional_creators: Sequence[str],
+    ) -> str:
         try:
             rv = get_room_version(new_version)
         except UnsupportedRoomVersion as e:

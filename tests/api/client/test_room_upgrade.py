@@ -171,3 +171,19 @@ async def test_upgrade_from_v12_gives_the_creator_a_listed_level(client: MatrixC
     pl = await alice.state(new, "m.room.power_levels")
     assert pl["users"][alice.user_id] == 100
     assert await alice.send(new, "works")
+
+
+async def test_repeated_and_concurrent_upgrades_make_one_room(client: MatrixClient) -> None:
+    """A client retrying (or double-clicking) gets the same replacement."""
+    import asyncio
+
+    alice = await client.register("alice")
+    room = await alice.create_room(preset="public_chat")
+    body = {"new_version": "12"}
+    answers = await asyncio.gather(
+        *(alice.call("POST", upgrade_path(room), body) for _ in range(3))
+    )
+    again = await alice.call("POST", upgrade_path(room), body)
+    assert len({a["replacement_room"] for a in [*answers, again]}) == 1
+    joined = (await alice.call("GET", f"{CS}/joined_rooms"))["joined_rooms"]
+    assert sorted(joined) == sorted([room, again["replacement_room"]])
