@@ -144,7 +144,9 @@ def create_app(
     room_creation = RoomCreationService(creator, membership, directory, profiles, name)
     messages = MessageService(creator, room_state)
     relation_store = RelationStore(db)
-    serializer = EventSerializer(event_store, projections, relation_store)
+    serializer = EventSerializer(
+        event_store, projections, relation_store, Visibility(event_store, projections)
+    )
     timeline = TimelineService(room_state, serializer, Visibility(event_store, projections))
     relations = RelationsService(
         timeline, event_store, relation_store, Visibility(event_store, projections), serializer

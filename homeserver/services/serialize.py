@@ -5,7 +5,7 @@ the bundled aggregations of ``m.relations``) and redactions applied."""
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from homeserver.core.canonical import redact
 from homeserver.core.events import Event
@@ -15,16 +15,26 @@ from homeserver.storage.projections import Projections
 from homeserver.storage.relations import RelationStore, Summary
 
 
+class VisibilityFilter(Protocol):
+    """Which of some events a user may see (services/timeline.Visibility)."""
+
+    async def filter_many(
+        self, user_id: str, events: Sequence[StoredEvent]
+    ) -> list[StoredEvent]: ...
+
+
 class EventSerializer:
     def __init__(
         self,
         store: EventStore,
         projections: Projections,
         relations: RelationStore | None = None,
+        visibility: VisibilityFilter | None = None,
     ) -> None:
         self._store = store
         self._proj = projections
         self._relations = relations
+        self._visibility = visibility
 
     async def serialize(
         self,
@@ -82,7 +92,7 @@ class EventSerializer:
                     unsigned["prev_sender"] = prev.sender
             d["unsigned"] = unsigned
             out.append(d)
-        if bundle and self._relations is not None:
+        if bundle and viewer is not None and self._relations is not None:
             wanted = [e for e in events if e.event.event_id not in relations_cover]
             await self._bundle(wanted, out, viewer, depth=1)
         return out
@@ -91,7 +101,7 @@ class EventSerializer:
         self,
         events: Sequence[StoredEvent],
         out: list[dict[str, Any]],
-        viewer: tuple[str, str] | None,
+        viewer: tuple[str, str],
         depth: int,
     ) -> None:
         """Add ``unsigned.m.relations`` to the unredacted ``events`` (their
@@ -99,18 +109,22 @@ class EventSerializer:
         the m.thread summary, the latest m.replace event in full (since v1.7
         the content itself is never replaced) and the m.reference ids. The
         latest thread replies and edits are serialised in turn and bundled
-        ``depth`` more times (1 from the top: a reply's own edit)."""
+        ``depth`` more times (1 from the top: a reply's own edit). One the
+        viewer may not see (history visibility) is never shown: its
+        aggregation is left out rather than leak it."""
         assert self._relations is not None
         by_id = {d["event_id"]: d for d in out}
         todo = [
             se for se in events if "redacted_because" not in by_id[se.event.event_id]["unsigned"]
         ]
-        reader = viewer[0] if viewer else None
+        reader = viewer[0]
         summaries = await self._relations.aggregations([se.event for se in todo], reader)
         if not summaries:
             return
         found = await self._store.get_events({s.latest for s in summaries})
         chosen = list(found.values())
+        if self._visibility is not None:
+            chosen = await self._visibility.filter_many(reader, chosen)
         rendered = await self.serialize(chosen, viewer=viewer, bundle=False)
         if depth > 0:
             await self._bundle(chosen, rendered, viewer, depth - 1)

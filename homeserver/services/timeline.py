@@ -52,6 +52,16 @@ class Visibility:
                 out.append(se)
         return out
 
+    async def filter_many(self, user_id: str, events: Sequence[StoredEvent]) -> list[StoredEvent]:
+        """``filter`` over events of any rooms (kept in their order)."""
+        by_room: dict[str, list[StoredEvent]] = {}
+        for se in events:
+            by_room.setdefault(se.event.room_id, []).append(se)
+        keep = {
+            se.event.event_id for evs in by_room.values() for se in await self.filter(user_id, evs)
+        }
+        return [se for se in events if se.event.event_id in keep]
+
     async def _visible(self, se: StoredEvent, user_id: str, now_joined: bool) -> bool:
         ev = se.event
         if ev.type == "m.room.member" and ev.state_key == user_id:

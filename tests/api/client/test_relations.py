@@ -367,3 +367,26 @@ async def test_relations_of_a_database_from_before_are_derived_once_at_start(
     await db.execute("DELETE FROM event_relations")
     await db.apply_schema()
     assert await db.fetchval("SELECT count(*) FROM event_relations") == 0
+
+
+async def test_aggregations_never_show_what_the_reader_may_not_see(
+    pair: tuple[User, User, str],
+) -> None:
+    """Bob left; the thread went on. The root he saw must not carry the
+    reply or the edit written after he left (history visibility)."""
+    alice, bob, room = pair
+    await alice.put_state(room, "m.room.history_visibility", {"history_visibility": "joined"})
+    root = await alice.send(room, "root")
+    await reply(bob, room, root, "while bob was here")
+    assert (await event(bob, room, root))["unsigned"]["m.relations"]["m.thread"]["count"] == 1
+    await bob.membership(room, "leave")
+    secret = await reply(alice, room, root, "after bob left")
+    await edit(alice, room, root, "edited after bob left")
+    seen = await event(bob, room, root)
+    assert "m.thread" not in seen["unsigned"].get("m.relations", {})
+    assert "m.replace" not in seen["unsigned"].get("m.relations", {})
+    chunk = (await bob.call("GET", f"{CS}/rooms/{room}/messages?dir=b&limit=50"))["chunk"]
+    assert secret not in json.dumps(chunk)
+    # alice sees it all
+    mine = (await event(alice, room, root))["unsigned"]["m.relations"]
+    assert mine["m.thread"]["latest_event"]["event_id"] == secret and "m.replace" in mine
