@@ -590,3 +590,15 @@ INSERT INTO event_relations
     SELECT * FROM event_relations_derived WHERE NOT EXISTS (SELECT 1 FROM event_relations_seeded)
     ON CONFLICT DO NOTHING;
 INSERT INTO event_relations_seeded VALUES (true) ON CONFLICT DO NOTHING;
+
+
+-- ---------------------------------------------------------------- faults
+-- Who this database belongs to, written at the first start: every command
+-- reads the server name from here, and a server configured with another
+-- name is refused (a database's ids all carry the name it was made with).
+CREATE TABLE IF NOT EXISTS server_identity (
+    only_row        boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+    server_name     text NOT NULL,
+    signing_key_id  text NOT NULL,
+    created_ts      bigint NOT NULL
+);

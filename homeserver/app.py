@@ -13,6 +13,7 @@ import logging
 import signal
 import ssl
 from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import web
 
@@ -59,6 +60,8 @@ from homeserver.services.event_context import ContextService
 from homeserver.services.event_creator import EventCreator
 from homeserver.services.federation.service import build_federation
 from homeserver.services.hierarchy import HierarchyService
+from homeserver.services.identity import IdentityMismatch
+from homeserver.services.identity import establish as establish_identity
 from homeserver.services.membership import MembershipService
 from homeserver.services.messages import MessageService
 from homeserver.services.notifier import Notifier
@@ -90,9 +93,16 @@ from homeserver.storage.accounts import AccountStore
 from homeserver.storage.database import Database
 from homeserver.storage.devices import DeviceStore
 from homeserver.storage.embedded import EmbeddedPostgres
+from homeserver.storage.embedded import (
+    DataDirBusy,
+    DataDirLock,
+    EmbeddedPostgres,
+    EmbeddedPostgresError,
+)
 from homeserver.storage.ephemeral import EphemeralStore
 from homeserver.storage.events import EventStore
 from homeserver.storage.federation import FED_CHANNEL
+from homeserver.storage.identity import IdentityStore
 from homeserver.storage.lifecycle import LifecycleStore
 from homeserver.storage.presence import PresenceStore
 from homeserver.storage.projections import Projections
@@ -259,14 +269,25 @@ def create_app(
         yield
         stop.set()
         await lifecycle_task
-        await federation.stop()
+        await federation.stop(config.shutdown_grace_s)
         await notifier.stop()
 
     async def shutting_down(app: web.Application) -> None:
         notifier.close_waiters()
 
+    async def resync_stream() -> None:
+        # Writers that died with the connection left their reservations.
+        await event_store.clear_stale_inflight()
+        notifier.local_notify(await event_store.current_position(), None)
+
     admin_register.install(app)
     notifier.add_auth_listener(accounts.invalidate_user)
+    # After the LISTEN connection was lost (DESIGN rule 16): what others
+    # announced meanwhile is unknown, so assume everything changed.
+    notifier.add_gap_listener(db.expire_connections)
+    notifier.add_gap_listener(accounts.drop_token_cache)
+    notifier.add_gap_listener(resync_stream)
+    notifier.add_gap_listener(federation.sender.sweep_now)
     app.cleanup_ctx.append(background)
     app.on_shutdown.append(shutting_down)
     for module in (
@@ -307,37 +328,78 @@ def create_app(
     return app
 
 
+class StartupError(RuntimeError):
+    """The server cannot start; the message is the one line the operator sees."""
+
+
 class Server:
-    """One server process: database, listeners, and an orderly stop."""
+    """One server process: its data dir, database, listeners, an orderly stop.
+
+    It owns the embedded PostgreSQL (DESIGN rule 16): started or adopted at
+    start, supervised while serving, stopped at every exit (also when a
+    signal arrives during start-up or start-up fails). SIGTERM/SIGINT stop
+    it gracefully: the listeners close, parked long-polls are answered,
+    in-flight requests get ``shutdown.grace_seconds`` to finish, then the
+    background tasks and the federation sender stop (its transaction on the
+    wire is let finish), then the database.
+    """
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        self._lock = DataDirLock(config.data_dir)
         self._pg: EmbeddedPostgres | None = None
         self._db: Database | None = None
         self._runner: web.AppRunner | None = None
+        self._supervisor: asyncio.Task[bool] | None = None
 
     async def start(self) -> None:
         cfg = self.config
+        try:
+            self._lock.acquire()
+        except DataDirBusy as e:
+            raise StartupError(str(e)) from None
         url = cfg.database_url
         if url is None:
             self._pg = EmbeddedPostgres(cfg.embedded_pg_dir)
-            url = await asyncio.get_running_loop().run_in_executor(None, self._pg.start)
+            try:
+                url = await asyncio.get_running_loop().run_in_executor(None, self._pg.start)
+            except EmbeddedPostgresError as e:
+                raise StartupError(str(e)) from None
         log.info("database: %s", redact_url(url))
         self._db = await Database.connect(url)
         await self._db.apply_schema()
+        server_keys = ServerKeys(
+            cfg.server_name,
+            load_or_create_signing_key(cfg.signing_key_path),
+            load_old_keys(cfg.old_signing_keys_path),
+        )
+        try:
+            await establish_identity(
+                IdentityStore(self._db), str(cfg.server_name), server_keys.key_id
+            )
+        except IdentityMismatch as e:
+            raise StartupError(str(e)) from None
         ensure_tls_certificate(cfg.certificate_path, cfg.private_key_path, cfg.server_name.host)
-        app = create_app(cfg, self._db)
+        app = create_app(cfg, self._db, server_keys)
         self._runner = web.AppRunner(
-            app, access_log=None, handle_signals=False, shutdown_timeout=5.0
+            app, access_log=None, handle_signals=False, shutdown_timeout=cfg.shutdown_grace_s
         )
         await self._runner.setup()
         ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ssl_ctx.load_cert_chain(cfg.certificate_path, cfg.private_key_path)
         bind = cfg.listen.bind
-        await web.TCPSite(self._runner, bind, cfg.listen.client_port).start()
-        await web.TCPSite(
-            self._runner, bind, cfg.listen.federation_port, ssl_context=ssl_ctx
-        ).start()
+        for what, port, ctx in (
+            ("client", cfg.listen.client_port, None),
+            ("federation", cfg.listen.federation_port, ssl_ctx),
+        ):
+            try:
+                await web.TCPSite(self._runner, bind, port, ssl_context=ctx).start()
+            except OSError as e:
+                raise StartupError(
+                    f"cannot listen on {bind}:{port} ({what} port): {e.strerror or e}"
+                ) from None
+        if self._pg is not None:
+            self._supervisor = asyncio.create_task(self._pg.supervise())
         log.info(
             "homeserver %s: client http://%s:%d, federation https://%s:%d",
             cfg.server_name,
@@ -348,21 +410,52 @@ class Server:
         )
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-        if self._db is not None:
-            await self._db.close()
-        if self._pg is not None:
-            self._pg.stop()
+        """Stop everything that was started, in order; safe after a partial start."""
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            await asyncio.gather(self._supervisor, return_exceptions=True)
+        try:
+            if self._runner is not None:
+                await self._runner.cleanup()
+            if self._db is not None:
+                try:
+                    await asyncio.wait_for(self._db.close(), 10.0)
+                except TimeoutError:
+                    log.warning("database connections still busy at stop: closing them")
+                    self._db.pool.terminate()
+        finally:
+            if self._pg is not None:
+                await asyncio.get_running_loop().run_in_executor(None, self._pg.stop)
+            self._lock.release()
 
-    async def run_forever(self) -> None:
+    async def run_forever(self) -> int:
+        """Serve until SIGTERM/SIGINT (exit status 0) or until the embedded
+        PostgreSQL cannot be brought back (1). A signal during start-up
+        stops it there."""
         loop = asyncio.get_running_loop()
         stopping = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stopping.set)
+        signalled = asyncio.create_task(stopping.wait())
         try:
-            await self.start()
-            await stopping.wait()
-            log.info("stopping")
+            starting = asyncio.create_task(self.start())
+            await asyncio.wait({starting, signalled}, return_when=asyncio.FIRST_COMPLETED)
+            if not starting.done():
+                log.info("stop requested during start-up")
+                starting.cancel()
+                await asyncio.gather(starting, return_exceptions=True)
+                return 0
+            starting.result()
+            watched: set[asyncio.Task[Any]] = {signalled}
+            if self._supervisor is not None:
+                watched.add(self._supervisor)
+            await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+            if signalled.done():
+                log.info("stopping")
+                return 0
+            log.error("stopping: the embedded database is gone")
+            return 1
         finally:
+            signalled.cancel()
             await self.stop()
+            log.info("stopped")

@@ -127,14 +127,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"homeserver: configuration error: {e}", file=sys.stderr)
         return 2
     handler: Any = COMMANDS[args.command]
-    return int(asyncio.run(handler(config, args)) or 0)
+    from homeserver.tools import OperatorError
+
+    try:
+        return int(asyncio.run(handler(config, args)) or 0)
+    except OperatorError as e:
+        print(f"homeserver: {e}", file=sys.stderr)
+        return 1
 
 
 async def _serve(config: Config, args: argparse.Namespace) -> int:
-    from homeserver.app import Server
+    from homeserver.app import Server, StartupError
 
-    await Server(config).run_forever()
-    return 0
+    try:
+        return await Server(config).run_forever()
+    except StartupError as e:
+        print(f"homeserver: {e}", file=sys.stderr)
+        return 1
 
 
 async def _register_user(config: Config, args: argparse.Namespace) -> int:

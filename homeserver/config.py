@@ -92,6 +92,9 @@ class Config:
     admins: tuple[UserID, ...]
     rooms: RoomsConfig = RoomsConfig()
     voip: VoipConfig = VoipConfig()
+    # SIGTERM: how long in-flight requests (and a federation transaction on
+    # the wire) may take to finish before they are cut.
+    shutdown_grace_s: int = 10
 
     @property
     def signing_key_path(self) -> Path:
@@ -114,10 +117,12 @@ class Config:
         return self.tls.private_key or self.data_dir / "tls.key"
 
 
+DEFAULT_SERVER_NAME = "localhost:8448"
+
 # The flat list of every key, its type and default. ``None`` type means "str
 # or null". The order is the order of the documentation.
 _KEYS: dict[str, tuple[type, Any]] = {
-    "server_name": (str, "localhost:8448"),
+    "server_name": (str, DEFAULT_SERVER_NAME),
     "data_dir": (str, "./homeserver-data"),
     "database_url": (type(None), None),
     "listen.bind": (str, "127.0.0.1"),
@@ -136,6 +141,7 @@ _KEYS: dict[str, tuple[type, Any]] = {
     "voip.turn_uris": (list, []),
     "voip.turn_shared_secret": (type(None), None),
     "voip.turn_user_lifetime_ms": (int, 86_400_000),
+    "shutdown.grace_seconds": (int, 10),
 }
 
 
@@ -313,6 +319,7 @@ def load_config(
         admins=tuple(admins),
         rooms=RoomsConfig(transient_purge_after_ms=values["rooms.transient_purge_after_ms"]),
         voip=_voip(values),
+        shutdown_grace_s=_grace(values["shutdown.grace_seconds"]),
     )
 
 
@@ -328,6 +335,12 @@ def _voip(values: Mapping[str, Any]) -> VoipConfig:
         turn_shared_secret=values["voip.turn_shared_secret"],
         turn_user_lifetime_ms=values["voip.turn_user_lifetime_ms"],
     )
+
+
+def _grace(value: int) -> int:
+    if not 0 <= value <= 3600:
+        raise ConfigError(f"shutdown.grace_seconds: must be 0 to 3600, got {value}")
+    return value
 
 
 def redact_url(url: str) -> str:

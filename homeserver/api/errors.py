@@ -2,7 +2,8 @@
 
 Every failure leaves the server as Matrix JSON ``{"errcode", "error"}``:
 unknown routes and methods as ``M_UNRECOGNIZED``, oversize bodies as
-``M_TOO_LARGE``, and anything unexpected as 500 ``M_UNKNOWN`` with the
+``M_TOO_LARGE``, an unreachable database as 503
+``IO.HOMESERVER.UNAVAILABLE`` with ``Retry-After``, and anything unexpected as 500 ``M_UNKNOWN`` with the
 traceback in the log — never an aiohttp text/plain page.
 """
 
@@ -23,6 +24,7 @@ from homeserver.services.errors import (
     invalid_param,
     missing_param,
     not_found,
+    unavailable_for,
 )
 
 log = logging.getLogger(__name__)
@@ -87,6 +89,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if e.status == 405 and "Allow" in e.headers:
             resp.headers["Allow"] = e.headers["Allow"]
         return resp
-    except Exception:
+    except Exception as e:
+        down = unavailable_for(e)
+        if down is not None:
+            log.debug("database unreachable on %s %s: %r", request.method, request.path, e)
+            resp = json_response(down.to_json(), down.status)
+            resp.headers["Retry-After"] = str(down.extra["retry_after_ms"] // 1000)
+            return resp
         log.exception("unhandled error on %s %s", request.method, request.path)
         return json_response({"errcode": "M_UNKNOWN", "error": "Internal server error"}, 500)

@@ -169,6 +169,12 @@ class AccountService:
         self._tokens_by_user.setdefault(owner.user_id, set()).add(digest)
         return requester
 
+    async def drop_token_cache(self) -> None:
+        """After a gap in cross-process notifications a logout elsewhere may
+        have gone unheard: every cached token is checked again."""
+        self._tokens.clear()
+        self._tokens_by_user.clear()
+
     def invalidate_user(self, user_id: str) -> None:
         for digest in self._tokens_by_user.pop(user_id, ()):
             self._tokens.pop(digest, None)

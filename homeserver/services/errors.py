@@ -45,3 +45,25 @@ def invalid_param(message: str) -> MatrixError:
 
 def missing_param(message: str) -> MatrixError:
     return MatrixError(400, "M_MISSING_PARAM", message)
+
+
+# While PostgreSQL is unreachable every request fails the same way; clients
+# are told to come back (503 + Retry-After) rather than shown a 500. The
+# spec has no errcode for it, so a namespaced one (documented in
+# docs/operations.md); clients treat any 503 as retryable.
+UNAVAILABLE = "IO.HOMESERVER.UNAVAILABLE"
+UNAVAILABLE_RETRY_S = 2
+
+
+def unavailable_for(exc: BaseException) -> MatrixError | None:
+    """The 503 for an exception meaning the database is unreachable, else None."""
+    from homeserver.storage.database import is_connection_error
+
+    if not is_connection_error(exc):
+        return None
+    return MatrixError(
+        503,
+        UNAVAILABLE,
+        "The database is unreachable; try again shortly",
+        retry_after_ms=UNAVAILABLE_RETRY_S * 1000,
+    )

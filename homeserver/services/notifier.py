@@ -5,6 +5,14 @@ only on commit) and ``local_notify`` right after commit. Every process keeps
 one connection LISTENing on the channel, so a long-poll in process A wakes for
 an event written through process B. Waiters register the rooms and users they
 care about; a notification names the room and the users it concerns.
+
+The LISTEN connection is long-lived, so it is kept alive: when it is lost
+(PostgreSQL restarted, the network dropped) it is reopened with backoff and
+every channel subscribed again. Notifications sent while it was down are
+lost for good, so after such a gap the process assumes everything changed:
+``gap`` listeners run (the token cache is dropped, the stream position is
+re-read, the federation queues are swept) and every waiter is woken to
+re-read the database.
 """
 
 from __future__ import annotations
@@ -12,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict, deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +33,7 @@ log = logging.getLogger(__name__)
 CHANNEL = "hs_stream"
 CHECK_OTHERS_S = 30.0  # how often a process looks whether it is alone
 HELLO = "hello"  # a process announcing itself on CHANNEL: "hello <backend pid>"
+RECONNECT_BACKOFF_S = (0.1, 0.25, 0.5, 1.0, 2.0)  # then every 2 s until it works
 
 
 def payload(position: int, room_id: str | None, users: Iterable[str] = ()) -> str:
@@ -67,6 +76,10 @@ class Notifier:
         self._pid: int | None = None
         self._subscriptions: list[tuple[str, Callable[[str], None]]] = []
         self._watcher: asyncio.Task[None] | None = None
+        self._keeper: asyncio.Task[None] | None = None
+        self._lost = asyncio.Event()
+        self._gap_listeners: list[Callable[[], Awaitable[None]]] = []
+        self.reconnects = 0  # for tests and logs
         self._lock = asyncio.Lock()
         # Another process shares the database (``channel``); conservatively
         # True until ``start`` has looked.
@@ -77,31 +90,100 @@ class Notifier:
         any process); subscribe before ``start``."""
         self._subscriptions.append((channel, fn))
 
+    def add_gap_listener(self, fn: Callable[[], Awaitable[None]]) -> None:
+        """Awaited after the LISTEN connection came back from a loss:
+        whatever was announced meanwhile was missed, so caches drop and
+        positions are re-read."""
+        self._gap_listeners.append(fn)
+
     async def start(self) -> None:
-        self._conn = await asyncpg.connect(self._url)
-        await self._conn.add_listener(CHANNEL, self._on_notify)
-        await self._conn.add_listener(AUTH_CHANNEL, self._on_auth)
-        for channel, fn in self._subscriptions:
-            await self._conn.add_listener(channel, _payload_only(fn))
-        # Announce this process (after listening, so no announcement of a
-        # process starting at the same time is missed), then look for others.
-        self._pid = await self._conn.fetchval(
-            "INSERT INTO stream_listeners (backend_pid, started_ts) VALUES "
-            "(pg_backend_pid(), (extract(epoch from clock_timestamp()) * 1000)::bigint) "
-            "ON CONFLICT (backend_pid) DO UPDATE SET started_ts = EXCLUDED.started_ts "
-            "RETURNING backend_pid"
-        )
-        await self._conn.execute("SELECT pg_notify($1, $2)", CHANNEL, f"{HELLO} {self._pid}")
-        await self.check_others()
+        await self._listen()
         self._watcher = asyncio.create_task(self._watch())
+        self._keeper = asyncio.create_task(self._keep_listening())
+
+    async def _listen(self) -> None:
+        """Open the LISTEN connection, subscribe to every channel, announce
+        this process and look for others."""
+        conn = await asyncpg.connect(self._url, timeout=5.0)
+        try:
+            await conn.add_listener(CHANNEL, self._on_notify)
+            await conn.add_listener(AUTH_CHANNEL, self._on_auth)
+            for channel, fn in self._subscriptions:
+                await conn.add_listener(channel, _payload_only(fn))
+            conn.add_termination_listener(self._on_lost)
+            # Announce this process (after listening, so no announcement of a
+            # process starting at the same time is missed), then look for others.
+            self._pid = await conn.fetchval(
+                "INSERT INTO stream_listeners (backend_pid, started_ts) VALUES "
+                "(pg_backend_pid(), (extract(epoch from clock_timestamp()) * 1000)::bigint) "
+                "ON CONFLICT (backend_pid) DO UPDATE SET started_ts = EXCLUDED.started_ts "
+                "RETURNING backend_pid"
+            )
+            await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, f"{HELLO} {self._pid}")
+        except BaseException:
+            conn.terminate()
+            raise
+        self._conn = conn
+        await self.check_others()
+
+    def _on_lost(self, conn: Any) -> None:
+        if conn is self._conn and not self.closing:
+            log.warning("lost the LISTEN connection to the database: reconnecting")
+            self._lost.set()
+
+    async def _keep_listening(self) -> None:
+        """Reopen the LISTEN connection whenever it is lost, backing off
+        while the database stays away; then run the gap listeners."""
+        while not self.closing:
+            await self._lost.wait()
+            self._lost.clear()
+            old, self._conn = self._conn, None
+            if old is not None:
+                old.terminate()
+            attempt = 0
+            while not self.closing:
+                try:
+                    await self._listen()
+                    break
+                except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as e:
+                    pause = RECONNECT_BACKOFF_S[min(attempt, len(RECONNECT_BACKOFF_S) - 1)]
+                    attempt += 1
+                    log.info("LISTEN reconnect %d failed (%s); retry in %.2f s", attempt, e, pause)
+                    await asyncio.sleep(pause)
+            if self.closing:
+                return
+            self.reconnects += 1
+            log.info(
+                "LISTEN connection back after %d attempt(s): assuming everything changed",
+                attempt + 1,
+            )
+            await self.after_gap()
+
+    async def after_gap(self) -> None:
+        """Everything may have changed unseen: run the gap listeners (drop
+        caches, re-read positions), then wake every waiter to re-read."""
+        for fn in self._gap_listeners:
+            try:
+                await fn()
+            except Exception:
+                log.exception("gap listener failed")
+        self.wake_all()
+
+    def wake_all(self) -> None:
+        for ws in [*self._by_user.values(), *self._by_room.values(), self._any]:
+            for w in ws:
+                w.event.set()
 
     async def _watch(self) -> None:
         while not self.closing:
             await asyncio.sleep(CHECK_OTHERS_S)
             try:
                 await self.check_others()
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
-                log.warning("could not look for other server processes", exc_info=True)
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as e:
+                # A connection that died without telling us (a dropped
+                # network): reopen it.
+                log.warning("could not look for other server processes (%s): reconnecting", e)
+                self._lost.set()
 
     async def check_others(self) -> bool:
         """Whether another server process listens on this database (its
@@ -132,15 +214,15 @@ class Notifier:
         """Server shutdown: end every long-poll now and refuse new waits, so
         the process stops without waiting out clients' timeouts."""
         self.closing = True
-        for ws in [*self._by_user.values(), *self._by_room.values(), self._any]:
-            for w in ws:
-                w.event.set()
+        self.wake_all()
 
     async def stop(self) -> None:
         self.closing = True
-        if self._watcher is not None:
-            self._watcher.cancel()
-            self._watcher = None
+        for task in (self._watcher, self._keeper):
+            if task is not None:
+                task.cancel()
+        self._watcher = self._keeper = None
+        self._lost.set()
         if self._conn is not None:
             try:
                 try:
@@ -151,12 +233,11 @@ class Notifier:
                     log.debug("could not unregister the listener", exc_info=True)
                 await self._conn.remove_listener(CHANNEL, self._on_notify)
                 await self._conn.remove_listener(AUTH_CHANNEL, self._on_auth)
-            finally:
-                await self._conn.close()
+                await self._conn.close(timeout=2.0)
+            except Exception:  # a dead connection: nothing to close cleanly
+                self._conn.terminate()
             self._conn = None
-        for ws in [*self._by_user.values(), *self._by_room.values(), self._any]:
-            for w in ws:
-                w.event.set()
+        self.wake_all()
 
     def record_append(self, append: LocalAppend) -> None:
         """Remember a committed message append (before waking anyone)."""

@@ -126,8 +126,8 @@ class SyncService:
         deadline = time.monotonic() + min(timeout_ms, 300_000) / 1000
         while True:
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return result
+            if remaining <= 0 or self._notifier.closing:
+                return result  # timed out, or the server is stopping: answer now
             # Listen first, then look at what was announced meanwhile: a
             # write that landed during the read above is not slept through.
             # When the stream is known to be past what we read (a writer of

@@ -43,6 +43,43 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+CONNECT_TIMEOUT_S = 5.0  # a database that does not answer is down: fail fast
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """Whether ``exc`` means "PostgreSQL is unreachable right now" (refused,
+    socket gone, restarting, connection dropped mid-query, connect timeout)
+    rather than a bad query: the request may succeed when retried later."""
+    if isinstance(
+        exc,
+        asyncpg.PostgresConnectionError
+        | asyncpg.CannotConnectNowError
+        | asyncpg.AdminShutdownError
+        | asyncpg.CrashShutdownError
+        | asyncpg.ConnectionDoesNotExistError,
+    ):
+        return True
+    if isinstance(exc, asyncpg.InterfaceError):
+        text = str(exc)
+        return "connection is closed" in text or "connection was closed" in text
+    # Refused, timed out, or a Unix socket that is gone while PostgreSQL
+    # restarts: OS errors, counted only when raised inside asyncpg (an
+    # outbound federation request fails with the same types).
+    return isinstance(exc, OSError | TimeoutError) and _raised_in_asyncpg(exc)
+
+
+def _raised_in_asyncpg(exc: BaseException) -> bool:
+    tb = exc.__traceback__
+    while tb is not None:
+        if _ASYNCPG_DIR in tb.tb_frame.f_code.co_filename:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+_ASYNCPG_DIR = str(Path(asyncpg.__file__).parent)
+
+
 class HsConnection(asyncpg.Connection):  # type: ignore[misc]
     """A pooled connection whose release costs no round trip.
 
@@ -89,12 +126,18 @@ class Database:
             max_size=max_size,
             init=_init_connection,
             connection_class=HsConnection,
+            timeout=CONNECT_TIMEOUT_S,
         )
         assert pool is not None
         return cls(pool, url)
 
     async def close(self) -> None:
         await self.pool.close()
+
+    async def expire_connections(self) -> None:
+        """Replace every pooled connection at its next use: after the
+        database restarted, idle ones are dead and would fail one query each."""
+        await self.pool.expire_connections()
 
     async def apply_schema(self) -> None:
         async with self.pool.acquire() as conn, conn.transaction():

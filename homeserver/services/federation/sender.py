@@ -41,6 +41,7 @@ MAX_PDUS = 50
 MAX_EDUS = 100
 LEASE_MS = 120_000
 SWEEP_S = 30.0
+STOP_DRAIN_S = 10.0
 TYPING_EDU_MAX_AGE_MS = 30_000
 
 
@@ -80,11 +81,22 @@ class FederationSender:
         self._stopping = False
         self._sweeper = asyncio.create_task(self._sweep())
 
-    async def stop(self) -> None:
+    async def stop(self, drain_s: float = STOP_DRAIN_S) -> None:
+        """Stop sending: a transaction on the wire is let finish (up to
+        ``drain_s``) so the peer's answer is recorded and the batch not sent
+        again; workers waiting out a backoff end at once."""
         self._stopping = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for ev in self._wake.values():
+            ev.set()
+        workers = [t for t in self._tasks.values() if not t.done()]
+        if workers:
+            _done, late = await asyncio.wait(workers, timeout=drain_s)
+            for t in late:
+                log.warning("federation sender: a transaction outlived the shutdown drain")
+                t.cancel()
         tasks = [t for t in [self._sweeper, *self._tasks.values()] if t is not None]
-        for t in tasks:
-            t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
         for dest in list(self._wake):
@@ -95,12 +107,17 @@ class FederationSender:
 
     async def _sweep(self) -> None:
         while not self._stopping:
-            try:
-                for dest in await self._store.queued_destinations():
-                    self.wake(dest)
-            except Exception:
-                log.exception("federation sweep failed")
+            await self.sweep_now()
             await asyncio.sleep(SWEEP_S)
+
+    async def sweep_now(self) -> None:
+        """Wake the worker of every destination with a queue: wake-ups from
+        other processes may have been missed (a database restart)."""
+        try:
+            for dest in await self._store.queued_destinations():
+                self.wake(dest)
+        except Exception:
+            log.exception("federation sweep failed")
 
     # ------------------------------------------------------------- queueing
     async def on_commit_in_transaction(

@@ -57,11 +57,11 @@ class Federation:
         await self.sender.start()
         self._housekeeping = asyncio.create_task(self._prune_received_txns())
 
-    async def stop(self) -> None:
+    async def stop(self, drain_s: float = 10.0) -> None:
         if self._housekeeping is not None:
             self._housekeeping.cancel()
             await asyncio.gather(self._housekeeping, return_exceptions=True)
-        await self.sender.stop()
+        await self.sender.stop(drain_s)
         await self.client.close()
 
     async def _prune_received_txns(self) -> None:
