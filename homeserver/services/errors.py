@@ -6,6 +6,7 @@ It lives here, free of aiohttp, so services can raise it (DESIGN rule 1);
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 
@@ -67,3 +68,12 @@ def unavailable_for(exc: BaseException) -> MatrixError | None:
         "The database is unreachable; try again shortly",
         retry_after_ms=UNAVAILABLE_RETRY_S * 1000,
     )
+
+
+def log_background_failure(log: logging.Logger, what: str, exc: BaseException) -> None:
+    """A background pass failed: while the database is unreachable that is
+    expected and retried, so one line; anything else with its traceback."""
+    if unavailable_for(exc) is not None:
+        log.warning("%s: database unreachable (%s); will retry", what, exc)
+    else:
+        log.error("%s", what, exc_info=exc)

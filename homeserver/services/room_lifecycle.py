@@ -16,7 +16,7 @@ from typing import Any
 
 from homeserver.core.auth import AuthError
 from homeserver.services.clock import now_ms
-from homeserver.services.errors import MatrixError, forbidden
+from homeserver.services.errors import MatrixError, forbidden, log_background_failure
 from homeserver.services.event_creator import Draft, EventCreator, remove_member
 from homeserver.services.membership import MembershipService
 from homeserver.services.room_creation import admin_level
@@ -142,8 +142,8 @@ class RoomLifecycleService:
             try:
                 await self.expire_due_invites()
                 await self.purge_transient_rooms()
-            except Exception:
-                log.exception("room lifecycle pass failed")
+            except Exception as e:
+                log_background_failure(log, "room lifecycle pass failed", e)
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), interval_s)

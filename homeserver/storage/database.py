@@ -59,6 +59,8 @@ def is_connection_error(exc: BaseException) -> bool:
         | asyncpg.ConnectionDoesNotExistError,
     ):
         return True
+    if isinstance(exc, asyncpg.InternalClientError) and "another operation" in str(exc):
+        return True  # a query on a connection whose loss asyncpg is processing
     if isinstance(exc, asyncpg.InterfaceError):
         text = str(exc)
         return "connection is closed" in text or "connection was closed" in text

@@ -28,6 +28,7 @@ import asyncpg
 
 from homeserver.core.ids import UserID
 from homeserver.services.clock import now_ms
+from homeserver.services.errors import log_background_failure
 from homeserver.services.federation.client import FederationClient, FederationError, encode_path
 from homeserver.services.persister import Pending
 from homeserver.storage.events import EventStore
@@ -116,8 +117,8 @@ class FederationSender:
         try:
             for dest in await self._store.queued_destinations():
                 self.wake(dest)
-        except Exception:
-            log.exception("federation sweep failed")
+        except Exception as e:
+            log_background_failure(log, "federation sweep failed", e)
 
     # ------------------------------------------------------------- queueing
     async def on_commit_in_transaction(
@@ -220,8 +221,8 @@ class FederationSender:
                     continue
         except asyncio.CancelledError:
             raise
-        except Exception:
-            log.exception("federation sender for %s failed", dest)
+        except Exception as e:
+            log_background_failure(log, f"federation sender for {dest} failed", e)
         finally:
             if self._tasks.get(dest) is asyncio.current_task():
                 self._tasks.pop(dest, None)

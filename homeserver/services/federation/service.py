@@ -15,6 +15,7 @@ from typing import Any
 
 from homeserver.config import Config
 from homeserver.services.clock import now_ms
+from homeserver.services.errors import log_background_failure
 from homeserver.services.federation.backfill import Backfiller
 from homeserver.services.federation.client import FederationClient
 from homeserver.services.federation.edus import Edus
@@ -69,8 +70,8 @@ class Federation:
         while True:
             try:
                 await self.store.prune_received_txns(now_ms() - RECEIVED_TXN_KEEP_MS)
-            except Exception:
-                log.exception("pruning received federation transactions failed")
+            except Exception as e:
+                log_background_failure(log, "pruning received federation transactions failed", e)
             await asyncio.sleep(3600)
 
 
