@@ -64,6 +64,7 @@ def test_yaml_env_and_flags_in_that_order(tmp_path: Path) -> None:
         ("admins: ['root']\n", {}, "admins"),
         ("database_url: mysql://x\n", {}, "database_url"),
         ("tls: {certificate: /x}\n", {}, "tls"),
+        ("shutdown: {grace_seconds: -1}\n", {}, "shutdown.grace_seconds"),
     ],
 )
 def test_bad_values_name_the_key(

@@ -66,3 +66,45 @@ async def test_peer_back_up_is_heard_by_every_process(db_url: str) -> None:
     finally:
         await db.close()
         await a.stop()
+
+
+async def test_lost_listen_connection_is_reopened_and_treated_as_a_gap(db_url: str) -> None:
+    """The LISTEN session is killed (as a database restart does): the
+    notifier reconnects by itself, listens on every channel again, runs the
+    gap listeners and wakes every waiter to re-read."""
+    import asyncpg
+
+    from homeserver.storage.federation import FED_CHANNEL
+
+    heard: list[str] = []
+    gaps: list[int] = []
+    a = Notifier(db_url)
+    a.subscribe(FED_CHANNEL, heard.append)
+
+    async def on_gap() -> None:
+        gaps.append(1)
+
+    a.add_gap_listener(on_gap)
+    await a.start()
+    conn = await asyncpg.connect(db_url)
+    try:
+        waiter = a.register(["!quiet:x"], ["@nobody:x"])
+        await conn.execute("SELECT pg_terminate_backend($1)", a._pid)
+        assert await asyncio.wait_for(waiter.event.wait(), 10) is True  # woken to re-read
+        a.unregister(waiter)
+        assert gaps == [1] and a.reconnects == 1
+        # subscribed again: a notification on another channel arrives
+        await conn.execute("SELECT pg_notify($1, 'peer.test')", FED_CHANNEL)
+        for _ in range(200):
+            if heard:
+                break
+            await asyncio.sleep(0.02)
+        assert heard == ["peer.test"]
+        # and the stream channel: a write announced by another process wakes
+        w = a.register(["!room:x"], [])
+        await conn.execute("SELECT pg_notify('hs_stream', '99 !room:x')")
+        assert await asyncio.wait_for(w.event.wait(), 5) is True
+        assert a.position == 99
+    finally:
+        await conn.close()
+        await a.stop()
