@@ -1,0 +1,302 @@
+"""Soak: two server processes (each with its embedded PostgreSQL) federating,
+under a bounded mixed load for a given time, sampled every interval.
+
+Load (all loopback): long-polls (/sync with a timeout) by the users of A,
+sends into a shared room through A and through B (so every message crosses
+federation), and join/leave churn (new local users join and leave; B users
+re-join over federation). Per interval it prints one JSON line: the RSS of
+each server process and of each PostgreSQL cluster (postmaster and
+backends), and p50/p99 latency of sends, joins and immediate syncs. The
+summary at the end compares memory after warm-up (the first interval) with
+the last interval.
+
+usage: scripts/soak [--minutes 3] [--interval 60] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+CS = "/_matrix/client/v3"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def rss_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def cluster_rss_kb(pgdata: Path) -> int:
+    """The postmaster and all its children (backends, background workers)."""
+    try:
+        postmaster = int((pgdata / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+    total = rss_kb(postmaster)
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if ppid == postmaster:
+                total += rss_kb(int(d.name))
+    return total
+
+
+class Server:
+    def __init__(self, root: Path, name: str) -> None:
+        self.data = root / name
+        self.port, self.fed = free_port(), free_port()
+        self.server_name = f"localhost:{self.fed}"
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = root / f"{name}.log"
+
+    def start(self) -> None:
+        env = dict(
+            os.environ,
+            HOMESERVER_FEDERATION_VERIFY_CERTIFICATES="false",
+            HOMESERVER_REGISTRATION_ENABLED="true",
+        )
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "homeserver.cli",
+                "serve",
+                "--data-dir",
+                str(self.data),
+                "--server-name",
+                self.server_name,
+                "--client-port",
+                str(self.port),
+                "--federation-port",
+                str(self.fed),
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.log, "ab"),  # noqa: SIM115 - the child keeps it
+        )
+
+    async def ready(self, s: aiohttp.ClientSession) -> None:
+        for _ in range(1200):
+            try:
+                async with s.get(f"{self.base}/_matrix/client/versions") as r:
+                    if r.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+        raise RuntimeError(f"{self.server_name} did not start; see {self.log}")
+
+    def stop(self) -> int:
+        if self.proc is None:
+            return 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return -9
+
+
+class Soak:
+    def __init__(self, a: Server, b: Server, s: aiohttp.ClientSession) -> None:
+        self.a, self.b, self.s = a, b, s
+        self.lat: dict[str, list[float]] = {"send": [], "join": [], "sync0": []}
+        self.errors: dict[str, int] = {}
+        self.stop = asyncio.Event()
+
+    async def call(
+        self, kind: str | None, method: str, url: str, token: str, body: Any = None
+    ) -> Any:
+        t0 = time.monotonic()
+        try:
+            async with self.s.request(
+                method,
+                url,
+                json=body,
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=aiohttp.ClientTimeout(total=60),
+            ) as r:
+                data = await r.json(content_type=None)
+                status = r.status
+        except (aiohttp.ClientError, TimeoutError) as e:
+            self.errors[type(e).__name__] = self.errors.get(type(e).__name__, 0) + 1
+            return None
+        if status != 200:
+            key = f"{status} {data.get('errcode') if isinstance(data, dict) else ''}"
+            self.errors[key] = self.errors.get(key, 0) + 1
+            return None
+        if kind is not None:
+            self.lat[kind].append((time.monotonic() - t0) * 1000)
+        return data
+
+    async def register(self, server: Server, name: str) -> str:
+        body = {"username": name, "password": "pw", "auth": {"type": "m.login.dummy"}}
+        async with self.s.post(f"{server.base}{CS}/register", json=body) as r:
+            return str((await r.json())["access_token"])
+
+    async def poller(self, token: str) -> None:
+        sync = await self.call("sync0", "GET", f"{self.a.base}{CS}/sync?timeout=0", token)
+        since = sync["next_batch"] if sync else ""
+        while not self.stop.is_set():
+            r = await self.call(
+                None, "GET", f"{self.a.base}{CS}/sync?timeout=10000&since={since}", token
+            )
+            if r:
+                since = r["next_batch"]
+            else:
+                await asyncio.sleep(1)
+
+    async def sender(self, server: Server, token: str, room: str, k: int, rate: float) -> None:
+        i = 0
+        while not self.stop.is_set():
+            i += 1
+            await self.call(
+                "send",
+                "PUT",
+                f"{server.base}{CS}/rooms/{room}/send/m.room.message/s{k}-{i}",
+                token,
+                {"msgtype": "m.text", "body": f"{k}/{i}"},
+            )
+            await asyncio.sleep(1 / rate)
+
+    async def churn(self, room: str, b_tokens: list[str]) -> None:
+        """A new local user joins and leaves; a B user leaves and re-joins
+        over federation; an immediate sync in between."""
+        n = 0
+        while not self.stop.is_set():
+            n += 1
+            t = await self.register(self.a, f"churn{n}")
+            await self.call("join", "POST", f"{self.a.base}{CS}/join/{room}", t, {})
+            await self.call("sync0", "GET", f"{self.a.base}{CS}/sync?timeout=0", t)
+            await self.call(None, "POST", f"{self.a.base}{CS}/rooms/{room}/leave", t, {})
+            bt = b_tokens[n % len(b_tokens)]
+            await self.call(None, "POST", f"{self.b.base}{CS}/rooms/{room}/leave", bt, {})
+            await self.call(
+                "join",
+                "POST",
+                f"{self.b.base}{CS}/join/{room}?server_name={self.a.server_name}",
+                bt,
+                {},
+            )
+            await asyncio.sleep(2)
+
+    def sample(self, minute: int) -> dict[str, Any]:
+        row: dict[str, Any] = {"interval": minute}
+        for s in (self.a, self.b):
+            assert s.proc is not None
+            row[f"rss_{s.data.name}_mb"] = round(rss_kb(s.proc.pid) / 1024, 1)
+            row[f"rss_pg_{s.data.name}_mb"] = round(cluster_rss_kb(s.data / "postgres") / 1024, 1)
+        for kind, xs in self.lat.items():
+            if xs:
+                q = statistics.quantiles(xs, n=100, method="inclusive")
+                row[kind] = {"n": len(xs), "p50_ms": round(q[49], 1), "p99_ms": round(q[98], 1)}
+            self.lat[kind] = []
+        row["errors"], self.errors = self.errors, {}
+        return row
+
+
+async def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--minutes", type=float, default=3.0)
+    ap.add_argument("--interval", type=float, default=60.0, help="seconds per sample")
+    ap.add_argument("--pollers", type=int, default=10)
+    ap.add_argument("--senders", type=int, default=4, help="per server")
+    ap.add_argument("--rate", type=float, default=5.0, help="messages/s per sender")
+    ap.add_argument("--out", help="also write the JSON lines here")
+    args = ap.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="hs-soak-"))
+    os.chmod(root, 0o755)
+    a, b = Server(root, "a"), Server(root, "b")
+    out = open(args.out, "w") if args.out else None  # noqa: SIM115 - closed in finally
+    rows: list[dict[str, Any]] = []
+    try:
+        a.start()
+        b.start()
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200)) as s:
+            await a.ready(s)
+            await b.ready(s)
+            soak = Soak(a, b, s)
+            a_tokens = [
+                await soak.register(a, f"a{i}") for i in range(max(args.pollers, args.senders))
+            ]
+            # B's senders stay joined; two more B users leave and re-join
+            b_tokens = [await soak.register(b, f"b{i}") for i in range(args.senders + 2)]
+            room = (
+                await soak.call(
+                    None, "POST", f"{a.base}{CS}/createRoom", a_tokens[0], {"preset": "public_chat"}
+                )
+            )["room_id"]
+            for t in a_tokens[1:]:
+                await soak.call(None, "POST", f"{a.base}{CS}/join/{room}", t, {})
+            for t in b_tokens:
+                await soak.call(
+                    None, "POST", f"{b.base}{CS}/join/{room}?server_name={a.server_name}", t, {}
+                )
+            tasks = [asyncio.create_task(soak.poller(t)) for t in a_tokens[: args.pollers]]
+            tasks += [
+                asyncio.create_task(soak.sender(a, a_tokens[k], room, k, args.rate))
+                for k in range(args.senders)
+            ]
+            tasks += [
+                asyncio.create_task(soak.sender(b, b_tokens[k], room, 100 + k, args.rate))
+                for k in range(args.senders)
+            ]
+            tasks.append(asyncio.create_task(soak.churn(room, b_tokens[args.senders :])))
+            end = time.monotonic() + args.minutes * 60
+            n = 0
+            while time.monotonic() < end:
+                await asyncio.sleep(min(args.interval, max(0.0, end - time.monotonic())))
+                n += 1
+                row = soak.sample(n)
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+                if out:
+                    out.write(json.dumps(row) + "\n")
+                    out.flush()
+            soak.stop.set()
+            await asyncio.wait(tasks, timeout=15)
+            for t in tasks:
+                t.cancel()
+    finally:
+        codes = (a.stop(), b.stop())
+        if out:
+            out.close()
+    summary: dict[str, Any] = {"exit_codes": codes, "work_dir": str(root)}
+    if len(rows) >= 2:
+        for key in rows[0]:
+            if key.startswith("rss_"):
+                summary[key + "_first_last"] = (rows[0][key], rows[-1][key])
+    print(json.dumps({"summary": summary}))
+    return 0 if codes == (0, 0) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
