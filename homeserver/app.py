@@ -9,6 +9,7 @@ HTTP, federation over TLS) and a clean stop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import ssl
@@ -57,6 +58,7 @@ from homeserver.services.direct_messages import DirectMessageService
 from homeserver.services.directory import DirectoryService
 from homeserver.services.ephemeral import EphemeralService
 from homeserver.services.event_context import ContextService
+from homeserver.services.errors import log_background_failure
 from homeserver.services.event_creator import EventCreator
 from homeserver.services.federation.service import build_federation
 from homeserver.services.hierarchy import HierarchyService
@@ -118,6 +120,7 @@ log = logging.getLogger(__name__)
 # Client bodies: an event is at most 64 KiB, but createRoom with initial_state
 # and federation transactions carry several; 1 MiB bounds them all.
 MAX_BODY = 1024 * 1024
+STALE_RESERVATION_SWEEP_S = 2.0
 
 
 def create_app(
@@ -265,10 +268,11 @@ def create_app(
         await event_store.clear_stale_inflight()
         stop = asyncio.Event()
         lifecycle_task = asyncio.create_task(lifecycle.run(stop))
+        sweeper = asyncio.create_task(sweep_stale_reservations(stop))
         await federation.start()
         yield
         stop.set()
-        await lifecycle_task
+        await asyncio.gather(lifecycle_task, sweeper)
         await federation.stop(config.shutdown_grace_s)
         await notifier.stop()
 
@@ -279,6 +283,21 @@ def create_app(
         # Writers that died with the connection left their reservations.
         await event_store.clear_stale_inflight()
         notifier.local_notify(await event_store.current_position(), None)
+
+    async def sweep_stale_reservations(stop: asyncio.Event) -> None:
+        """A writer whose session died (its process killed -9, its
+        connection cut) leaves its stream reservation behind, and no reader
+        in any process gets past it: such reservations are dropped every
+        few seconds, and the readers woken."""
+        while not stop.is_set():
+            try:
+                if await event_store.clear_stale_inflight():
+                    log.warning("dropped stream reservations of dead writers")
+                    notifier.local_notify(await event_store.current_position(), None)
+            except Exception as e:
+                log_background_failure(log, "sweeping stale stream reservations failed", e)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), STALE_RESERVATION_SWEEP_S)
 
     admin_register.install(app)
     notifier.add_auth_listener(accounts.invalidate_user)
