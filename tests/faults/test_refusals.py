@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.procs import Proc
+from tests.faults.procs import Proc, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -40,6 +40,11 @@ async def test_second_server_busy_port_and_other_name_are_refused(data_root: Pat
             f"{data_root / 'd'}; stop it first"
         ), line
         assert first.postmaster() is not None  # the first server's cluster untouched
+        # an operator command beside the running server shares its cluster
+        # and leaves it running
+        r = run_cli("verify", "--data-dir", str(data_root / "d"))
+        assert r.returncode == 0 and "no drift" in r.stdout, r.stdout + r.stderr
+        assert first.postmaster() is not None
         # 2. a busy client port, on another data dir: refused, and the
         #    cluster it started for that is stopped again
         other = Proc(data_root / "e", port=first.port)
