@@ -5,10 +5,10 @@ Load (all loopback): long-polls (/sync with a timeout) by the users of A,
 sends into a shared room through A and through B (so every message crosses
 federation), and join/leave churn (new local users join and leave; B users
 re-join over federation). Per interval it prints one JSON line: the RSS of
-each server process and of each PostgreSQL cluster (postmaster and
-backends), and p50/p99 latency of sends, joins and immediate syncs. The
-summary at the end compares memory after warm-up (the first interval) with
-the last interval.
+each server process, the PSS of each PostgreSQL cluster (postmaster and
+backends; shared buffers counted once) and its process count, and p50/p99
+latency of sends, joins and immediate syncs. The summary at the end
+compares memory after warm-up (the first interval) with the last interval.
 
 usage: scripts/soak [--minutes 3] [--interval 60] [--out FILE]
 """
@@ -50,13 +50,26 @@ def rss_kb(pid: int) -> int:
     return 0
 
 
-def cluster_rss_kb(pgdata: Path) -> int:
-    """The postmaster and all its children (backends, background workers)."""
+def pss_kb(pid: int) -> int:
+    """Proportional set size: shared pages divided among their users, so
+    PostgreSQL's shared buffers count once for the whole cluster."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def cluster_pss_kb(pgdata: Path) -> tuple[int, int]:
+    """The postmaster and all its children (backends, background workers):
+    their summed PSS and how many processes."""
     try:
         postmaster = int((pgdata / "postmaster.pid").read_text().split()[0])
     except (OSError, ValueError, IndexError):
-        return 0
-    total = rss_kb(postmaster)
+        return 0, 0
+    pids = [postmaster]
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
             try:
@@ -64,8 +77,8 @@ def cluster_rss_kb(pgdata: Path) -> int:
             except (OSError, ValueError, IndexError):
                 continue
             if ppid == postmaster:
-                total += rss_kb(int(d.name))
-    return total
+                pids.append(int(d.name))
+    return sum(pss_kb(p) for p in pids), len(pids)
 
 
 class Server:
@@ -213,7 +226,9 @@ class Soak:
         for s in (self.a, self.b):
             assert s.proc is not None
             row[f"rss_{s.data.name}_mb"] = round(rss_kb(s.proc.pid) / 1024, 1)
-            row[f"rss_pg_{s.data.name}_mb"] = round(cluster_rss_kb(s.data / "postgres") / 1024, 1)
+            pss, procs = cluster_pss_kb(s.data / "postgres")
+            row[f"pss_pg_{s.data.name}_mb"] = round(pss / 1024, 1)
+            row[f"pg_{s.data.name}_processes"] = procs
         for kind, xs in self.lat.items():
             if xs:
                 q = statistics.quantiles(xs, n=100, method="inclusive")
@@ -292,7 +307,7 @@ async def main() -> int:
     summary: dict[str, Any] = {"exit_codes": codes, "work_dir": str(root)}
     if len(rows) >= 2:
         for key in rows[0]:
-            if key.startswith("rss_"):
+            if key.startswith(("rss_", "pss_")):
                 summary[key + "_first_last"] = (rows[0][key], rows[-1][key])
     print(json.dumps({"summary": summary}))
     return 0 if codes == (0, 0) else 1
