@@ -40,26 +40,24 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def rss_kb(pid: int) -> int:
+def _proc_kb(path: str, field: str) -> int:
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(field):
                 return int(line.split()[1])
     except OSError:
         pass
     return 0
+
+
+def rss_kb(pid: int) -> int:
+    return _proc_kb(f"/proc/{pid}/status", "VmRSS:")
 
 
 def pss_kb(pid: int) -> int:
     """Proportional set size: shared pages divided among their users, so
     PostgreSQL's shared buffers count once for the whole cluster."""
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+    return _proc_kb(f"/proc/{pid}/smaps_rollup", "Pss:")
 
 
 def cluster_pss_kb(pgdata: Path) -> tuple[int, int]:

@@ -27,13 +27,19 @@ class SlowPeer:
         return {"pdus": {}}
 
 
-async def test_stop_lets_the_transaction_on_the_wire_finish(db: Database) -> None:
+async def sending(db: Database) -> tuple[FederationSender, FederationStore, SlowPeer]:
+    """A sender with one transaction on the wire to a slow peer."""
     store = FederationStore(db)
     peer = SlowPeer()
     sender = FederationSender(store, EventStore(db), peer, "hs.test")  # type: ignore[arg-type]
     await sender.start()
     await sender.send_edu(["peer.test"], "m.receipt", {"!r:hs.test": {}})
     await asyncio.wait_for(peer.started.wait(), 10)
+    return sender, store, peer
+
+
+async def test_stop_lets_the_transaction_on_the_wire_finish(db: Database) -> None:
+    sender, store, peer = await sending(db)
     await sender.stop(drain_s=5.0)
     assert peer.finished
     assert sender.sent == {"peer.test": 1}
@@ -41,12 +47,7 @@ async def test_stop_lets_the_transaction_on_the_wire_finish(db: Database) -> Non
 
 
 async def test_stop_does_not_wait_beyond_the_drain(db: Database) -> None:
-    store = FederationStore(db)
-    peer = SlowPeer()
-    sender = FederationSender(store, EventStore(db), peer, "hs.test")  # type: ignore[arg-type]
-    await sender.start()
-    await sender.send_edu(["peer.test"], "m.receipt", {"!r:hs.test": {}})
-    await asyncio.wait_for(peer.started.wait(), 10)
+    sender, store, peer = await sending(db)
     await asyncio.wait_for(sender.stop(drain_s=0.1), 2)
     assert not peer.finished
     assert await store.queue_length("peer.test") == 1  # sent again later, not lost
