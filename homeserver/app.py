@@ -94,7 +94,6 @@ from homeserver.storage.account_data import AccountDataStore
 from homeserver.storage.accounts import AccountStore
 from homeserver.storage.database import Database
 from homeserver.storage.devices import DeviceStore
-from homeserver.storage.embedded import EmbeddedPostgres
 from homeserver.storage.embedded import (
     DataDirBusy,
     DataDirLock,
