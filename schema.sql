@@ -591,7 +591,6 @@ INSERT INTO event_relations
     ON CONFLICT DO NOTHING;
 INSERT INTO event_relations_seeded VALUES (true) ON CONFLICT DO NOTHING;
 
-
 -- ---------------------------------------------------------------- faults
 -- Who this database belongs to, written at the first start: every command
 -- reads the server name from here, and a server configured with another

@@ -57,8 +57,8 @@ from homeserver.services.devices import DeviceService
 from homeserver.services.direct_messages import DirectMessageService
 from homeserver.services.directory import DirectoryService
 from homeserver.services.ephemeral import EphemeralService
-from homeserver.services.event_context import ContextService
 from homeserver.services.errors import log_background_failure
+from homeserver.services.event_context import ContextService
 from homeserver.services.event_creator import EventCreator
 from homeserver.services.federation.service import build_federation
 from homeserver.services.hierarchy import HierarchyService
