@@ -26,6 +26,7 @@ from homeserver.api.client import account, homeserver_ext, rooms, versions
 from homeserver.api.client import account_data as account_data_api
 from homeserver.api.client import devices as devices_api
 from homeserver.api.client import directory as directory_api
+from homeserver.api.client import health as health_api
 from homeserver.api.client import hierarchy as hierarchy_api
 from homeserver.api.client import membership as membership_api
 from homeserver.api.client import presence as presence_api
@@ -61,6 +62,7 @@ from homeserver.services.errors import log_background_failure
 from homeserver.services.event_context import ContextService
 from homeserver.services.event_creator import EventCreator
 from homeserver.services.federation.service import build_federation
+from homeserver.services.health import HealthService
 from homeserver.services.hierarchy import HierarchyService
 from homeserver.services.identity import IdentityMismatch
 from homeserver.services.identity import establish as establish_identity
@@ -225,6 +227,7 @@ def create_app(
     presence.exists = accounts.exists
     sync.presence = presence.events_since
     app[appkeys.PRESENCE] = presence
+    app[appkeys.HEALTH] = HealthService(db)
     hierarchy = HierarchyService(projections, room_state, event_store)
     app[appkeys.HIERARCHY] = hierarchy
     app[appkeys.TIMESTAMPS] = TimestampService(event_store, room_state)
@@ -335,6 +338,7 @@ def create_app(
         presence_api,
         thirdparty_api,
         refused_api,
+        health_api,
         admin_reports,
         homeserver_ext,
         admin_rooms,

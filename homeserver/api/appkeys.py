@@ -14,6 +14,7 @@ from homeserver.services.devices import DeviceService
 from homeserver.services.direct_messages import DirectMessageService
 from homeserver.services.directory import DirectoryService
 from homeserver.services.ephemeral import EphemeralService
+from homeserver.services.health import HealthService
 from homeserver.services.hierarchy import HierarchyService
 from homeserver.services.membership import MembershipService
 from homeserver.services.messages import MessageService
@@ -54,3 +55,4 @@ REPORTS = web.AppKey("reports", ReportService)
 TIMESTAMPS = web.AppKey("timestamps", TimestampService)
 HIERARCHY = web.AppKey("hierarchy", HierarchyService)
 PRESENCE = web.AppKey("presence", PresenceService)
+HEALTH = web.AppKey("health", HealthService)

@@ -109,6 +109,10 @@ async def test_postgres_killed_and_restarted_under_two_processes(data_root: Path
                 "PUT", f"{b.base}{CS}/rooms/{room}/send/m.room.message/down", tb, {"body": "x"}
             )
             assert r.status == 503, r.body
+            # Alive, not ready (issue 19): liveness does not touch the database.
+            assert (await http.call("GET", f"{a.base}/health", None)).status == 200
+            r = await http.call("GET", f"{a.base}/health/ready", None)
+            assert r.status == 503 and r.body["errcode"] == "IO.HOMESERVER.UNAVAILABLE", r.body
 
             await asyncio.get_running_loop().run_in_executor(None, restart_cluster, pg)
             t_back = time.monotonic()
@@ -118,6 +122,8 @@ async def test_postgres_killed_and_restarted_under_two_processes(data_root: Path
                 )
                 assert set(seen) <= {200, 503}, seen  # never a 500 on the way back
             print(f"both serve {time.monotonic() - t_back:.2f} s after PostgreSQL is back")
+            ready = await http.call("GET", f"{b.base}/health/ready", None)
+            assert ready.status == 200 and ready.body["status"] == "ready", ready.body
 
             # Cross-process wake-up works again, without waiting out the
             # long-poll's timeout (the LISTEN connections were reopened).

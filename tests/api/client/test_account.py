@@ -168,3 +168,9 @@ async def test_server_key_is_signed(client: MatrixClient) -> None:
 async def test_no_turn_server_configured_is_an_empty_object(client: MatrixClient) -> None:
     alice = await client.register("alice")
     assert await alice.call("GET", f"{CS}/voip/turnServer") == {}
+
+
+async def test_liveness_and_readiness(client: MatrixClient) -> None:
+    assert await client.call("GET", "/health") == {"status": "ok"}
+    ready = await client.call("GET", "/health/ready")
+    assert ready["status"] == "ready" and ready["schema_version"] >= 1
