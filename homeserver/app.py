@@ -51,6 +51,7 @@ from homeserver.api.federation import leaves as fed_leaves
 from homeserver.api.federation import queries as fed_queries
 from homeserver.api.federation import transactions as fed_transactions
 from homeserver.api.federation.common import FEDERATION
+from homeserver.api.metrics import metrics_app, metrics_middleware
 from homeserver.config import Config, redact_url
 from homeserver.services.account_data import AccountDataService
 from homeserver.services.accounts import AccountService
@@ -68,6 +69,7 @@ from homeserver.services.identity import IdentityMismatch
 from homeserver.services.identity import establish as establish_identity
 from homeserver.services.membership import MembershipService
 from homeserver.services.messages import MessageService
+from homeserver.services.metrics import Metrics, Sources, transactions_of
 from homeserver.services.notifier import Notifier
 from homeserver.services.persister import Persister
 from homeserver.services.presence import PresenceService
@@ -128,7 +130,10 @@ def create_app(
     config: Config, db: Database, server_keys: ServerKeys | None = None
 ) -> web.Application:
     """The aiohttp application with every service wired in."""
-    app = web.Application(middlewares=[cors_middleware, error_middleware], client_max_size=MAX_BODY)
+    app = web.Application(
+        middlewares=[metrics_middleware, cors_middleware, error_middleware],
+        client_max_size=MAX_BODY,
+    )
     server_keys = server_keys or ServerKeys(
         config.server_name,
         load_or_create_signing_key(config.signing_key_path),
@@ -261,6 +266,23 @@ def create_app(
     timeline.backfill = federation.backfiller.backfill
     hierarchy.remote = federation.remote.hierarchy
     presence.send_edu = federation.sender.send_edu
+    persister.server_name = str(name)
+    app[appkeys.METRICS] = Metrics(
+        Sources(
+            persisted=lambda: persister.persisted,
+            resolutions=lambda: (resolver.resolutions, resolver.resolution_seconds),
+            alarms=lambda: planner.alarm.count,
+            waiters=notifier.waiter_count,
+            wakeups=lambda: notifier.wakeups,
+            transactions=transactions_of(
+                lambda: federation.ingest.transactions_in,
+                lambda: federation.sender.sent.values(),
+                lambda: federation.sender.failed.values(),
+            ),
+            pool=lambda: (db.pool.get_size(), db.pool.get_idle_size(), db.pool.get_max_size()),
+            queues=federation.sender.queue_summary,
+        )
+    )
     federation.edus.on_presence = presence.receive_edu
     app[FEDERATION] = federation
     notifier.subscribe(FED_CHANNEL, federation.sender.wake)
@@ -372,6 +394,7 @@ class Server:
         self._pg: EmbeddedPostgres | None = None
         self._db: Database | None = None
         self._runner: web.AppRunner | None = None
+        self._metrics_runner: web.AppRunner | None = None
         self._supervisor: asyncio.Task[bool] | None = None
 
     async def start(self) -> None:
@@ -420,6 +443,8 @@ class Server:
                 raise StartupError(
                     f"cannot listen on {bind}:{port} ({what} port): {e.strerror or e}"
                 ) from None
+        if cfg.listen.metrics_port:
+            await self._start_metrics(app[appkeys.METRICS])
         if self._pg is not None:
             self._supervisor = asyncio.create_task(self._pg.supervise())
         log.info(
@@ -431,12 +456,28 @@ class Server:
             cfg.listen.federation_port,
         )
 
+    async def _start_metrics(self, metrics: Metrics) -> None:
+        """The metrics listener: its own port, loopback unless configured."""
+        cfg = self.config
+        self._metrics_runner = web.AppRunner(metrics_app(metrics), access_log=None)
+        await self._metrics_runner.setup()
+        bind, port = cfg.listen.metrics_bind, cfg.listen.metrics_port
+        try:
+            await web.TCPSite(self._metrics_runner, bind, port).start()
+        except OSError as e:
+            raise StartupError(
+                f"cannot listen on {bind}:{port} (metrics port): {e.strerror or e}"
+            ) from None
+        log.info("metrics on http://%s:%d/metrics", bind, port)
+
     async def stop(self) -> None:
         """Stop everything that was started, in order; safe after a partial start."""
         if self._supervisor is not None:
             self._supervisor.cancel()
             await asyncio.gather(self._supervisor, return_exceptions=True)
         try:
+            if self._metrics_runner is not None:
+                await self._metrics_runner.cleanup()
             if self._runner is not None:
                 await self._runner.cleanup()
             if self._db is not None:

@@ -33,6 +33,8 @@ class ListenConfig:
     bind: str = "127.0.0.1"
     client_port: int = 8008
     federation_port: int = 8448
+    metrics_port: int = 0  # 0: no metrics listener
+    metrics_bind: str = "127.0.0.1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +130,8 @@ _KEYS: dict[str, tuple[type, Any]] = {
     "listen.bind": (str, "127.0.0.1"),
     "listen.client_port": (int, 8008),
     "listen.federation_port": (int, 8448),
+    "listen.metrics_port": (int, 0),
+    "listen.metrics_bind": (str, "127.0.0.1"),
     "tls.certificate": (type(None), None),
     "tls.private_key": (type(None), None),
     "federation.verify_certificates": (bool, True),
@@ -304,6 +308,12 @@ def load_config(
             bind=bind,
             client_port=_port("listen.client_port", values["listen.client_port"]),
             federation_port=_port("listen.federation_port", values["listen.federation_port"]),
+            metrics_port=(
+                _port("listen.metrics_port", values["listen.metrics_port"])
+                if values["listen.metrics_port"]
+                else 0
+            ),
+            metrics_bind=values["listen.metrics_bind"],
         ),
         tls=TLSConfig(
             certificate=Path(cert) if cert else None, private_key=Path(key) if key else None

@@ -18,6 +18,7 @@ from homeserver.services.health import HealthService
 from homeserver.services.hierarchy import HierarchyService
 from homeserver.services.membership import MembershipService
 from homeserver.services.messages import MessageService
+from homeserver.services.metrics import Metrics
 from homeserver.services.presence import PresenceService
 from homeserver.services.profile import ProfileService
 from homeserver.services.reports import ReportService
@@ -56,3 +57,4 @@ TIMESTAMPS = web.AppKey("timestamps", TimestampService)
 HIERARCHY = web.AppKey("hierarchy", HierarchyService)
 PRESENCE = web.AppKey("presence", PresenceService)
 HEALTH = web.AppKey("health", HealthService)
+METRICS = web.AppKey("metrics", Metrics)

@@ -80,6 +80,7 @@ class Notifier:
         self._lost = asyncio.Event()
         self._gap_listeners: list[Callable[[], Awaitable[None]]] = []
         self.reconnects = 0  # for tests and logs
+        self.wakeups = 0  # waiters woken (metrics)
         self._lock = asyncio.Lock()
         # Another process shares the database (``channel``); conservatively
         # True until ``start`` has looked.
@@ -296,8 +297,17 @@ class Notifier:
             woken |= self._by_room.get(room_id, set())
         for u in users:
             woken |= self._by_user.get(u, set())
+        self.wakeups += len(woken)
         for w in woken:
             w.event.set()
+
+    def waiter_count(self) -> int:
+        """Long-polls parked now (metrics)."""
+        parked: set[Waiter] = set(self._any)
+        for group in (self._by_room, self._by_user):
+            for ws in group.values():
+                parked |= ws
+        return len(parked)
 
     def register(self, rooms: Iterable[str], users: Iterable[str], *, any_: bool = False) -> Waiter:
         """Start listening before reading, so that nothing written between

@@ -131,6 +131,10 @@ class Persister:
         ] = []
         # Run after commit (wake the federation sender, ...).
         self.on_committed: list[Callable[[str, Sequence[Pending]], None]] = []
+        # (origin: local|federated, outcome) → events written (metrics); the
+        # server name tells local senders from remote ones (set by app.py).
+        self.server_name = ""
+        self.persisted: dict[tuple[str, str], int] = {}
 
     @property
     def planner(self) -> HeadPlanner:
@@ -228,6 +232,7 @@ class Persister:
                     log.exception("could not release stream positions %s", positions)
             raise
         if backfill:
+            self._count(entries)
             return positions[-1]
         self._committed(room_id, positions[-1], users, entries)
         return positions[-1]
@@ -324,11 +329,27 @@ class Persister:
         connection first, so a woken /sync that reads goes through a
         database session that is already running)."""
         asyncio.get_running_loop().call_soon(self._notifier.local_notify, position, room_id, users)
+        self._count(entries)
         for fn in self.on_committed:
             try:
                 fn(room_id, entries)
             except Exception:
                 log.exception("after-commit hook failed")
+
+    def _count(self, entries: Sequence[Pending]) -> None:
+        for p in entries:
+            origin = "local" if p.event.sender.endswith(":" + self.server_name) else "federated"
+            outcome = (
+                "outlier"
+                if p.outlier
+                else "rejected"
+                if p.rejected_reason is not None
+                else "soft_failed"
+                if p.soft_failed
+                else "accepted"
+            )
+            key = (origin, outcome)
+            self.persisted[key] = self.persisted.get(key, 0) + 1
 
     async def _assign_state_groups(
         self, conn: asyncpg.Connection, room_id: str, entries: Sequence[Pending]

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -77,6 +78,7 @@ class StateResolver:
     def __init__(self, store: EventStore) -> None:
         self._store = store
         self.resolutions = 0  # how many resolutions ran (metrics)
+        self.resolution_seconds = 0.0  # and the time they took
 
     async def resolve(
         self,
@@ -97,8 +99,12 @@ class StateResolver:
         if rv.room_id_is_create_event_hash:
             wanted.add("$" + room_id[1:])  # v12: named by the room id, not cited
         events.update(await self._store.get_event_objs(wanted - events.keys(), conn))
-        self.resolutions += 1
-        return resolve_state(rv, list(states), events, chains)
+        started = time.perf_counter()
+        try:
+            return resolve_state(rv, list(states), events, chains)
+        finally:
+            self.resolutions += 1
+            self.resolution_seconds += time.perf_counter() - started
 
     async def _auth_chain(self, ids: set[str], new: Mapping[str, Event]) -> set[str]:
         """``ids`` and every event reachable from them through auth events,

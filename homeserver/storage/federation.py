@@ -167,6 +167,15 @@ class FederationStore:
             )
         )
 
+    async def queue_summary(self) -> list[tuple[str, int, int]]:
+        """(destination, queued items, oldest item's created_ts) for every
+        destination with something queued."""
+        rows = await self._db.fetch(
+            "SELECT destination, count(*), min(created_ts) FROM federation_outbox "
+            "GROUP BY destination ORDER BY destination"
+        )
+        return [(r[0], int(r[1]), int(r[2])) for r in rows]
+
     async def delete_outbox(self, ids: Sequence[int]) -> None:
         await self._db.execute("DELETE FROM federation_outbox WHERE id = ANY($1::bigint[])", ids)
 

@@ -43,6 +43,7 @@ async def send_transaction(request: web.Request) -> web.Response:
         done = await fed.store.received_txn(origin, txn_id)
         if done is not None:
             return json_response(done)
+        fed.ingest.transactions_in += 1
         results: dict[str, Any] = {}
         for pdu in pdus:
             eid, err = await fed.ingest.receive_pdu(origin, pdu)

@@ -103,6 +103,7 @@ class Ingest:
         self._server_name = server_name
         self._locks: dict[str, asyncio.Lock] = {}
         self._origin_locks: dict[str, asyncio.Lock] = {}
+        self.transactions_in = 0  # /send transactions handled (metrics)
 
     @property
     def store(self) -> EventStore:

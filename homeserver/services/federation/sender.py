@@ -76,6 +76,7 @@ class FederationSender:
         self._stopping = False
         # Sent transactions, for tests and metrics: destination → count.
         self.sent: dict[str, int] = {}
+        self.failed: dict[str, int] = {}  # transactions that failed (retried later)
 
     # -------------------------------------------------------------- lifecycle
     async def start(self) -> None:
@@ -264,6 +265,7 @@ class FederationSender:
                 log.info("sending to %s failed (%s); retry in %d ms", dest, e, backoff)
                 await self._store.record_failure(dest, backoff, now_ms() + backoff)
                 self._seen_up.pop(dest, None)
+                self.failed[dest] = self.failed.get(dest, 0) + 1
                 return False
         await self._store.delete_outbox(ids)
         await self._store.record_success(dest, now_ms())
@@ -272,6 +274,10 @@ class FederationSender:
 
     async def pending(self, destination: str) -> int:
         return await self._store.queue_length(destination)
+
+    async def queue_summary(self) -> list[tuple[str, int, int]]:
+        """(destination, queued, oldest created_ts) (metrics, status)."""
+        return await self._store.queue_summary()
 
 
 def next_backoff_ms(failures: int, initial_ms: int, max_ms: int, jitter: float) -> int:

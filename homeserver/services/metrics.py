@@ -1,0 +1,163 @@
+"""Metrics for Prometheus (``prometheus_client``), on a listener of their own.
+
+One registry per server process (no module globals). Request counts and
+latencies are observed by a middleware; everything else is read from the
+services' own counters when Prometheus scrapes, so the write and sync paths
+pay nothing for it. What needs the database (the federation queues) is read
+by the scrape itself, before the text is generated.
+
+Families (all prefixed ``homeserver_``):
+
+- ``http_requests_total`` / ``http_request_duration_seconds``: by listener,
+  method, route (the route's pattern, never the raw path) and status;
+- ``events_persisted_total``: by origin (local, federated) and outcome
+  (accepted, rejected, soft_failed, outlier);
+- ``state_resolutions_total`` and ``state_resolution_seconds_total``;
+- ``state_reset_alarms_total`` (see ``services/room_head.py``);
+- ``sync_waiters`` (parked long-polls) and ``sync_wakeups_total``;
+- ``federation_queue_items`` / ``federation_queue_oldest_age_seconds`` per
+  destination; ``federation_transactions_total`` by direction and result;
+- ``db_pool_connections`` by state (in use, idle), ``db_pool_max``;
+- ``rate_limited_total`` (refusals) when a limiter is attached;
+- the process collector's ``process_*`` (RSS, CPU, open files).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+
+@dataclass
+class Sources:
+    """Where the scrape-time figures come from (set by app.py)."""
+
+    persisted: Callable[[], dict[tuple[str, str], int]] = dict
+    resolutions: Callable[[], tuple[int, float]] = lambda: (0, 0.0)
+    alarms: Callable[[], int] = lambda: 0
+    waiters: Callable[[], int] = lambda: 0
+    wakeups: Callable[[], int] = lambda: 0
+    transactions: Callable[[], dict[tuple[str, str], int]] = dict
+    pool: Callable[[], tuple[int, int, int]] = lambda: (0, 0, 0)  # size, idle, max
+    rate_limited: Callable[[], dict[str, int]] = dict
+    # (destination, items, oldest created_ts ms), read at scrape time
+    queues: Callable[[], Awaitable[list[tuple[str, int, int]]]] | None = None
+    _queue_snapshot: list[tuple[str, int, int]] = field(default_factory=list)
+
+
+class _FromServices(Collector):
+    def __init__(self, sources: Sources) -> None:
+        self._s = sources
+
+    def collect(self) -> Iterator[Metric]:
+        s = self._s
+        persisted = CounterMetricFamily(
+            "homeserver_events_persisted", "Events written to the log", labels=["origin", "outcome"]
+        )
+        for (origin, outcome), n in sorted(s.persisted().items()):
+            persisted.add_metric([origin, outcome], n)
+        yield persisted
+        count, seconds = s.resolutions()
+        yield CounterMetricFamily(
+            "homeserver_state_resolutions", "State resolutions run", value=count
+        )
+        yield CounterMetricFamily(
+            "homeserver_state_resolution_seconds", "Time spent in state resolution", value=seconds
+        )
+        yield CounterMetricFamily(
+            "homeserver_state_reset_alarms", "Resolutions that moved state back", value=s.alarms()
+        )
+        yield GaugeMetricFamily(
+            "homeserver_sync_waiters", "Parked /sync long-polls", value=s.waiters()
+        )
+        yield CounterMetricFamily(
+            "homeserver_sync_wakeups", "Long-polls woken by new data", value=s.wakeups()
+        )
+        txns = CounterMetricFamily(
+            "homeserver_federation_transactions",
+            "Federation transactions",
+            labels=["direction", "result"],
+        )
+        for (direction, result), n in sorted(s.transactions().items()):
+            txns.add_metric([direction, result], n)
+        yield txns
+        now_ms = time.time() * 1000
+        items = GaugeMetricFamily(
+            "homeserver_federation_queue_items", "Queued PDUs and EDUs", labels=["destination"]
+        )
+        age = GaugeMetricFamily(
+            "homeserver_federation_queue_oldest_age_seconds",
+            "Age of the oldest queued item",
+            labels=["destination"],
+        )
+        for dest, n, oldest in s._queue_snapshot:
+            items.add_metric([dest], n)
+            age.add_metric([dest], max(0.0, (now_ms - oldest) / 1000))
+        yield items
+        yield age
+        size, idle, top = s.pool()
+        pool = GaugeMetricFamily(
+            "homeserver_db_pool_connections", "Database pool connections", labels=["state"]
+        )
+        pool.add_metric(["in_use"], size - idle)
+        pool.add_metric(["idle"], idle)
+        yield pool
+        yield GaugeMetricFamily("homeserver_db_pool_max", "Database pool size limit", value=top)
+        limited = CounterMetricFamily(
+            "homeserver_rate_limited", "Requests refused by a rate limit", labels=["limit"]
+        )
+        for name, n in sorted(s.rate_limited().items()):
+            limited.add_metric([name], n)
+        yield limited
+
+
+class Metrics:
+    """The process's registry and the request observations."""
+
+    def __init__(self, sources: Sources | None = None) -> None:
+        self.registry = CollectorRegistry()
+        self.sources = sources or Sources()
+        self.requests = Counter(
+            "homeserver_http_requests",
+            "HTTP requests answered",
+            ["listener", "method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "homeserver_http_request_duration_seconds",
+            "HTTP request latency",
+            ["listener", "method", "route"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=self.registry,
+        )
+        ProcessCollector(registry=self.registry)
+        self.registry.register(_FromServices(self.sources))
+
+    def observe(self, listener: str, method: str, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(listener, method, route, str(status)).inc()
+        self.latency.labels(listener, method, route).observe(seconds)
+
+    async def refresh(self) -> None:
+        """What a scrape must read from the database first."""
+        if self.sources.queues is not None:
+            self.sources._queue_snapshot = await self.sources.queues()
+
+
+def transactions_of(
+    received: Callable[[], int],
+    sent: Callable[[], Iterable[int]],
+    failed: Callable[[], Iterable[int]],
+) -> Callable[[], dict[tuple[str, str], int]]:
+    def read() -> dict[tuple[str, str], int]:
+        return {
+            ("in", "handled"): received(),
+            ("out", "sent"): sum(sent()),
+            ("out", "failed"): sum(failed()),
+        }
+
+    return read

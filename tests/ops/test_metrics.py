@@ -1,0 +1,107 @@
+"""/metrics: the families an operator graphs, moving when things happen."""
+
+from __future__ import annotations
+
+import re
+import socket
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
+
+from homeserver.api.appkeys import METRICS
+from homeserver.api.metrics import metrics_app
+from tests.helpers import CS, MatrixClient
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    """The value of the first sample named ``name`` with these labels (0
+    when absent)."""
+    for family in text_string_to_metric_families(text):
+        for smp in family.samples:
+            if smp.name == name and all(smp.labels.get(k) == v for k, v in labels.items()):
+                return float(smp.value)
+    return 0.0
+
+
+async def scrape(aiohttp_client: Any, app: web.Application) -> str:
+    metrics = await aiohttp_client(metrics_app(app[METRICS]))
+    r = await metrics.get("/metrics")
+    assert r.status == 200 and r.headers["Content-Type"].startswith("text/plain")
+    return str(await r.text())
+
+
+async def test_metrics_move_with_the_server(
+    client: MatrixClient, app: web.Application, aiohttp_client: Any
+) -> None:
+    before = await scrape(aiohttp_client, app)
+    for family in (
+        "homeserver_http_requests",
+        "homeserver_http_request_duration_seconds",
+        "homeserver_events_persisted",
+        "homeserver_state_resolutions",
+        "homeserver_state_resolution_seconds",
+        "homeserver_state_reset_alarms",
+        "homeserver_sync_waiters",
+        "homeserver_sync_wakeups",
+        "homeserver_federation_transactions",
+        "homeserver_federation_queue_items",
+        "homeserver_federation_queue_oldest_age_seconds",
+        "homeserver_db_pool_connections",
+        "homeserver_db_pool_max",
+        "homeserver_rate_limited",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+    ):
+        assert re.search(rf"^# TYPE {family}(_total)? ", before, re.M), family
+    alice = await client.register("alice")
+    room = await alice.create_room()
+    await alice.send(room, "counted")
+    await alice.call("GET", f"{CS}/rooms/{room}/messages?dir=b")
+    await client.call("GET", f"{CS}/nowhere", expect=404)
+    after = await scrape(aiohttp_client, app)
+    accepted = {"origin": "local", "outcome": "accepted"}
+    grew = sample(after, "homeserver_events_persisted_total", **accepted) - sample(
+        before, "homeserver_events_persisted_total", **accepted
+    )
+    assert grew >= 6  # createRoom's events and the message
+    route = "/_matrix/client/{version}/rooms/{room_id}/send/{type}/{txn_id}"
+    assert sample(after, "homeserver_http_requests_total", route=route, status="200") == 1
+    assert sample(after, "homeserver_http_requests_total", route="unmatched", status="404") == 1
+    assert (
+        sample(after, "homeserver_http_request_duration_seconds_count", route=route, method="PUT")
+        == 1
+    )
+    assert sample(after, "homeserver_db_pool_max") > 0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_metrics_listener_is_separate() -> None:
+    """A real server: nothing on a metrics port unless configured; when
+    configured, /metrics there and not on the client port."""
+    from tests.faults.procs import Proc
+
+    root = Path(tempfile.mkdtemp(prefix="hs-metrics-"))
+    root.chmod(0o755)
+    port = free_port()
+    proc = Proc(root / "a", extra_env={"HOMESERVER_LISTEN_METRICS_PORT": str(port)})
+    try:
+        await proc.start()
+        async with aiohttp.ClientSession() as s:
+            async with s.get(f"http://127.0.0.1:{port}/metrics") as r:
+                assert r.status == 200
+                assert "homeserver_http_requests_total" in await r.text()
+            async with s.get(f"http://127.0.0.1:{port}/health") as r:
+                assert r.status == 200
+            async with s.get(f"{proc.base}/metrics") as r:
+                assert r.status == 404
+    finally:
+        proc.stop()
