@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("name", help="localpart or full user id")
     reg.add_argument("--password", required=False)
     reg.add_argument("--admin", action="store_true")
+    st = sub.add_parser("status", help="liveness, readiness and the federation queues")
+    _add_config_flags(st)
     ver = sub.add_parser("verify", help="recompute projections from the log and report drift")
     _add_config_flags(ver)
     ver.add_argument("--room", help="only this room")
@@ -203,6 +205,45 @@ async def _verify(config: Config, args: argparse.Namespace) -> int:
     return 1 if drifts else 0
 
 
+async def _status(config: Config, args: argparse.Namespace) -> int:
+    """What /health and /health/ready say, plus the federation queues; exit
+    status 0 only when the server is alive and ready."""
+    import aiohttp
+
+    from homeserver.api import appkeys
+    from homeserver.api.federation.common import FEDERATION
+    from homeserver.services.clock import now_ms
+    from homeserver.services.errors import MatrixError
+    from homeserver.tools import operator_context
+
+    host = config.listen.bind if config.listen.bind not in ("0.0.0.0", "::") else "127.0.0.1"
+    url = f"http://{host}:{config.listen.client_port}/health"
+    try:
+        timeout = aiohttp.ClientTimeout(total=3)
+        async with aiohttp.ClientSession(timeout=timeout) as s, s.get(url) as r:
+            alive = r.status == 200
+    except (aiohttp.ClientError, TimeoutError):
+        alive = False
+    print(f"alive: {'yes' if alive else 'no'} ({url})")
+    try:
+        async with operator_context(config) as ctx:
+            try:
+                ready = await ctx.app[appkeys.HEALTH].readiness()
+                print(f"ready: yes (schema version {ready['schema_version']})")
+            except MatrixError as e:
+                print(f"ready: no ({e})")
+                ready = None
+            queues = await ctx.app[FEDERATION].sender.queue_summary()
+    except Exception as e:  # the database cannot be reached: say so, in one line
+        print(f"ready: no (database: {e})")
+        return 1
+    now = now_ms()
+    print(f"federation queues: {len(queues)} destination(s) with items waiting")
+    for dest, n, oldest in queues:
+        print(f"  {dest}: {n} queued, oldest {(now - oldest) / 1000:.0f} s")
+    return 0 if alive and ready is not None else 1
+
+
 async def _rebuild(config: Config, args: argparse.Namespace) -> int:
     from homeserver.tools import operator_context
 
@@ -285,6 +326,7 @@ async def _rotate_signing_key(config: Config, args: argparse.Namespace) -> int:
 COMMANDS: dict[str | None, Any] = {
     "admin": _admin,
     "verify": _verify,
+    "status": _status,
     "rebuild": _rebuild,
     None: _serve,
     "serve": _serve,

@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+from aiohttp import web
+
 from homeserver.api import appkeys
 from homeserver.config import Config
 from homeserver.core.ids import ServerName
@@ -32,6 +34,7 @@ class OperatorContext:
     accounts: AccountService
     rebuilder: ProjectionRebuilder
     rooms: RoomAdminService
+    app: web.Application
 
 
 @asynccontextmanager
@@ -69,6 +72,7 @@ async def operator_context(config: Config) -> AsyncIterator[OperatorContext]:
                 app[appkeys.ACCOUNTS],
                 ProjectionRebuilder(db, store, Projections(db, config.server_name)),
                 app[appkeys.ROOM_ADMIN],
+                app,
             )
         finally:
             await db.close()

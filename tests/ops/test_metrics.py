@@ -87,7 +87,7 @@ def free_port() -> int:
 async def test_metrics_listener_is_separate() -> None:
     """A real server: nothing on a metrics port unless configured; when
     configured, /metrics there and not on the client port."""
-    from tests.faults.procs import Proc
+    from tests.faults.procs import Proc, run_cli
 
     root = Path(tempfile.mkdtemp(prefix="hs-metrics-"))
     root.chmod(0o755)
@@ -103,5 +103,13 @@ async def test_metrics_listener_is_separate() -> None:
                 assert r.status == 200
             async with s.get(f"{proc.base}/metrics") as r:
                 assert r.status == 404
+        # The operator's view of the same (issue 19): alive, ready, queues.
+        out = run_cli("status", "--data-dir", str(proc.data), "--client-port", str(proc.port))
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "alive: yes" in out.stdout and "ready: yes" in out.stdout, out.stdout
+        assert "federation queues: 0 destination(s)" in out.stdout, out.stdout
     finally:
         proc.stop()
+    # Stopped: not alive (the database is still reachable through the CLI).
+    out = run_cli("status", "--data-dir", str(proc.data), "--client-port", str(proc.port))
+    assert out.returncode == 1 and "alive: no" in out.stdout, out.stdout + out.stderr
