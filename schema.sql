@@ -1,6 +1,10 @@
--- The whole database schema of the homeserver, applied idempotently at every
--- start (homeserver/storage/database.py). Only additive, idempotent statements
--- belong here; the applied version is recorded in schema_version.
+-- The whole current schema of the homeserver: a new database gets exactly
+-- this. It is also applied (idempotently) at every start of an existing one,
+-- so only additive, idempotent statements belong here; what cannot be said
+-- that way (changing or moving data, altering columns) is a numbered
+-- migration in homeserver/storage/migrations/, applied once, in order, after
+-- this file, each in its own transaction and recorded in schema_version
+-- (homeserver/storage/database.py).
 
 CREATE TABLE IF NOT EXISTS schema_version (
     version     integer PRIMARY KEY,
@@ -509,22 +513,8 @@ CREATE TABLE IF NOT EXISTS presence (
 );
 CREATE INDEX IF NOT EXISTS presence_stream ON presence (stream_ordering);
 
--- ------------------------------------------------ key trust (issue 16)
--- Remote keys cached before keys stopped being taken from relaying servers
--- may be forgeries (a hostile server vouching for one that was down):
--- forget them all once; each is fetched again from its server (or a
--- configured notary) when next needed.
-CREATE TABLE IF NOT EXISTS federation_key_trust_reset (
-    done  boolean PRIMARY KEY
-);
-DO $$
-BEGIN
-    IF NOT EXISTS (SELECT 1 FROM federation_key_trust_reset) THEN
-        DELETE FROM federation_server_keys;
-        DELETE FROM federation_key_responses;
-        INSERT INTO federation_key_trust_reset VALUES (true) ON CONFLICT DO NOTHING;
-    END IF;
-END $$;
+-- (Issue 16's one-time wipe of remote keys cached under the old trust rules
+-- is migration 0002, homeserver/storage/migrations/.)
 -- ============================================== event relations (client-rooms)
 -- Owned by homeserver/storage/relations.py. A projection of the log: one row
 -- per accepted event whose content carries an ``m.relates_to`` with a string
@@ -584,12 +574,7 @@ DROP TRIGGER IF EXISTS events_relations ON events;
 CREATE TRIGGER events_relations AFTER INSERT ON events
     REFERENCING NEW TABLE AS new_events
     FOR EACH STATEMENT EXECUTE FUNCTION hs_derive_relations();
--- Databases that had events before this table existed: derived once.
-CREATE TABLE IF NOT EXISTS event_relations_seeded (done boolean PRIMARY KEY);
-INSERT INTO event_relations
-    SELECT * FROM event_relations_derived WHERE NOT EXISTS (SELECT 1 FROM event_relations_seeded)
-    ON CONFLICT DO NOTHING;
-INSERT INTO event_relations_seeded VALUES (true) ON CONFLICT DO NOTHING;
+-- Databases that had events before this table existed: migration 0003.
 
 -- ---------------------------------------------------------------- faults
 -- Who this database belongs to, written at the first start: every command

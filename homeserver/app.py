@@ -96,7 +96,7 @@ from homeserver.services.timestamps import TimestampService
 from homeserver.services.user_directory import UserDirectoryService
 from homeserver.storage.account_data import AccountDataStore
 from homeserver.storage.accounts import AccountStore
-from homeserver.storage.database import Database
+from homeserver.storage.database import Database, SchemaTooNew
 from homeserver.storage.devices import DeviceStore
 from homeserver.storage.embedded import (
     DataDirBusy,
@@ -412,7 +412,10 @@ class Server:
                 raise StartupError(str(e)) from None
         log.info("database: %s", redact_url(url))
         self._db = await Database.connect(url)
-        await self._db.apply_schema()
+        try:
+            await self._db.apply_schema()
+        except SchemaTooNew as e:
+            raise StartupError(str(e)) from None
         server_keys = ServerKeys(
             cfg.server_name,
             load_or_create_signing_key(cfg.signing_key_path),

@@ -21,7 +21,7 @@ from homeserver.services.identity import establish as establish_identity
 from homeserver.services.projection_rebuild import ProjectionRebuilder
 from homeserver.services.room_admin import RoomAdminService
 from homeserver.services.server_keys import load_or_create_signing_key
-from homeserver.storage.database import Database
+from homeserver.storage.database import Database, SchemaTooNew
 from homeserver.storage.embedded import DataDirBusy, DataDirLock, EmbeddedPostgres, Postmaster
 from homeserver.storage.events import EventStore
 from homeserver.storage.identity import IdentityStore
@@ -63,7 +63,10 @@ async def operator_context(config: Config) -> AsyncIterator[OperatorContext]:
     try:
         db = await Database.connect(url, min_size=1, max_size=4)
         try:
-            await db.apply_schema()
+            try:
+                await db.apply_schema()
+            except SchemaTooNew as e:
+                raise OperatorError(str(e)) from None
             config = await _with_stored_name(config, db)
             app = create_app(config, db)
             store = EventStore(db)

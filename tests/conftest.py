@@ -79,12 +79,14 @@ def template_url(pg_url: str) -> str:
     return _with_database(pg_url, TEMPLATE)
 
 
-async def create_test_database(pg_url: str) -> str:
-    """A new database holding the schema; returns its URL."""
+async def create_test_database(pg_url: str, template: str | None = TEMPLATE) -> str:
+    """A new database holding the schema (``template`` None: an empty one);
+    returns its URL."""
     name = "hs_test_" + uuid.uuid4().hex[:12]
     conn = await asyncpg.connect(pg_url)
     try:
-        await conn.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
+        copy = f" TEMPLATE {template}" if template else ""
+        await conn.execute(f"CREATE DATABASE {name}{copy}")
     finally:
         await conn.close()
     return _with_database(pg_url, name)

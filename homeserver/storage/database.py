@@ -1,8 +1,13 @@
 """The asyncpg pool and the schema: the one gateway to PostgreSQL.
 
 ``schema.sql`` (at the repository top, shipped inside the package as well) is
-applied idempotently at every start under an advisory lock, so several
-processes may start at once against one database.
+the whole current schema. Under an advisory lock (several processes may start
+at once against one database): a new database gets it and is recorded at
+``SCHEMA_VERSION``; an existing one gets it again (it is idempotent: new
+tables, indexes, functions), then every numbered migration above its
+recorded version (``migrations/NNNN_name.sql``, in order, one transaction
+each, each recorded in ``schema_version``). A database newer than this code
+is refused.
 """
 
 from __future__ import annotations
@@ -19,7 +24,25 @@ import asyncpg
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """(number, file name, SQL) of every migration, in order."""
+    out = []
+    for f in sorted(MIGRATIONS.glob("[0-9][0-9][0-9][0-9]_*.sql")):
+        out.append((int(f.name[:4]), f.name, f.read_text()))
+    return out
+
+
+# The schema version of this code: 1 is the first release's (v0.1.0).
+SCHEMA_VERSION = max([1, *(n for n, _, _ in migrations())])
+
+
+class SchemaTooNew(RuntimeError):
+    """The database was upgraded by a newer release than this one."""
+
+
 _SCHEMA_LOCK = 0x6873_0001  # advisory lock key: "hs" + 1
 
 
@@ -142,15 +165,35 @@ class Database:
         await self.pool.expire_connections()
 
     async def apply_schema(self) -> None:
-        async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK)
-            await conn.execute(schema_sql())
-            await conn.execute(
-                "INSERT INTO schema_version (version, applied_ts) VALUES ($1, "
-                "(extract(epoch from clock_timestamp()) * 1000)::bigint) "
-                "ON CONFLICT (version) DO NOTHING",
-                SCHEMA_VERSION,
+        async with self.pool.acquire() as conn:
+            await conn.execute("SELECT pg_advisory_lock($1)", _SCHEMA_LOCK)
+            try:
+                await self._apply_schema(conn)
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock($1)", _SCHEMA_LOCK)
+
+    async def _apply_schema(self, conn: asyncpg.Connection) -> None:
+        current = None
+        if await conn.fetchval("SELECT to_regclass('schema_version') IS NOT NULL"):
+            current = await conn.fetchval("SELECT max(version) FROM schema_version")
+        if current is not None and current > SCHEMA_VERSION:
+            raise SchemaTooNew(
+                f"the database's schema is version {current}, newer than this server's "
+                f"({SCHEMA_VERSION}): run the release that upgraded it, or a newer one"
             )
+        async with conn.transaction():
+            await conn.execute(schema_sql())
+        if current is None:  # a new database: schema.sql is the whole schema
+            await _record_version(conn, SCHEMA_VERSION)
+            return
+        for number, name, sql in migrations():
+            if number <= current:
+                continue
+            log.info("applying schema migration %s", name)
+            async with conn.transaction():
+                await conn.execute(sql)
+                await _record_version(conn, number)
+        await _record_version(conn, SCHEMA_VERSION)
 
     async def schema_version(self) -> int:
         v = await self.pool.fetchval("SELECT max(version) FROM schema_version")
@@ -172,3 +215,12 @@ class Database:
 
     async def execute(self, sql: str, *args: Any) -> str:
         return str(await self.pool.execute(sql, *args))
+
+
+async def _record_version(conn: asyncpg.Connection, version: int) -> None:
+    await conn.execute(
+        "INSERT INTO schema_version (version, applied_ts) VALUES ($1, "
+        "(extract(epoch from clock_timestamp()) * 1000)::bigint) "
+        "ON CONFLICT (version) DO NOTHING",
+        version,
+    )

@@ -39,6 +39,7 @@ class Proc:
     port: int = field(default_factory=free_port)
     fed_port: int = field(default_factory=free_port)
     extra_env: dict[str, str] = field(default_factory=dict)
+    cwd: Path | None = None  # where ``python -m`` finds the package first
     popen: subprocess.Popen[bytes] | None = None
 
     @property
@@ -70,7 +71,11 @@ class Proc:
         self.data.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, HOMESERVER_REGISTRATION_ENABLED="true", **self.extra_env)
         self.popen = subprocess.Popen(
-            self.args(), env=env, stdout=subprocess.DEVNULL, stderr=open(self.log_path, "ab")
+            self.args(),
+            env=env,
+            cwd=self.cwd,
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.log_path, "ab"),
         )
         return self.popen
 
