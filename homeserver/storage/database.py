@@ -184,7 +184,8 @@ class Database:
         async with conn.transaction():
             await conn.execute(schema_sql())
         if current is None:  # a new database: schema.sql is the whole schema
-            await _record_version(conn, SCHEMA_VERSION)
+            for version in [1, *(n for n, _, _ in migrations())]:
+                await _record_version(conn, version)
             return
         for number, name, sql in migrations():
             if number <= current:
