@@ -86,6 +86,19 @@ class EventFilter:
             contains_url=flag(raw, "contains_url"),
         )
 
+    @property
+    def matches_everything(self) -> bool:
+        """True when no event is ever filtered out (``limit`` aside)."""
+        return (
+            self.types is None
+            and not self.not_types
+            and self.senders is None
+            and not self.not_senders
+            and self.rooms is None
+            and not self.not_rooms
+            and self.contains_url is None
+        )
+
     def __call__(self, ev: Filterable) -> bool:
         if self.types is not None and not _match(self.types, ev.type):
             return False

@@ -18,6 +18,7 @@ from typing import Any
 from homeserver.core.events import STRIPPED_STATE_TYPES, StateKey
 from homeserver.services.clock import now_ms
 from homeserver.services.filters import EventFilter, flag, str_list, sub_object
+from homeserver.services.lazy_members import SentMembers
 from homeserver.services.notifier import LocalAppend, Notifier, wait_for
 from homeserver.services.serialize import EventSerializer
 from homeserver.services.timeline import Visibility, make_token
@@ -92,6 +93,7 @@ class SyncService:
         snapshots: SyncSnapshots,
     ) -> None:
         self._snapshots = snapshots
+        self._sent_members = SentMembers()
         # (user, room) → (position, counts as the user last saw them)
         self._views: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}
         self.answered_from_memory = 0  # long-polls answered by _from_memory
@@ -243,6 +245,7 @@ class SyncService:
                 or r in pre.receipts
                 or any(ad[0] == r for ad in pre.account_data)
             ]
+        await self._fill_filtered(pre, targets, fresh_rooms, since, flt)
         await self._complete_rooms(pre, targets, user_id)
         for r in targets:
             fresh = r in fresh_rooms
@@ -429,6 +432,38 @@ class SyncService:
             },
         )
 
+    async def _fill_filtered(
+        self,
+        pre: _Prefetch,
+        rooms: list[str],
+        fresh: set[str],
+        since: int | None,
+        flt: SyncFilter,
+    ) -> None:
+        """A filtered timeline holds up to ``limit`` events the filter lets
+        through, as Synapse's does: when the newest ``limit + 1`` events read
+        with the snapshot let fewer through and older ones exist in the
+        window, read further back in pages, down to the window's start. Each
+        timeline then holds only matching events, newest first, one more than
+        ``limit`` when there are more (so ``limited`` stays right)."""
+        if flt.timeline.matches_everything:
+            return
+        limit = flt.timeline_limit
+        for r in rooms:
+            evs = pre.timelines.get(r, [])
+            kept = [e for e in evs if flt.timeline(e.event)]
+            lower = 0 if since is None or r in fresh else since
+            oldest = evs[-1].stream_ordering if evs else lower
+            more = len(evs) > limit
+            while more and len(kept) <= limit:
+                page = await self._store.events_by_stream(
+                    [r], lower, oldest - 1, max(50, 2 * limit), newest_first=True
+                )
+                kept += [e for e in page if flt.timeline(e.event)]
+                more = bool(page)
+                oldest = page[-1].stream_ordering if page else oldest
+            pre.timelines[r] = kept[: limit + 1]
+
     async def _complete_rooms(self, pre: _Prefetch, rooms: list[str], user_id: str) -> None:
         """Counts and unread numbers for rooms the snapshot did not cover
         (joined since the last sync, yet quiet in its window)."""
@@ -473,6 +508,19 @@ class SyncService:
             if since is not None and not full_state:
                 state_ids = await self._lazy_members(
                     room_id, user_id, window, timeline, state_ids, start, pre
+                )
+            if not flt.state.include_redundant_members:
+                state_ids = self._sent_members.unsent(
+                    user_id,
+                    device_id,
+                    room_id,
+                    state_ids,
+                    [
+                        (e.event.state_key, e.event.event_id)
+                        for e in timeline
+                        if e.event.type == "m.room.member" and e.event.state_key is not None
+                    ],
+                    reset=since is None or full_state,
                 )
         state_evs = list((await self._store.get_events(state_ids.values())).values())
         state_evs = [e for e in state_evs if flt.state(e.event)]
