@@ -48,9 +48,7 @@ class SentMembers:
         sent = rooms.setdefault(room_id, {})
         if reset:
             sent.clear()
-        out = {
-            k: v for k, v in state_ids.items() if k[0] != "m.room.member" or sent.get(k[1]) != v
-        }
+        out = {k: v for k, v in state_ids.items() if k[0] != "m.room.member" or sent.get(k[1]) != v}
         sent.update((k[1], v) for k, v in out.items() if k[0] == "m.room.member")
         sent.update(timeline_members)
         return out

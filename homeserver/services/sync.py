@@ -11,7 +11,7 @@ writes from this process and, through LISTEN/NOTIFY, from any other.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,17 +20,19 @@ from homeserver.services.clock import now_ms
 from homeserver.services.filters import EventFilter, flag, str_list, sub_object
 from homeserver.services.lazy_members import SentMembers
 from homeserver.services.notifier import LocalAppend, Notifier, wait_for
+from homeserver.services.push import MAIN as MAIN_THREAD
+from homeserver.services.push import PushService
 from homeserver.services.serialize import EventSerializer
 from homeserver.services.timeline import Visibility, make_token
 from homeserver.storage.account_data import AccountDataStore
 from homeserver.storage.ephemeral import EphemeralStore
 from homeserver.storage.events import EventStore, StoredEvent
 from homeserver.storage.projections import Projections
+from homeserver.storage.push import Counts
 from homeserver.storage.rooms import RoomStore
 from homeserver.storage.sync_snapshot import SyncSnapshot, SyncSnapshots
 
 MAX_VIEWS = 200_000
-UNREAD_TYPES = ("m.room.message", "m.room.encrypted")
 
 
 @dataclass(frozen=True)
@@ -91,8 +93,10 @@ class SyncService:
         visibility: Visibility,
         notifier: Notifier,
         snapshots: SyncSnapshots,
+        push: PushService,
     ) -> None:
         self._snapshots = snapshots
+        self._push = push
         self._sent_members = SentMembers()
         # (user, room) → (position, counts as the user last saw them)
         self._views: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}
@@ -246,7 +250,7 @@ class SyncService:
                 or any(ad[0] == r for ad in pre.account_data)
             ]
         await self._fill_filtered(pre, targets, fresh_rooms, since, flt)
-        await self._complete_rooms(pre, targets, user_id)
+        await self._complete_rooms(pre, targets, user_id, upto)
         for r in targets:
             fresh = r in fresh_rooms
             joined_out[r] = await self._joined_entry(
@@ -296,11 +300,13 @@ class SyncService:
         one of those appends (``Notifier.appends_after``), the response is
         their events in the reader's joined rooms, with the counts the reader
         saw at ``since`` (messages change no state, no membership, no
-        receipts) plus the new unread messages. None when that does not hold
-        — another writer, a state change, a room not seen at ``since``, more
-        events than the timeline limit, others' messages to a client that
-        lazy-loads members (their member events are state to send): the
-        caller then reads the database (which gives the same answer;
+        receipts) plus the notifications the new events give, by the reader's
+        cached push rules (``PushService.evaluate_cached``). None when that
+        does not hold — another writer, a state change, a room not seen at
+        ``since``, more events than the timeline limit, others' messages to
+        a client that lazy-loads members (their member events are state to
+        send), push rules or room contexts not cached: the caller then reads
+        the database (which gives the same answer;
         tests/api/client/test_sync.py)."""
         upto, appends = self._notifier.appends_after(since)
         if upto == since:
@@ -314,6 +320,9 @@ class SyncService:
         for a in appends:
             if a.room_id in member_of and flt.allows_room(a.room_id):
                 by_room.setdefault(a.room_id, []).extend(a.events)
+        new_counts = self._push.evaluate_cached(user_id, [e for v in by_room.values() for e in v])
+        if new_counts is None:
+            return None
         views: dict[str, dict[str, Any]] = {}
         for room_id, evs in by_room.items():
             seen = self._views.get((user_id, room_id))
@@ -324,7 +333,7 @@ class SyncService:
                 return None
             views[room_id] = {
                 **stats,
-                "unread": int(stats.get("unread") or 0) + _unread_increment(user_id, evs),
+                "counts": _add_counts(stats.get("counts") or {}, new_counts.get(room_id, {})),
             }
         joined_out: dict[str, Any] = {}
         for room_id, evs in by_room.items():
@@ -339,10 +348,7 @@ class SyncService:
                 "account_data": {"events": []},
                 "ephemeral": {"events": []},
                 "summary": _summary(views[room_id]),
-                "unread_notifications": {
-                    "notification_count": views[room_id]["unread"],
-                    "highlight_count": 0,
-                },
+                **_unread(views[room_id], flt.timeline.unread_thread_notifications),
             }
         covered = {e.event.event_id for evs in by_room.values() for e in evs}
         await self._fill_events(
@@ -464,16 +470,20 @@ class SyncService:
                 oldest = page[-1].stream_ordering if page else oldest
             pre.timelines[r] = kept[: limit + 1]
 
-    async def _complete_rooms(self, pre: _Prefetch, rooms: list[str], user_id: str) -> None:
-        """Counts and unread numbers for rooms the snapshot did not cover
-        (joined since the last sync, yet quiet in its window)."""
+    async def _complete_rooms(
+        self, pre: _Prefetch, rooms: list[str], user_id: str, upto: int
+    ) -> None:
+        """Counts for rooms the snapshot did not cover (joined since the
+        last sync, yet quiet in its window), and every room's unread
+        notification counts as of ``upto`` (``PushService.counts``)."""
         missing = [r for r in rooms if r not in pre.stats]
-        if not missing:
-            return
-        stats = await self._proj.room_stats_many(missing)
-        unread = await self._eph.unread_counts(missing, user_id)
-        for r in missing:
-            pre.stats[r] = {**stats.get(r, {}), "unread": unread.get(r, 0)}
+        if missing:
+            stats = await self._proj.room_stats_many(missing)
+            for r in missing:
+                pre.stats[r] = dict(stats.get(r, {}))
+        counts = await self._push.counts(user_id, rooms, upto)
+        for r in rooms:
+            pre.stats[r] = {**pre.stats[r], "counts": counts.get(r, {})}
 
     async def _joined_entry(
         self,
@@ -548,10 +558,7 @@ class SyncService:
             },
             "ephemeral": {"events": await self._ephemeral(room_id, user_id, since, pre)},
             "summary": summary,
-            "unread_notifications": {
-                "notification_count": int(stats.get("unread") or 0),
-                "highlight_count": 0,
-            },
+            **_unread(stats, flt.timeline.unread_thread_notifications),
         }
 
     async def _lazy_members(
@@ -708,7 +715,7 @@ class _Prefetch:
     # rooms whose typing notification is sent, and who types in them now
     typing: set[str]
     typers: dict[str, list[str]]
-    # room → counts, name, alias, heroes, unread
+    # room → counts, name, alias, heroes, and notification counts per thread
     stats: dict[str, dict[str, Any]]
     redactions: dict[str, list[str]]
     redactions_cover: set[str]
@@ -750,10 +757,33 @@ def _relation_targets(appends: Iterable[LocalAppend]) -> set[str]:
     return out
 
 
-def _unread_increment(user_id: str, events: Sequence[StoredEvent]) -> int:
-    """Messages among ``events`` that count as unread for ``user_id`` (as
-    the snapshot counts them)."""
-    return sum(1 for e in events if e.event.sender != user_id and e.event.type in UNREAD_TYPES)
+def _add_counts(old: Mapping[str, Counts], new: Mapping[str, Counts]) -> dict[str, Counts]:
+    out = dict(old)
+    for thread, c in new.items():
+        was = out.get(thread, Counts(0, 0))
+        out[thread] = Counts(was.notifications + c.notifications, was.highlights + c.highlights)
+    return out
+
+
+def _unread(stats: Mapping[str, Any], per_thread: bool) -> dict[str, Any]:
+    """``unread_notifications`` (and, when the filter asks for
+    ``unread_thread_notifications``, the threads' counts apart from the
+    main timeline's; spec "Receiving notifications")."""
+    counts: Mapping[str, Counts] = stats.get("counts") or {}
+
+    def shape(c: Counts) -> dict[str, int]:
+        return {"notification_count": c.notifications, "highlight_count": c.highlights}
+
+    if not per_thread:
+        total = Counts(
+            sum(c.notifications for c in counts.values()),
+            sum(c.highlights for c in counts.values()),
+        )
+        return {"unread_notifications": shape(total)}
+    return {
+        "unread_notifications": shape(counts.get(MAIN_THREAD, Counts(0, 0))),
+        "unread_thread_notifications": {t: shape(c) for t, c in counts.items() if t != MAIN_THREAD},
+    }
 
 
 def _response(
