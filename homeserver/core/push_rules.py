@@ -366,7 +366,12 @@ def _scalar(value: Any) -> bool:
 
 
 def _same(a: Any, b: Any) -> bool:
-    """Exact equality without Python's True == 1."""
+    """Exact equality of JSON values, without Python's True == 1 or 1 == 1.0
+    (str subclasses such as typed ids count as strings)."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a == b
+    if isinstance(a, str) or isinstance(b, str):
+        return isinstance(a, str) and isinstance(b, str) and a == b
     return type(a) is type(b) and a == b
 
 
