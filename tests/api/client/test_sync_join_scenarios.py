@@ -161,17 +161,13 @@ async def test_join_keeps_custom_content_and_reason(client: MatrixClient) -> Non
     bob = await client.register("bob")
     carol = await client.register("carol")
     room = await alice.create_room(preset="public_chat")
-    await bob.call(
-        "POST", f"{CS}/join/{room}", {"reason": "hello", "org.example.custom": {"a": 1}}
-    )
+    await bob.call("POST", f"{CS}/join/{room}", {"reason": "hello", "org.example.custom": {"a": 1}})
     content = await bob.state(room, "m.room.member", bob.user_id)
     assert content["membership"] == "join"
     assert content["reason"] == "hello"
     assert content["org.example.custom"] == {"a": 1}
     # The other join endpoint too; a body cannot choose the membership.
-    await carol.call(
-        "POST", f"{CS}/rooms/{room}/join", {"membership": "leave", "foo": "bar"}
-    )
+    await carol.call("POST", f"{CS}/rooms/{room}/join", {"membership": "leave", "foo": "bar"})
     content = await carol.state(room, "m.room.member", carol.user_id)
     assert content["membership"] == "join" and content["foo"] == "bar"
     r = await carol.call("POST", f"{CS}/join/{room}", {"reason": 5}, expect=400)
