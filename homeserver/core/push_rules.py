@@ -14,6 +14,7 @@ whose conditions all hold gives the actions.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -464,11 +465,29 @@ def compile_condition(cond: Mapping[str, Any]) -> Predicate | None:
     return None
 
 
+# Per event, shared by every member's evaluation of it: condition (as
+# canonical JSON) → result. Every condition but ``contains_display_name``
+# gives the same answer for all members (the room context is the event's),
+# so a room of N members tests each condition of the default rules once per
+# event, not N times.
+Memo = dict[str, bool]
+PER_USER_KINDS = frozenset({"contains_display_name"})
+
+
+@lru_cache(maxsize=8192)
+def _compiled_condition(key: str) -> Predicate | None:
+    """``compile_condition`` shared by every rule set holding the condition."""
+    return compile_condition(json.loads(key))
+
+
 @dataclass(frozen=True)
 class _Compiled:
     rule: PushRule
-    predicates: tuple[Predicate, ...]
+    # (memo key, or None for a per-user condition; predicate)
+    checks: tuple[tuple[str | None, Predicate], ...]
     legacy: bool
+    # memo key of the whole rule when no condition is per user
+    key: str | None
 
 
 class Evaluator:
@@ -479,28 +498,53 @@ class Evaluator:
         for rule in rules:
             if not rule.enabled:
                 continue
-            preds = [compile_condition(c) for c in rule.effective_conditions()]
-            if any(p is None for p in preds):
-                continue  # an unrecognised condition: the rule never matches
-            compiled.append(
-                _Compiled(
-                    rule,
-                    tuple(p for p in preds if p is not None),
-                    rule.rule_id in LEGACY_MENTION_RULES,
+            checks: list[tuple[str | None, Predicate]] = []
+            for cond in rule.effective_conditions():
+                key = json.dumps(cond, sort_keys=True, separators=(",", ":"))
+                pred = _compiled_condition(key)
+                if pred is None:
+                    break  # an unrecognised condition: the rule never matches
+                checks.append((None if cond.get("kind") in PER_USER_KINDS else key, pred))
+            else:
+                keys = [k for k, _ in checks]
+                whole = "&".join(k for k in keys if k) if all(keys) else None
+                compiled.append(
+                    _Compiled(rule, tuple(checks), rule.rule_id in LEGACY_MENTION_RULES, whole)
                 )
-            )
         self._rules = tuple(compiled)
 
-    def match(self, ev: Event, ctx: RoomContext) -> PushRule | None:
-        """The first rule that matches ``ev`` (None: no notification)."""
+    def match(self, ev: Event, ctx: RoomContext, memo: Memo | None = None) -> PushRule | None:
+        """The first rule that matches ``ev`` (None: no notification);
+        ``memo`` (one per event) carries condition results between members."""
+        memo = {} if memo is None else memo
         mentions = "m.mentions" in ev.content
         for c in self._rules:
             if c.legacy and mentions:
                 continue
-            if all(p(ev, ctx) for p in c.predicates):
+            if c.key is not None:
+                hit = memo.get(c.key)
+                if hit is None:
+                    hit = memo[c.key] = self._holds(c, ev, ctx, memo)
+                if hit:
+                    return c.rule
+                continue
+            if self._holds(c, ev, ctx, memo):
                 return c.rule
         return None
 
-    def actions(self, ev: Event, ctx: RoomContext) -> tuple[Action, ...]:
-        rule = self.match(ev, ctx)
+    @staticmethod
+    def _holds(c: _Compiled, ev: Event, ctx: RoomContext, memo: Memo) -> bool:
+        """Whether every condition of ``c`` holds (each memoised unless per user)."""
+        for key, pred in c.checks:
+            if key is None:
+                ok = pred(ev, ctx)
+            else:
+                got = memo.get(key)
+                ok = got if got is not None else memo.setdefault(key, pred(ev, ctx))
+            if not ok:
+                return False
+        return True
+
+    def actions(self, ev: Event, ctx: RoomContext, memo: Memo | None = None) -> tuple[Action, ...]:
+        rule = self.match(ev, ctx, memo)
         return strip_historical(rule.actions) if rule is not None else ()

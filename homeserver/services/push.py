@@ -43,6 +43,7 @@ from homeserver.storage.push import Counts, Found, Pusher, PushStore
 PAGE = 1000  # events evaluated per room and round
 MAX_USERS = 50_000  # compiled rule sets kept
 MAX_GROUPS = 20_000  # room contexts (per state group) kept
+MAX_MEMOS = 20_000  # per-event condition results shared by members (pr.Memo)
 MAIN = "main"
 THREAD_HOPS = 3  # relations followed to find an event's thread (spec advice)
 
@@ -106,6 +107,7 @@ class PushService:
         self._account_data = account_data
         self._rulesets: _Bounded = _Bounded(MAX_USERS)
         self._groups: _Bounded = _Bounded(MAX_GROUPS)
+        self._memos: _Bounded = _Bounded(MAX_MEMOS)
 
     # =============================================================== rules
     async def rules(self, user_id: str) -> tuple[pr.PushRule, ...]:
@@ -271,7 +273,7 @@ class PushService:
         self, user_id: str, evaluator: pr.Evaluator, se: StoredEvent
     ) -> Found | None:
         group = await self._group(se.state_group)
-        actions = evaluator.actions(se.event, group.context(user_id))
+        actions = evaluator.actions(se.event, group.context(user_id), self._memo(se))
         if not pr.notifies(actions):
             return None
         return Found(
@@ -302,7 +304,7 @@ class PushService:
             group = self._groups.get(se.state_group)
             if group is None:
                 return None
-            actions = ruleset.evaluator.actions(se.event, group.context(user_id))
+            actions = ruleset.evaluator.actions(se.event, group.context(user_id), self._memo(se))
             if not pr.notifies(actions):
                 continue
             thread = _direct_thread(se)
@@ -314,6 +316,14 @@ class PushService:
                 old.notifications + 1, old.highlights + int(pr.highlights(actions))
             )
         return out
+
+    def _memo(self, se: StoredEvent) -> pr.Memo:
+        """The event's condition results, shared by every member's rules."""
+        memo: pr.Memo | None = self._memos.get(se.event.event_id)
+        if memo is None:
+            memo = {}
+            self._memos.keep(se.event.event_id, memo)
+        return memo
 
     async def _ruleset(self, user_id: str, version: int) -> _RuleSet:
         cached = self._rulesets.get(user_id)

@@ -188,8 +188,13 @@ class PushStore:
                             $7::text[], $8::bigint[]) AS f(r, s, e, t, h, a, ts)
                 ON CONFLICT DO NOTHING
             )
+            -- Derived data, redone from the log if lost: a crash may drop the
+            -- last few records (the next read evaluates those events again,
+            -- and the inserts are idempotent), so the commit waits for no
+            -- fsync (the setting is read at commit: this statement's own).
             INSERT INTO push_evaluated (user_id, room_id, upto)
-            SELECT $1, r, u FROM unnest($9::text[], $10::bigint[]) AS v(r, u)
+            SELECT $1, r, u FROM unnest($9::text[], $10::bigint[]) AS v(r, u),
+                 (SELECT set_config('synchronous_commit', 'off', true)) AS cfg
             ON CONFLICT (user_id, room_id)
             DO UPDATE SET upto = GREATEST(push_evaluated.upto, EXCLUDED.upto)
             """,
