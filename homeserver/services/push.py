@@ -249,11 +249,12 @@ class PushService:
         rooms = list(room_ids)
         while rooms:
             version, pending = await self._store.pending(user_id, rooms, upto, PAGE)
+            # (kept current even when nothing is pending: evaluate_cached uses it)
+            ruleset = await self._ruleset(user_id, version)
             if not pending:
                 return
             ids = [eid for p in pending for eid, _pos in p.events]
             evs = await self._events.get_events(ids) if ids else {}
-            ruleset = await self._ruleset(user_id, version) if ids else None
             found: list[Found] = []
             evaluated: dict[str, int] = {}
             for p in pending:
@@ -261,7 +262,6 @@ class PushService:
                     se = evs.get(eid)
                     if se is None:
                         raise LookupError(f"event {eid} listed for evaluation but not found")
-                    assert ruleset is not None
                     hit = await self._evaluate(user_id, ruleset.evaluator, se)
                     if hit is not None:
                         found.append(hit)
@@ -286,14 +286,15 @@ class PushService:
             se.event.origin_server_ts,
         )
 
-    def evaluate_cached(
+    async def evaluate_cached(
         self, user_id: str, events: Iterable[StoredEvent]
     ) -> dict[str, dict[str, Counts]] | None:
         """New notifications among ``events`` (rooms → threads → counts)
-        using only what is cached — the user's compiled rules, each
-        event's room context, and a thread found without lookups — or None
-        when something is not (the caller then reads the database). For
-        long-polls answered from memory."""
+        with the user's cached compiled rules (as of their last count) and
+        threads found without lookups, or None when either is missing (the
+        caller then reads the database). Room contexts come from immutable
+        state groups, normally cached too. For long-polls answered from
+        memory."""
         ruleset = self._rulesets.get(user_id)
         if ruleset is None:
             return None
@@ -301,9 +302,7 @@ class PushService:
         for se in events:
             if se.event.sender == user_id:
                 continue
-            group = self._groups.get(se.state_group)
-            if group is None:
-                return None
+            group = await self._group(se.state_group)  # (cached: immutable)
             actions = ruleset.evaluator.actions(se.event, group.context(user_id), self._memo(se))
             if not pr.notifies(actions):
                 continue

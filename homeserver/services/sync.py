@@ -320,7 +320,9 @@ class SyncService:
         for a in appends:
             if a.room_id in member_of and flt.allows_room(a.room_id):
                 by_room.setdefault(a.room_id, []).extend(a.events)
-        new_counts = self._push.evaluate_cached(user_id, [e for v in by_room.values() for e in v])
+        new_counts = await self._push.evaluate_cached(
+            user_id, [e for v in by_room.values() for e in v]
+        )
         if new_counts is None:
             return None
         views: dict[str, dict[str, Any]] = {}

@@ -137,39 +137,41 @@ class PushStore:
         """The user's rules version, and per room the events from others
         after what was evaluated (or after the user's membership event, the
         first time) up to ``upto``: at most ``limit`` per room."""
-        rows = await self._db.fetch(
+        row = await self._db.fetchrow(
             """
-            SELECT q.room_id, b.lower, x.event_id, x.stream_ordering,
-                   (SELECT version FROM push_rules WHERE user_id = $1) AS version
-            FROM unnest($2::text[]) AS q(room_id)
-            CROSS JOIN LATERAL (SELECT GREATEST(
-                (SELECT upto FROM push_evaluated pe
-                  WHERE pe.user_id = $1 AND pe.room_id = q.room_id),
-                (SELECT m.stream_ordering FROM room_members m
-                  WHERE m.room_id = q.room_id AND m.user_id = $1), 0) AS lower) b
-            LEFT JOIN LATERAL (
-                SELECT e.event_id, e.stream_ordering FROM events e
-                WHERE e.room_id = q.room_id AND e.stream_ordering > b.lower
-                  AND e.stream_ordering <= $3 AND e.sender <> $1
-                  AND NOT e.outlier AND NOT e.soft_failed AND e.rejected_reason IS NULL
-                ORDER BY e.stream_ordering LIMIT $4
-            ) x ON true
-            WHERE b.lower < $3
-            ORDER BY q.room_id, x.stream_ordering
+            WITH p AS (
+                SELECT q.room_id, b.lower, x.event_id, x.stream_ordering
+                FROM unnest($2::text[]) AS q(room_id)
+                CROSS JOIN LATERAL (SELECT GREATEST(
+                    (SELECT upto FROM push_evaluated pe
+                      WHERE pe.user_id = $1 AND pe.room_id = q.room_id),
+                    (SELECT m.stream_ordering FROM room_members m
+                      WHERE m.room_id = q.room_id AND m.user_id = $1), 0) AS lower) b
+                LEFT JOIN LATERAL (
+                    SELECT e.event_id, e.stream_ordering FROM events e
+                    WHERE e.room_id = q.room_id AND e.stream_ordering > b.lower
+                      AND e.stream_ordering <= $3 AND e.sender <> $1
+                      AND NOT e.outlier AND NOT e.soft_failed AND e.rejected_reason IS NULL
+                    ORDER BY e.stream_ordering LIMIT $4
+                ) x ON true
+                WHERE b.lower < $3
+            )
+            SELECT COALESCE((SELECT version FROM push_rules WHERE user_id = $1), 0) AS version,
+                   (SELECT json_agg(json_build_array(room_id, lower, event_id, stream_ordering)
+                                    ORDER BY room_id, stream_ordering) FROM p) AS rows
             """,
             user_id,
             list(room_ids),
             upto,
             limit,
         )
-        version = 0
+        assert row is not None
         by_room: dict[str, tuple[int, list[tuple[str, int]]]] = {}
-        for r in rows:
-            version = int(r["version"] or 0)
-            _lower, evs = by_room.setdefault(r["room_id"], (int(r["lower"]), []))
-            if r["event_id"] is not None:
-                evs.append((r["event_id"], int(r["stream_ordering"])))
-        return version, [
+        for room_id, lower, event_id, pos in row["rows"] or ():
+            _lower, evs = by_room.setdefault(room_id, (int(lower), []))
+            if event_id is not None:
+                evs.append((event_id, int(pos)))
+        return int(row["version"]), [
             Pending(room, lower, tuple(evs), len(evs) >= limit)
             for room, (lower, evs) in by_room.items()
         ]
