@@ -114,6 +114,10 @@ class PushService:
         doc, _version = await self._store.rules(user_id)
         return _rules_of(user_id, doc)
 
+    async def rendered(self, user_id: str) -> dict[str, Any]:
+        """The user's rules as ``GET /pushrules/`` and ``m.push_rules`` give them."""
+        return pr.render(await self.rules(user_id))
+
     async def rule(self, user_id: str, kind: str, rule_id: str) -> pr.PushRule:
         _check_kind(kind)
         for rule in await self.rules(user_id):

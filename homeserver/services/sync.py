@@ -33,6 +33,7 @@ from homeserver.storage.rooms import RoomStore
 from homeserver.storage.sync_snapshot import SyncSnapshot, SyncSnapshots
 
 MAX_VIEWS = 200_000
+PUSH_RULES = "m.push_rules"
 
 
 @dataclass(frozen=True)
@@ -273,6 +274,14 @@ class SyncService:
             for r, t, c in pre.account_data
             if r == "" and flt.account_data(_Typed(t))
         ]
+        if (
+            since is None
+            and flt.account_data(_Typed(PUSH_RULES))
+            and not any(e["type"] == PUSH_RULES for e in account_data)
+        ):
+            # A user who never changed a rule has no m.push_rules stored;
+            # clients (matrix-nio, Synapse's clients) learn the defaults here.
+            account_data.append({"type": PUSH_RULES, "content": await self._push.rendered(user_id)})
         joined = [r for r, m in memberships.items() if m == "join"]
         # (only counts read with the snapshot: consistent with ``upto``)
         self._remember_views(

@@ -9,7 +9,6 @@ from homeserver.api import validate as v
 from homeserver.api.appkeys import PUSH
 from homeserver.api.auth import require_user
 from homeserver.api.errors import MatrixError, json_response
-from homeserver.core.push_rules import render
 
 routes = web.RouteTableDef()
 P = "/_matrix/client/{version:(?:v3|r0)}"
@@ -25,14 +24,14 @@ def _scope(request: web.Request) -> None:
 @routes.get(P + "/pushrules")
 async def all_rules(request: web.Request) -> web.Response:
     requester = await require_user(request)
-    return json_response(render(await request.app[PUSH].rules(requester.user_id)))
+    return json_response(await request.app[PUSH].rendered(requester.user_id))
 
 
 @routes.get(P + "/pushrules/global/")
 @routes.get(P + "/pushrules/global")
 async def global_rules(request: web.Request) -> web.Response:
     requester = await require_user(request)
-    return json_response(render(await request.app[PUSH].rules(requester.user_id))["global"])
+    return json_response((await request.app[PUSH].rendered(requester.user_id))["global"])
 
 
 @routes.get(RULE)

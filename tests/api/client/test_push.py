@@ -47,6 +47,11 @@ async def test_get_rules_has_the_defaults(client: MatrixClient) -> None:
         "actions": ["notify"],
     }
     assert await alice.call("GET", f"{PR}/override/.m.rule.master/enabled") == {"enabled": False}
+    # The initial sync carries them as m.push_rules account data (as Synapse).
+    s = await sync(alice)
+    (ad,) = [e for e in s["account_data"]["events"] if e["type"] == "m.push_rules"]
+    assert ad["content"]["global"] == rules
+    assert not [e for e in (await sync(alice, s["next_batch"]))["account_data"]["events"]]
 
 
 async def test_put_order_enable_actions_delete(client: MatrixClient) -> None:
