@@ -241,22 +241,33 @@ class PushService:
         self, user_id: str, room_ids: Sequence[str], upto: int
     ) -> dict[str, dict[str, Counts]]:
         """Unread notification and highlight counts per room and thread
-        ('main' for the main timeline) as of position ``upto``."""
+        ('main' for the main timeline) as of position ``upto``, once the
+        rooms are evaluated up to it (the last write also counts: one round
+        trip less)."""
         if not room_ids:
             return {}
-        await self.catch_up(user_id, room_ids, upto)
+        counted = await self._catch_up(user_id, room_ids, upto, count=True)
+        if counted is not None:
+            return counted
         return await self._store.counts(user_id, room_ids, upto)
 
     async def catch_up(self, user_id: str, room_ids: Sequence[str], upto: int) -> None:
         """Evaluate the user's rules on every event from others in
         ``room_ids`` up to ``upto`` not evaluated yet (module docstring)."""
+        await self._catch_up(user_id, room_ids, upto, count=False)
+
+    async def _catch_up(
+        self, user_id: str, room_ids: Sequence[str], upto: int, *, count: bool
+    ) -> dict[str, dict[str, Counts]] | None:
+        """``catch_up``; with ``count``, the counts of ``room_ids`` when the
+        last write gave them (None when nothing was left to write)."""
         rooms = list(room_ids)
         while rooms:
             version, pending = await self._store.pending(user_id, rooms, upto, PAGE)
             # (kept current even when nothing is pending: evaluate_cached uses it)
             ruleset = await self._ruleset(user_id, version)
             if not pending:
-                return
+                return None
             ids = [eid for p in pending for eid, _pos in p.events]
             evs = await self._events.get_events(ids) if ids else {}
             found: list[Found] = []
@@ -270,8 +281,14 @@ class PushService:
                     if hit is not None:
                         found.append(hit)
                 evaluated[p.room_id] = p.events[-1][1] if p.more else upto
-            await self._store.record(user_id, found, evaluated)
             rooms = [p.room_id for p in pending if p.more]
+            last = count and not rooms
+            counted = await self._store.record(
+                user_id, found, evaluated, (room_ids, upto) if last else None
+            )
+            if last:
+                return counted
+        return None
 
     async def _evaluate(
         self, user_id: str, evaluator: pr.Evaluator, se: StoredEvent

@@ -10,15 +10,19 @@ from typing import Any
 
 from homeserver.storage.database import Database
 
-# The furthest read receipt per (room, thread) of one user: '' is an
-# unthreaded receipt, which reads every thread (spec "Threaded read receipts").
-_RECEIPTS_SQL = """
+
+def _receipts_sql(rooms: str) -> str:
+    """The furthest read receipt per (room, thread) of user $1 in ``rooms``
+    (an SQL array): '' is an unthreaded receipt, which reads every thread
+    (spec "Threaded read receipts")."""
+    return f"""
 SELECT rc.room_id, rc.thread_id, max(ev.stream_ordering) AS pos
 FROM receipts rc JOIN events ev ON ev.event_id = rc.event_id
-WHERE rc.user_id = $1 AND rc.room_id = ANY($2::text[])
+WHERE rc.user_id = $1 AND rc.room_id = ANY({rooms})
   AND rc.receipt_type IN ('m.read', 'm.read.private')
 GROUP BY rc.room_id, rc.thread_id
 """
+
 
 # A notification is read when a receipt of its thread, or an unthreaded
 # one, is at or after it.
@@ -176,11 +180,23 @@ class PushStore:
             for room, (lower, evs) in by_room.items()
         ]
 
-    async def record(self, user_id: str, found: Sequence[Found], evaluated: dict[str, int]) -> None:
+    async def record(
+        self,
+        user_id: str,
+        found: Sequence[Found],
+        evaluated: dict[str, int],
+        count: tuple[Sequence[str], int] | None = None,
+    ) -> dict[str, dict[str, Counts]]:
         """Store what notifies and how far each room was evaluated, in one
-        statement (so a crash never leaves one without the other)."""
-        await self._db.execute(
-            """
+        statement (so a crash never leaves one without the other); with
+        ``count`` (rooms, upto), the same statement also returns ``counts``
+        for them, the rows it inserts included."""
+        tail = "SELECT 1"
+        if count is not None:
+            tail = f"""{_counts_ctes("$11::text[]", "$12", also="ins")}
+            {_COUNT_SELECT}"""
+        rows = await self._db.fetch(
+            f"""
             WITH ins AS (
                 INSERT INTO push_actions
                     (user_id, room_id, stream_ordering, event_id, thread_id, highlight,
@@ -189,16 +205,20 @@ class PushStore:
                 FROM unnest($2::text[], $3::bigint[], $4::text[], $5::text[], $6::bool[],
                             $7::text[], $8::bigint[]) AS f(r, s, e, t, h, a, ts)
                 ON CONFLICT DO NOTHING
-            )
+                RETURNING room_id, thread_id, stream_ordering, highlight
+            ),
             -- Derived data, redone from the log if lost: a crash may drop the
             -- last few records (the next read evaluates those events again,
             -- and the inserts are idempotent), so the commit waits for no
             -- fsync (the setting is read at commit: this statement's own).
-            INSERT INTO push_evaluated (user_id, room_id, upto)
-            SELECT $1, r, u FROM unnest($9::text[], $10::bigint[]) AS v(r, u),
-                 (SELECT set_config('synchronous_commit', 'off', true)) AS cfg
-            ON CONFLICT (user_id, room_id)
-            DO UPDATE SET upto = GREATEST(push_evaluated.upto, EXCLUDED.upto)
+            upd AS (
+                INSERT INTO push_evaluated (user_id, room_id, upto)
+                SELECT $1, r, u FROM unnest($9::text[], $10::bigint[]) AS v(r, u),
+                     (SELECT set_config('synchronous_commit', 'off', true)) AS cfg
+                ON CONFLICT (user_id, room_id)
+                DO UPDATE SET upto = GREATEST(push_evaluated.upto, EXCLUDED.upto)
+            ){"," if count is not None else ""}
+            {tail}
             """,
             user_id,
             [f.room_id for f in found],
@@ -210,7 +230,9 @@ class PushStore:
             [f.ts for f in found],
             list(evaluated),
             list(evaluated.values()),
+            *((list(count[0]), count[1]) if count is not None else ()),
         )
+        return _counts_of(rows) if count is not None else {}
 
     async def counts(
         self, user_id: str, room_ids: Sequence[str], upto: int
@@ -220,24 +242,14 @@ class PushStore:
         or m.read.private) of the thread or an unthreaded one."""
         rows = await self._db.fetch(
             f"""
-            WITH rc AS ({_RECEIPTS_SQL})
-            SELECT pa.room_id, pa.thread_id, count(*) AS n,
-                   count(*) FILTER (WHERE pa.highlight) AS h
-            FROM push_actions pa
-            WHERE pa.user_id = $1 AND pa.room_id = ANY($2::text[]) AND pa.stream_ordering <= $3
-              AND pa.stream_ordering > COALESCE((SELECT pos FROM rc
-                    WHERE rc.room_id = pa.room_id AND rc.thread_id = ''), 0)
-              AND pa.stream_ordering > {_READ_BOUND}
-            GROUP BY pa.room_id, pa.thread_id
+            WITH {_counts_ctes("$2::text[]", "$3")}
+            {_COUNT_SELECT}
             """,
             user_id,
             list(room_ids),
             upto,
         )
-        out: dict[str, dict[str, Counts]] = {}
-        for r in rows:
-            out.setdefault(r["room_id"], {})[r["thread_id"]] = Counts(int(r["n"]), int(r["h"]))
-        return out
+        return _counts_of(rows)
 
     async def notifications(
         self, user_id: str, before: int | None, limit: int, only_highlight: bool
@@ -251,7 +263,7 @@ class PushStore:
                   AND (NOT $4 OR highlight)
                 ORDER BY stream_ordering DESC LIMIT $3
             ),
-            rc AS ({_RECEIPTS_SQL.replace("ANY($2::text[])", "ANY(ARRAY(SELECT room_id FROM page))")})
+            rc AS ({_receipts_sql("ARRAY(SELECT room_id FROM page)")})
             SELECT pa.room_id, pa.stream_ordering, pa.event_id, pa.actions, pa.ts,
                    pa.stream_ordering <= {_READ_BOUND} AS read
             FROM page pa ORDER BY pa.stream_ordering DESC
@@ -320,3 +332,37 @@ class PushStore:
             app_id,
             pushkey,
         )
+
+
+def _counts_ctes(rooms: str, upto: str, also: str | None = None) -> str:
+    """CTEs ``rc`` (receipts) and ``pa`` (the user's notifications in
+    ``rooms`` up to ``upto`` after any unthreaded receipt — plus, with
+    ``also``, the rows of that CTE: ones inserted by the same statement,
+    which its own reads cannot see)."""
+    extra = (
+        f"UNION ALL SELECT room_id, thread_id, stream_ordering, highlight FROM {also}"
+        if also
+        else ""
+    )
+    return f"""rc AS ({_receipts_sql(rooms)}),
+    pa AS (
+        SELECT room_id, thread_id, stream_ordering, highlight FROM push_actions p
+        WHERE p.user_id = $1 AND p.room_id = ANY({rooms}) AND p.stream_ordering <= {upto}
+          AND p.stream_ordering > COALESCE((SELECT pos FROM rc
+                WHERE rc.room_id = p.room_id AND rc.thread_id = ''), 0)
+        {extra}
+    )"""
+
+
+# Counts per room and thread of ``pa`` rows not read (see _counts_ctes).
+_COUNT_SELECT = f"""SELECT pa.room_id, pa.thread_id, count(*) AS n,
+       count(*) FILTER (WHERE pa.highlight) AS h
+FROM pa WHERE pa.stream_ordering > {_READ_BOUND}
+GROUP BY pa.room_id, pa.thread_id"""
+
+
+def _counts_of(rows: Sequence[Any]) -> dict[str, dict[str, Counts]]:
+    out: dict[str, dict[str, Counts]] = {}
+    for r in rows:
+        out.setdefault(r["room_id"], {})[r["thread_id"]] = Counts(int(r["n"]), int(r["h"]))
+    return out
