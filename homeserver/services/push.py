@@ -46,6 +46,11 @@ MAX_GROUPS = 20_000  # room contexts (per state group) kept
 MAX_MEMOS = 20_000  # per-event condition results shared by members (pr.Memo)
 MAIN = "main"
 THREAD_HOPS = 3  # relations followed to find an event's thread (spec advice)
+# Size caps on what a user may store (every evaluation runs their rules).
+MAX_USER_RULES = 500
+MAX_RULE_ID = 255
+MAX_PATTERN = 1000
+MAX_CONDITIONS = 20
 
 
 def _bad(message: str) -> MatrixError:
@@ -140,8 +145,8 @@ class PushService:
         _check_kind(kind)
         if rule_id.startswith("."):
             raise _bad("Rule ids starting with '.' are reserved for server-default rules")
-        if "/" in rule_id or "\\" in rule_id or not rule_id:
-            raise _bad("Rule ids may not be empty or contain slashes")
+        if "/" in rule_id or "\\" in rule_id or not rule_id or len(rule_id) > MAX_RULE_ID:
+            raise _bad(f"Rule ids are 1 to {MAX_RULE_ID} characters without slashes")
         new = _parse_rule(kind, rule_id, body)
 
         def change(doc: dict[str, Any]) -> dict[str, Any]:
@@ -156,6 +161,8 @@ class PushService:
                     raise _bad("Cannot place a rule relative to a server-default rule")
                 if not any(r["kind"] == kind and r["rule_id"] == anchor for r in mine):
                     raise not_found(f"Unknown rule {anchor!r} for 'before'/'after'")
+            if old is None and len(mine) >= MAX_USER_RULES:
+                raise _bad(f"At most {MAX_USER_RULES} push rules of one's own")
             if old is not None and anchor is None:
                 mine[mine.index(old)] = entry
             else:
@@ -528,6 +535,8 @@ def _parse_rule(kind: str, rule_id: str, body: Mapping[str, Any]) -> pr.PushRule
         pattern = body.get("pattern")
         if not isinstance(pattern, str):
             raise MatrixError(400, "M_MISSING_PARAM", "Content rules need a 'pattern' string")
+        if len(pattern) > MAX_PATTERN:
+            raise _bad(f"'pattern' is longer than {MAX_PATTERN} characters")
         return pr.PushRule(kind, rule_id, actions, pattern=pattern)
     if kind in ("override", "underride"):
         conditions = body.get("conditions", [])
@@ -535,6 +544,8 @@ def _parse_rule(kind: str, rule_id: str, body: Mapping[str, Any]) -> pr.PushRule
             isinstance(c, dict) and isinstance(c.get("kind"), str) for c in conditions
         ):
             raise _bad("'conditions' must be an array of objects with a 'kind'")
+        if len(conditions) > MAX_CONDITIONS:
+            raise _bad(f"At most {MAX_CONDITIONS} conditions")
         return pr.PushRule(kind, rule_id, actions, conditions=tuple(conditions))
     try:
         if kind == "room":

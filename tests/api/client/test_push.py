@@ -112,6 +112,14 @@ async def test_push_rule_refusals(client: MatrixClient) -> None:
         (f"{PR}/override/.m.rule.master/enabled", {"enabled": "yes"}, 400, "M_BAD_JSON"),
         (f"{PR}/override/.m.rule.master/actions", {"actions": "notify"}, 400, "M_BAD_JSON"),
         (f"{PR}/content/unknown/enabled", {"enabled": True}, 404, "M_NOT_FOUND"),
+        (f"{PR}/content/{'x' * 256}", ok, 400, "M_INVALID_PARAM"),
+        (f"{PR}/content/x", {"actions": [], "pattern": "p" * 1001}, 400, "M_INVALID_PARAM"),
+        (
+            f"{PR}/override/x",
+            {"actions": [], "conditions": [{"kind": "k"}] * 21},
+            400,
+            "M_INVALID_PARAM",
+        ),
     ]:
         r = await alice.call("PUT", path, body, expect=status)
         assert r["errcode"] == code, (path, body, r)
