@@ -92,7 +92,7 @@ function within(promise, ms, what) {
 
 test("matrix-js-sdk startClient: invite, join, messages, rename, reaction, edit, thread", { timeout: 120_000 }, async () => {
   const alice = await started(await register("alice"));
-  const bob = await started(await register("bob"));
+  const bob = await started(await register("bob"), { threadSupport: true });
   try {
     // The SDK loaded our push rules (it waits forever without them).
     assert.ok(alice.pushRules?.global?.override?.length > 0, "push rules loaded");
@@ -186,23 +186,33 @@ test("matrix-js-sdk startClient: invite, join, messages, rename, reaction, edit,
     await waitFor(() => original.replacingEventId() === edit.getId(), "the edit applied", 10_000);
     assert.equal(original.getContent().body, "hello bob, edited");
 
-    // ---- thread reply: an event of the root's thread in bob's client. (The
-    // SDK's Thread models, with threadSupport on, page threads through
-    // /relations and /threads, which come with the relations work.)
-    const threaded = within(
-      nextTimelineEvent(bob, roomId, (e) => e.getContent().body === "in the thread"),
+    // ---- thread reply: bob's client (threads on) files it under a Thread
+    // of the root, which the SDK builds with /relations and /threads
+    const threadReply = within(
+      new Promise((resolve) => {
+        const check = () => {
+          const thread = bob.getRoom(roomId)?.getThread(helloId);
+          const ev = thread?.events.find((e) => e.getContent().body === "in the thread");
+          if (ev) resolve({ thread, ev });
+        };
+        bob.on(sdk.ThreadEvent.New, check);
+        bob.on(sdk.ThreadEvent.Update, check);
+        bob.on(sdk.RoomEvent.Timeline, check);
+      }),
       20_000,
-      "alice's thread reply at bob",
+      "alice's thread reply in bob's Thread",
     );
     await alice.sendEvent(roomId, "m.room.message", {
       msgtype: "m.text",
       body: "in the thread",
       "m.relates_to": { rel_type: "m.thread", event_id: helloId, is_falling_back: true, "m.in_reply_to": { event_id: helloId } },
     });
-    const ev = await threaded;
+    const { thread, ev } = await threadReply;
+    assert.equal(thread.id, helloId);
     assert.equal(ev.threadRootId, helloId);
     assert.equal(ev.isRelation("m.thread"), true);
     assert.equal(ev.getSender(), alice.getUserId());
+    await waitFor(() => thread.length >= 1 && thread.rootEvent?.getId() === helloId, "the thread's root and length", 10_000);
 
     // ---- the counts the server gives: bob has unread notifications
     await waitFor(
@@ -210,6 +220,8 @@ test("matrix-js-sdk startClient: invite, join, messages, rename, reaction, edit,
       "unread notifications at bob",
       10_000,
     );
+    // (let the SDK's own follow-up requests, such as thread pages, finish)
+    await new Promise((r) => setTimeout(r, 500));
   } finally {
     alice.stopClient();
     bob.stopClient();
