@@ -586,3 +586,48 @@ CREATE TABLE IF NOT EXISTS server_identity (
     signing_key_id  text NOT NULL,
     created_ts      bigint NOT NULL
 );
+-- ------------------------------------------------------------------------
+-- Push rules, notifications and pushers (services/push.py).
+-- A user's own rules and changes to server-default rules, one document
+-- per user; ``version`` moves on every change (caches of compiled rules).
+CREATE TABLE IF NOT EXISTS push_rules (
+    user_id  text PRIMARY KEY,
+    doc      jsonb NOT NULL,
+    version  bigint NOT NULL DEFAULT 1
+);
+-- Events that notify a user (the actions of the rule that matched), found
+-- at read time: push_evaluated says how far each (user, room) was
+-- evaluated, written in the same statement as the rows it found.
+CREATE TABLE IF NOT EXISTS push_actions (
+    user_id          text NOT NULL,
+    room_id          text NOT NULL,
+    stream_ordering  bigint NOT NULL,
+    event_id         text NOT NULL,
+    thread_id        text NOT NULL,  -- 'main' or the thread root's event id
+    highlight        boolean NOT NULL,
+    actions          jsonb NOT NULL,
+    ts               bigint NOT NULL,
+    PRIMARY KEY (user_id, stream_ordering)
+);
+CREATE INDEX IF NOT EXISTS push_actions_room ON push_actions (user_id, room_id, stream_ordering);
+CREATE TABLE IF NOT EXISTS push_evaluated (
+    user_id  text NOT NULL,
+    room_id  text NOT NULL,
+    upto     bigint NOT NULL,
+    PRIMARY KEY (user_id, room_id)
+);
+-- Pushers (POST /pushers/set); delivery to push gateways comes later.
+CREATE TABLE IF NOT EXISTS pushers (
+    user_id              text NOT NULL,
+    app_id               text NOT NULL,
+    pushkey              text NOT NULL,
+    kind                 text NOT NULL,
+    app_display_name     text NOT NULL,
+    device_display_name  text NOT NULL,
+    profile_tag          text,
+    lang                 text NOT NULL,
+    data                 jsonb NOT NULL,
+    created_ts           bigint NOT NULL,
+    PRIMARY KEY (app_id, pushkey, user_id)
+);
+CREATE INDEX IF NOT EXISTS pushers_user ON pushers (user_id);

@@ -31,6 +31,7 @@ from homeserver.api.client import hierarchy as hierarchy_api
 from homeserver.api.client import membership as membership_api
 from homeserver.api.client import presence as presence_api
 from homeserver.api.client import profile as profile_api
+from homeserver.api.client import push as push_api
 from homeserver.api.client import refused as refused_api
 from homeserver.api.client import relations as relations_api
 from homeserver.api.client import reports as reports_api
@@ -74,6 +75,7 @@ from homeserver.services.notifier import Notifier
 from homeserver.services.persister import Persister
 from homeserver.services.presence import PresenceService
 from homeserver.services.profile import ProfileService
+from homeserver.services.push import PushService
 from homeserver.services.relations import RelationsService
 from homeserver.services.reports import ReportService
 from homeserver.services.room_admin import RoomAdminService
@@ -111,6 +113,7 @@ from homeserver.storage.identity import IdentityStore
 from homeserver.storage.lifecycle import LifecycleStore
 from homeserver.storage.presence import PresenceStore
 from homeserver.storage.projections import Projections
+from homeserver.storage.push import PushStore
 from homeserver.storage.relations import RelationStore
 from homeserver.storage.reports import ReportStore
 from homeserver.storage.rooms import RoomStore
@@ -177,6 +180,7 @@ def create_app(
     membership.owner_exit = room_admin.close_if_owner_bound
     ephemeral_store = EphemeralStore(db, event_store)
     ephemeral = EphemeralService(ephemeral_store, room_state, account_data)
+    push = PushService(PushStore(db), event_store, projections, serializer, account_data)
     sync = SyncService(
         event_store,
         projections,
@@ -187,6 +191,7 @@ def create_app(
         Visibility(event_store, projections),
         notifier,
         SyncSnapshots(db),
+        push,
     )
 
     app[appkeys.CONFIG] = config
@@ -249,6 +254,7 @@ def create_app(
     app[appkeys.SYNC] = sync
     app[appkeys.EPHEMERAL] = ephemeral
     app[appkeys.FILTERS] = ephemeral_store
+    app[appkeys.PUSH] = push
     federation = build_federation(
         config,
         db,
@@ -366,6 +372,7 @@ def create_app(
         admin_rooms,
         admin_register,
         sync_api,
+        push_api,
         static,
     ):
         app.router.add_routes(module.routes)

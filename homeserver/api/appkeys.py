@@ -21,6 +21,7 @@ from homeserver.services.messages import MessageService
 from homeserver.services.metrics import Metrics
 from homeserver.services.presence import PresenceService
 from homeserver.services.profile import ProfileService
+from homeserver.services.push import PushService
 from homeserver.services.reports import ReportService
 from homeserver.services.room_admin import RoomAdminService
 from homeserver.services.room_creation import RoomCreationService
@@ -58,3 +59,4 @@ HIERARCHY = web.AppKey("hierarchy", HierarchyService)
 PRESENCE = web.AppKey("presence", PresenceService)
 HEALTH = web.AppKey("health", HealthService)
 METRICS = web.AppKey("metrics", Metrics)
+PUSH = web.AppKey("push", PushService)

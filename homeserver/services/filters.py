@@ -67,6 +67,7 @@ class EventFilter:
     lazy_load_members: bool = False
     include_redundant_members: bool = False
     contains_url: bool | None = None
+    unread_thread_notifications: bool = False
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> EventFilter:
@@ -84,6 +85,20 @@ class EventFilter:
             lazy_load_members=flag(raw, "lazy_load_members") is True,
             include_redundant_members=flag(raw, "include_redundant_members") is True,
             contains_url=flag(raw, "contains_url"),
+            unread_thread_notifications=flag(raw, "unread_thread_notifications") is True,
+        )
+
+    @property
+    def matches_everything(self) -> bool:
+        """True when no event is ever filtered out (``limit`` aside)."""
+        return (
+            self.types is None
+            and not self.not_types
+            and self.senders is None
+            and not self.not_senders
+            and self.rooms is None
+            and not self.not_rooms
+            and self.contains_url is None
         )
 
     def __call__(self, ev: Filterable) -> bool:

@@ -9,7 +9,7 @@ rooms and users on other servers.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol
 
@@ -114,11 +114,17 @@ class MembershipService:
 
     # ---------------------------------------------------------------- join
     async def join(
-        self, user_id: str, room_id: str, servers: Sequence[str] = (), reason: str | None = None
+        self,
+        user_id: str,
+        room_id: str,
+        servers: Sequence[str] = (),
+        reason: str | None = None,
+        extra: Mapping[str, Any] | None = None,
     ) -> str:
+        """Join ``room_id``; ``extra`` keys go into the member content."""
         if await self._rooms.is_blocked(room_id):
             raise forbidden("This room has been blocked on this server")
-        content = await self._member_content(user_id, "join", reason)
+        content = await self._member_content(user_id, "join", reason, dict(extra or {}))
         if not await self._state.store.room_exists(room_id) or (
             await self._state.membership(room_id, user_id) in (None, "invite", "leave", "ban")
             and await self._only_remote_members(room_id)

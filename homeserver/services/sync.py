@@ -11,25 +11,29 @@ writes from this process and, through LISTEN/NOTIFY, from any other.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from homeserver.core.events import STRIPPED_STATE_TYPES, StateKey
 from homeserver.services.clock import now_ms
 from homeserver.services.filters import EventFilter, flag, str_list, sub_object
+from homeserver.services.lazy_members import SentMembers
 from homeserver.services.notifier import LocalAppend, Notifier, wait_for
+from homeserver.services.push import MAIN as MAIN_THREAD
+from homeserver.services.push import PushService
 from homeserver.services.serialize import EventSerializer
 from homeserver.services.timeline import Visibility, make_token
 from homeserver.storage.account_data import AccountDataStore
 from homeserver.storage.ephemeral import EphemeralStore
 from homeserver.storage.events import EventStore, StoredEvent
 from homeserver.storage.projections import Projections
+from homeserver.storage.push import Counts
 from homeserver.storage.rooms import RoomStore
 from homeserver.storage.sync_snapshot import SyncSnapshot, SyncSnapshots
 
 MAX_VIEWS = 200_000
-UNREAD_TYPES = ("m.room.message", "m.room.encrypted")
+PUSH_RULES = "m.push_rules"
 
 
 @dataclass(frozen=True)
@@ -90,8 +94,11 @@ class SyncService:
         visibility: Visibility,
         notifier: Notifier,
         snapshots: SyncSnapshots,
+        push: PushService,
     ) -> None:
         self._snapshots = snapshots
+        self._push = push
+        self._sent_members = SentMembers()
         # (user, room) → (position, counts as the user last saw them)
         self._views: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}
         self.answered_from_memory = 0  # long-polls answered by _from_memory
@@ -243,7 +250,8 @@ class SyncService:
                 or r in pre.receipts
                 or any(ad[0] == r for ad in pre.account_data)
             ]
-        await self._complete_rooms(pre, targets, user_id)
+        await self._fill_filtered(pre, targets, fresh_rooms, since, flt)
+        await self._complete_rooms(pre, targets, user_id, upto)
         for r in targets:
             fresh = r in fresh_rooms
             joined_out[r] = await self._joined_entry(
@@ -266,6 +274,14 @@ class SyncService:
             for r, t, c in pre.account_data
             if r == "" and flt.account_data(_Typed(t))
         ]
+        if (
+            since is None
+            and flt.account_data(_Typed(PUSH_RULES))
+            and not any(e["type"] == PUSH_RULES for e in account_data)
+        ):
+            # A user who never changed a rule has no m.push_rules stored;
+            # clients (matrix-nio, Synapse's clients) learn the defaults here.
+            account_data.append({"type": PUSH_RULES, "content": await self._push.rendered(user_id)})
         joined = [r for r, m in memberships.items() if m == "join"]
         # (only counts read with the snapshot: consistent with ``upto``)
         self._remember_views(
@@ -293,11 +309,13 @@ class SyncService:
         one of those appends (``Notifier.appends_after``), the response is
         their events in the reader's joined rooms, with the counts the reader
         saw at ``since`` (messages change no state, no membership, no
-        receipts) plus the new unread messages. None when that does not hold
-        — another writer, a state change, a room not seen at ``since``, more
-        events than the timeline limit, others' messages to a client that
-        lazy-loads members (their member events are state to send): the
-        caller then reads the database (which gives the same answer;
+        receipts) plus the notifications the new events give, by the reader's
+        cached push rules (``PushService.evaluate_cached``). None when that
+        does not hold — another writer, a state change, a room not seen at
+        ``since``, more events than the timeline limit, others' messages to
+        a client that lazy-loads members (their member events are state to
+        send), push rules or room contexts not cached: the caller then reads
+        the database (which gives the same answer;
         tests/api/client/test_sync.py)."""
         upto, appends = self._notifier.appends_after(since)
         if upto == since:
@@ -311,6 +329,11 @@ class SyncService:
         for a in appends:
             if a.room_id in member_of and flt.allows_room(a.room_id):
                 by_room.setdefault(a.room_id, []).extend(a.events)
+        new_counts = await self._push.evaluate_cached(
+            user_id, [e for v in by_room.values() for e in v]
+        )
+        if new_counts is None:
+            return None
         views: dict[str, dict[str, Any]] = {}
         for room_id, evs in by_room.items():
             seen = self._views.get((user_id, room_id))
@@ -321,7 +344,7 @@ class SyncService:
                 return None
             views[room_id] = {
                 **stats,
-                "unread": int(stats.get("unread") or 0) + _unread_increment(user_id, evs),
+                "counts": _add_counts(stats.get("counts") or {}, new_counts.get(room_id, {})),
             }
         joined_out: dict[str, Any] = {}
         for room_id, evs in by_room.items():
@@ -336,10 +359,7 @@ class SyncService:
                 "account_data": {"events": []},
                 "ephemeral": {"events": []},
                 "summary": _summary(views[room_id]),
-                "unread_notifications": {
-                    "notification_count": views[room_id]["unread"],
-                    "highlight_count": 0,
-                },
+                **_unread(views[room_id], flt.timeline.unread_thread_notifications),
             }
         covered = {e.event.event_id for evs in by_room.values() for e in evs}
         await self._fill_events(
@@ -429,16 +449,52 @@ class SyncService:
             },
         )
 
-    async def _complete_rooms(self, pre: _Prefetch, rooms: list[str], user_id: str) -> None:
-        """Counts and unread numbers for rooms the snapshot did not cover
-        (joined since the last sync, yet quiet in its window)."""
-        missing = [r for r in rooms if r not in pre.stats]
-        if not missing:
+    async def _fill_filtered(
+        self,
+        pre: _Prefetch,
+        rooms: list[str],
+        fresh: set[str],
+        since: int | None,
+        flt: SyncFilter,
+    ) -> None:
+        """A filtered timeline holds up to ``limit`` events the filter lets
+        through, as Synapse's does: when the newest ``limit + 1`` events read
+        with the snapshot let fewer through and older ones exist in the
+        window, read further back in pages, down to the window's start. Each
+        timeline then holds only matching events, newest first, one more than
+        ``limit`` when there are more (so ``limited`` stays right)."""
+        if flt.timeline.matches_everything:
             return
-        stats = await self._proj.room_stats_many(missing)
-        unread = await self._eph.unread_counts(missing, user_id)
-        for r in missing:
-            pre.stats[r] = {**stats.get(r, {}), "unread": unread.get(r, 0)}
+        limit = flt.timeline_limit
+        for r in rooms:
+            evs = pre.timelines.get(r, [])
+            kept = [e for e in evs if flt.timeline(e.event)]
+            lower = 0 if since is None or r in fresh else since
+            oldest = evs[-1].stream_ordering if evs else lower
+            more = len(evs) > limit
+            while more and len(kept) <= limit:
+                page = await self._store.events_by_stream(
+                    [r], lower, oldest - 1, max(50, 2 * limit), newest_first=True
+                )
+                kept += [e for e in page if flt.timeline(e.event)]
+                more = bool(page)
+                oldest = page[-1].stream_ordering if page else oldest
+            pre.timelines[r] = kept[: limit + 1]
+
+    async def _complete_rooms(
+        self, pre: _Prefetch, rooms: list[str], user_id: str, upto: int
+    ) -> None:
+        """Counts for rooms the snapshot did not cover (joined since the
+        last sync, yet quiet in its window), and every room's unread
+        notification counts as of ``upto`` (``PushService.counts``)."""
+        missing = [r for r in rooms if r not in pre.stats]
+        if missing:
+            stats = await self._proj.room_stats_many(missing)
+            for r in missing:
+                pre.stats[r] = dict(stats.get(r, {}))
+        counts = await self._push.counts(user_id, rooms, upto)
+        for r in rooms:
+            pre.stats[r] = {**pre.stats[r], "counts": counts.get(r, {})}
 
     async def _joined_entry(
         self,
@@ -474,6 +530,19 @@ class SyncService:
                 state_ids = await self._lazy_members(
                     room_id, user_id, window, timeline, state_ids, start, pre
                 )
+            if not flt.state.include_redundant_members:
+                state_ids = self._sent_members.unsent(
+                    user_id,
+                    device_id,
+                    room_id,
+                    state_ids,
+                    [
+                        (e.event.state_key, e.event.event_id)
+                        for e in timeline
+                        if e.event.type == "m.room.member" and e.event.state_key is not None
+                    ],
+                    reset=since is None or full_state,
+                )
         state_evs = list((await self._store.get_events(state_ids.values())).values())
         state_evs = [e for e in state_evs if flt.state(e.event)]
         stats = pre.stats.get(room_id, {})
@@ -500,10 +569,7 @@ class SyncService:
             },
             "ephemeral": {"events": await self._ephemeral(room_id, user_id, since, pre)},
             "summary": summary,
-            "unread_notifications": {
-                "notification_count": int(stats.get("unread") or 0),
-                "highlight_count": 0,
-            },
+            **_unread(stats, flt.timeline.unread_thread_notifications),
         }
 
     async def _lazy_members(
@@ -660,7 +726,7 @@ class _Prefetch:
     # rooms whose typing notification is sent, and who types in them now
     typing: set[str]
     typers: dict[str, list[str]]
-    # room → counts, name, alias, heroes, unread
+    # room → counts, name, alias, heroes, and notification counts per thread
     stats: dict[str, dict[str, Any]]
     redactions: dict[str, list[str]]
     redactions_cover: set[str]
@@ -702,10 +768,33 @@ def _relation_targets(appends: Iterable[LocalAppend]) -> set[str]:
     return out
 
 
-def _unread_increment(user_id: str, events: Sequence[StoredEvent]) -> int:
-    """Messages among ``events`` that count as unread for ``user_id`` (as
-    the snapshot counts them)."""
-    return sum(1 for e in events if e.event.sender != user_id and e.event.type in UNREAD_TYPES)
+def _add_counts(old: Mapping[str, Counts], new: Mapping[str, Counts]) -> dict[str, Counts]:
+    out = dict(old)
+    for thread, c in new.items():
+        was = out.get(thread, Counts(0, 0))
+        out[thread] = Counts(was.notifications + c.notifications, was.highlights + c.highlights)
+    return out
+
+
+def _unread(stats: Mapping[str, Any], per_thread: bool) -> dict[str, Any]:
+    """``unread_notifications`` (and, when the filter asks for
+    ``unread_thread_notifications``, the threads' counts apart from the
+    main timeline's; spec "Receiving notifications")."""
+    counts: Mapping[str, Counts] = stats.get("counts") or {}
+
+    def shape(c: Counts) -> dict[str, int]:
+        return {"notification_count": c.notifications, "highlight_count": c.highlights}
+
+    if not per_thread:
+        total = Counts(
+            sum(c.notifications for c in counts.values()),
+            sum(c.highlights for c in counts.values()),
+        )
+        return {"unread_notifications": shape(total)}
+    return {
+        "unread_notifications": shape(counts.get(MAIN_THREAD, Counts(0, 0))),
+        "unread_thread_notifications": {t: shape(c) for t, c in counts.items() if t != MAIN_THREAD},
+    }
 
 
 def _response(

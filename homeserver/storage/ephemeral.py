@@ -11,25 +11,6 @@ from homeserver.storage.database import Database
 from homeserver.storage.events import EventStore
 
 
-def unread_sql(room: str, user: str) -> str:
-    """A scalar subquery counting the messages from others in ``room`` after
-    ``user``'s furthest read receipt, public or private (``m.read.private``
-    clears notifications too), or after their membership event when they
-    have none; ``room`` and ``user`` are SQL expressions. One text for
-    /sync's snapshot and ``unread_counts``, so both count alike."""
-    return f"""(SELECT count(*) FROM events e WHERE e.room_id = {room}
-      AND e.stream_ordering > COALESCE(
-        (SELECT ev.stream_ordering FROM receipts rc JOIN events ev
-            ON ev.event_id = rc.event_id
-          WHERE rc.room_id = {room} AND rc.user_id = {user}
-            AND rc.receipt_type IN ('m.read', 'm.read.private')
-          ORDER BY ev.stream_ordering DESC LIMIT 1),
-        (SELECT m.stream_ordering FROM room_members m
-          WHERE m.room_id = {room} AND m.user_id = {user}), 0)
-      AND e.sender <> {user} AND e.type IN ('m.room.message', 'm.room.encrypted')
-      AND NOT e.outlier AND NOT e.soft_failed AND e.rejected_reason IS NULL)"""
-
-
 class EphemeralStore:
     def __init__(self, db: Database, events: EventStore) -> None:
         self._db = db
@@ -105,27 +86,6 @@ class EphemeralStore:
             expires_ts,
             notify_room=room_id,
         )
-
-    async def unread_count(self, room_id: str, user_id: str, after_stream: int) -> int:
-        v = await self._db.fetchval(
-            "SELECT count(*) FROM events WHERE room_id = $1 AND stream_ordering > $2 "
-            "AND sender <> $3 AND type IN ('m.room.message', 'm.room.encrypted') "
-            "AND NOT outlier AND NOT soft_failed AND rejected_reason IS NULL",
-            room_id,
-            after_stream,
-            user_id,
-        )
-        return int(v or 0)
-
-    async def unread_counts(self, room_ids: Sequence[str], user_id: str) -> dict[str, int]:
-        """``unread_sql`` for each of ``room_ids``, in one query."""
-        rows = await self._db.fetch(
-            f"SELECT q.room_id, {unread_sql('q.room_id', '$2')} AS n "
-            "FROM unnest($1::text[]) AS q(room_id)",
-            list(room_ids),
-            user_id,
-        )
-        return {r["room_id"]: int(r["n"]) for r in rows}
 
     # --------------------------------------------------------------- filters
     async def put_filter(self, user_id: str, flt: dict[str, Any]) -> int:

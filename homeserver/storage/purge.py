@@ -22,6 +22,8 @@ _DERIVED = (
     "room_aliases",
     "room_directory",
     "account_data",
+    "push_actions",
+    "push_evaluated",
 )
 
 

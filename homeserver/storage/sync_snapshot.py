@@ -5,7 +5,7 @@ round trip to PostgreSQL costs more than the query behind it. So the stream
 position, the user's memberships and membership changes, the account data,
 receipts and typing changes, the newest timeline entries of every joined
 room (ids only: bodies come from the event cache), their redactions, and the
-summary, counts and unread numbers of the rooms where something happened
+summary and counts of the rooms where something happened
 are read together. One statement also means one snapshot: everything read
 is consistent with the position it reports.
 """
@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from homeserver.storage.database import Database
-from homeserver.storage.ephemeral import unread_sql
 from homeserver.storage.events import CURRENT_POSITION_SQL
 
 _SNAPSHOT_SQL = f"""
@@ -92,8 +91,7 @@ SELECT
               SELECT m.user_id FROM room_members m
               WHERE m.room_id = a.room_id AND m.user_id <> $1
                 AND m.membership IN ('join', 'invite')
-              ORDER BY m.stream_ordering LIMIT 5) h) END,
-      'unread', {unread_sql("a.room_id", "$1")}))
+              ORDER BY m.stream_ordering LIMIT 5) h) END))
      FROM active a LEFT JOIN room_stats s ON s.room_id = a.room_id) AS rooms
 """
 
@@ -115,7 +113,7 @@ class SyncSnapshot:
     # room when ``all_rooms``) where anyone is
     typers: dict[str, list[str]]
     account_data: list[tuple[str, str, dict[str, Any]]]
-    # room → name, canonical_alias, joined_members, invited_members, heroes, unread
+    # room → name, canonical_alias, joined_members, invited_members, heroes
     rooms: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 

@@ -18,6 +18,14 @@ def _reason(body: dict[str, object]) -> str | None:
     return v.get(body, "reason", str, None)  # type: ignore[no-any-return]
 
 
+def _join_extra(body: dict[str, object]) -> dict[str, object]:
+    """The body's other keys, kept in the member event's content as Synapse
+    does (the spec's examples carry ``reason``; clients add their own keys).
+    ``membership`` is the endpoint's to say, and ``third_party_signed`` is a
+    signature for the join, not content."""
+    return {k: x for k, x in body.items() if k not in ("membership", "third_party_signed")}
+
+
 def _via(request: web.Request) -> list[str]:
     servers = request.query.getall("via", []) + request.query.getall("server_name", [])
     return [v.server_name(s) for s in servers]
@@ -38,7 +46,7 @@ async def join_by_id_or_alias(request: web.Request) -> web.Response:
     body = await v.read_json(request, allow_empty=True)
     room_id, servers = await _resolve(request, request.match_info["room"])
     room_id = await request.app[MEMBERSHIP].join(
-        requester.user_id, room_id, _via(request) or servers, _reason(body)
+        requester.user_id, room_id, _via(request) or servers, _reason(body), _join_extra(body)
     )
     return json_response({"room_id": room_id})
 
@@ -49,7 +57,7 @@ async def join(request: web.Request) -> web.Response:
     body = await v.read_json(request, allow_empty=True)
     room_id = v.room_id(request.match_info["room_id"])
     joined = await request.app[MEMBERSHIP].join(
-        requester.user_id, room_id, _via(request), _reason(body)
+        requester.user_id, room_id, _via(request), _reason(body), _join_extra(body)
     )
     return json_response({"room_id": joined})
 

@@ -138,3 +138,42 @@ async def test_matrix_nio_sync_loop(nio_users: list[nio.AsyncClient]) -> None:
     assert f"member:{bob.user_id}:join" in seen
     assert bob.rooms[room].display_name == "Loop"
     assert bob.rooms[room].users[alice.user_id].display_name == "Alice!"
+
+
+async def test_push_rule_counts_through_matrix_nio(nio_users: list[nio.AsyncClient]) -> None:
+    """nio's sync parses our unread_notifications into its room model: a
+    mention highlights, a notice does not count, the receipt nio sends
+    (m.read in the main thread) clears them; its push-rule calls work."""
+    alice, bob, _carol = nio_users
+    r = ok(await alice.room_create(preset=nio.RoomPreset.public_chat), nio.RoomCreateResponse)
+    room = r.room_id  # type: ignore[attr-defined]
+    ok(await bob.join(room), nio.JoinResponse)
+    ok(await bob.sync(timeout=0), nio.SyncResponse)
+    sent = []
+    for content in (
+        {"msgtype": "m.text", "body": "plain"},
+        {"msgtype": "m.notice", "body": "a bot"},
+        {"msgtype": "m.text", "body": "you", "m.mentions": {"user_ids": [bob.user_id]}},
+    ):
+        resp = ok(await alice.room_send(room, "m.room.message", content), nio.RoomSendResponse)
+        sent.append(resp.event_id)  # type: ignore[attr-defined]
+    ok(await bob.sync(timeout=0), nio.SyncResponse)
+    assert (bob.rooms[room].unread_notifications, bob.rooms[room].unread_highlights) == (2, 1)
+    ok(await bob.update_receipt_marker(room, sent[-1]), nio.UpdateReceiptMarkerResponse)
+    ok(await bob.sync(timeout=0), nio.SyncResponse)
+    assert (bob.rooms[room].unread_notifications, bob.rooms[room].unread_highlights) == (0, 0)
+    # nio's push-rule calls: mute the room for bob, and nothing counts;
+    # nio learns the rules from the m.push_rules account data in sync.
+    ok(
+        await bob.set_pushrule("global", nio.PushRuleKind.room, room, actions=[]),
+        nio.SetPushRuleResponse,
+    )
+    await alice.room_send(room, "m.room.message", {"msgtype": "m.text", "body": "x"})
+    synced = ok(await bob.sync(timeout=0), nio.SyncResponse)
+    assert bob.rooms[room].unread_notifications == 0
+    (rules,) = [
+        e
+        for e in synced.account_data_events  # type: ignore[attr-defined]
+        if isinstance(e, nio.PushRulesEvent)
+    ]
+    assert [r.id for r in rules.global_rules.room] == [room]
