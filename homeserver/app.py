@@ -110,6 +110,7 @@ from homeserver.storage.ephemeral import EphemeralStore
 from homeserver.storage.events import EventStore
 from homeserver.storage.federation import FED_CHANNEL
 from homeserver.storage.identity import IdentityStore
+from homeserver.storage.leases import Lease
 from homeserver.storage.lifecycle import LifecycleStore
 from homeserver.storage.presence import PresenceStore
 from homeserver.storage.projections import Projections
@@ -293,6 +294,26 @@ def create_app(
     app[FEDERATION] = federation
     notifier.subscribe(FED_CHANNEL, federation.sender.wake)
 
+    # Singleton duties go to whichever process holds their lease (several
+    # processes may share the database); the others stand by.
+    federation.sender.active = False
+    lifecycle.active = False
+    leases = [
+        Lease(
+            db.url,
+            "federation-sender",
+            lambda: federation.sender.set_active(True),
+            lambda: federation.sender.set_active(False),
+        ),
+        Lease(
+            db.url,
+            "room-lifecycle",
+            lambda: setattr(lifecycle, "active", True),
+            lambda: setattr(lifecycle, "active", False),
+        ),
+    ]
+    app[appkeys.LEASES] = leases
+
     async def background(app: web.Application) -> AsyncIterator[None]:
         await notifier.start()
         await event_store.clear_stale_inflight()
@@ -300,9 +321,10 @@ def create_app(
         lifecycle_task = asyncio.create_task(lifecycle.run(stop))
         sweeper = asyncio.create_task(sweep_stale_reservations(stop))
         await federation.start()
+        lease_tasks = [asyncio.create_task(lease.run(stop)) for lease in leases]
         yield
         stop.set()
-        await asyncio.gather(lifecycle_task, sweeper)
+        await asyncio.gather(lifecycle_task, sweeper, *lease_tasks)
         await federation.stop(config.shutdown_grace_s)
         await notifier.stop()
 

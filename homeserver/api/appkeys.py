@@ -33,6 +33,7 @@ from homeserver.services.timeline import TimelineService
 from homeserver.services.timestamps import TimestampService
 from homeserver.services.user_directory import UserDirectoryService
 from homeserver.storage.ephemeral import EphemeralStore
+from homeserver.storage.leases import Lease
 
 CONFIG = web.AppKey("config", Config)
 ACCOUNTS = web.AppKey("accounts", AccountService)
@@ -60,3 +61,4 @@ PRESENCE = web.AppKey("presence", PresenceService)
 HEALTH = web.AppKey("health", HealthService)
 METRICS = web.AppKey("metrics", Metrics)
 PUSH = web.AppKey("push", PushService)
+LEASES = web.AppKey("leases", list[Lease])

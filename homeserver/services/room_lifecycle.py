@@ -50,6 +50,7 @@ class RoomLifecycleService:
         self._rooms = rooms
         self._purge_after = transient_purge_after_ms
         self._wake = asyncio.Event()
+        self.active = True  # runs the passes (the lifecycle lease, storage/leases.py)
 
     # ------------------------------------------------------------ invites
     async def invite(
@@ -137,11 +138,13 @@ class RoomLifecycleService:
         return purged
 
     async def run(self, stop: asyncio.Event, interval_s: float = 1.0) -> None:
-        """Background loop: expire invites and purge emptied transient rooms."""
+        """Background loop: expire invites and purge emptied transient rooms
+        (while this process holds the lifecycle duty: ``active``)."""
         while not stop.is_set():
             try:
-                await self.expire_due_invites()
-                await self.purge_transient_rooms()
+                if self.active:
+                    await self.expire_due_invites()
+                    await self.purge_transient_rooms()
             except Exception as e:
                 log_background_failure(log, "room lifecycle pass failed", e)
             self._wake.clear()

@@ -74,6 +74,9 @@ class FederationSender:
         self._seen_up: dict[str, float] = {}  # destination → when it last contacted us
         self._sweeper: asyncio.Task[None] | None = None
         self._stopping = False
+        # Whether this process runs the sending duty (the federation-sender
+        # lease, storage/leases.py); another process sends while it is not.
+        self.active = True
         # Sent transactions, for tests and metrics: destination → count.
         self.sent: dict[str, int] = {}
         self.failed: dict[str, int] = {}  # transactions that failed (retried later)
@@ -109,8 +112,20 @@ class FederationSender:
 
     async def _sweep(self) -> None:
         while not self._stopping:
-            await self.sweep_now()
+            if self.active:
+                await self.sweep_now()
             await asyncio.sleep(SWEEP_S)
+
+    def set_active(self, active: bool) -> None:
+        """Gain or lose the sending duty. Gaining: everything queued is
+        looked at now (the previous holder may have died mid-queue). Losing:
+        workers end after the transaction in hand."""
+        self.active = active
+        if active and not self._stopping:
+            asyncio.get_running_loop().create_task(self.sweep_now())
+        else:
+            for ev in self._wake.values():
+                ev.set()
 
     async def sweep_now(self) -> None:
         """Wake the worker of every destination with a queue: wake-ups from
@@ -187,7 +202,7 @@ class FederationSender:
             asyncio.get_running_loop().create_task(reset())
 
     def wake(self, destination: str) -> None:
-        if self._stopping or destination == self._server_name:
+        if self._stopping or not self.active or destination == self._server_name:
             return
         ev = self._wake.setdefault(destination, asyncio.Event())
         ev.set()
@@ -199,7 +214,7 @@ class FederationSender:
     async def _worker(self, dest: str) -> None:
         wake = self._wake.setdefault(dest, asyncio.Event())
         try:
-            while not self._stopping:
+            while not self._stopping and self.active:
                 wake.clear()
                 now = now_ms()
                 if not await self._store.acquire_lease(dest, self._owner, now, now + LEASE_MS):
