@@ -1,0 +1,446 @@
+"""A seeded, randomized convergence run over real servers (ours and Synapse).
+
+Each server has one *observer* (power 100, joined all along, never a target)
+and a few *actors*. In every round each server that is up acts at the same
+moment (one action each, sent concurrently): a message, a name or topic
+change, a power-level change, an invite, a join, a leave, a kick, a ban or
+an unban. Refusals (403 and the like) are outcomes, not failures: under
+concurrency a server may legitimately refuse what another allowed.
+
+During a window of rounds one server is stopped (a partition) while the
+others keep writing; it is started again mid-run and acts at once, while the
+others' queued events are still arriving. Optionally the other servers of
+ours forget what they queued for it, so that it must close the gap itself
+(``get_missing_events``, then the state at the gap). Events therefore reach
+each server in different orders and across forks of the DAG.
+
+After the rounds every observer sends one last message (so every server
+cites every branch it has), then the run *quiesces*: it polls, bounded, until
+our servers' federation outboxes are empty and every server reports the same
+snapshot. The verdict compares, through the client API only:
+
+- the current state: the same event id for every (type, state_key);
+- the joined members;
+- the messages: the same set of message event ids everywhere, containing
+  every message that was sent successfully, except those of an actor who was
+  kicked or banned in the same or a later round (another server may then
+  soft-fail the message, as the spec asks).
+
+The seed fixes the plan (who does what when, the room version, the
+partition); timing still varies from run to run. A failure prints the seed,
+the plan as it happened, and the differences, so the run can be replayed with
+``HOMESERVER_CONVERGENCE_SEED``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import asyncpg
+
+from tests.federation.harness import CS, Client, MatrixError, OurServer, SynapseServer, q
+
+ACTIONS: tuple[tuple[str, int], ...] = (
+    ("message", 34),
+    ("name", 8),
+    ("topic", 8),
+    ("power", 9),
+    ("invite", 8),
+    ("join", 8),
+    ("leave", 6),
+    ("kick", 7),
+    ("ban", 6),
+    ("unban", 6),
+)
+ACTOR_LEVELS = (0, 25, 50, 75)  # below the observers' 100: they can always act on actors
+ROOM_VERSIONS = ("10", "11", "12")
+
+
+@dataclass
+class Node:
+    """One server in the run, its observer and its actors."""
+
+    label: str
+    server: OurServer | SynapseServer
+    observer: Client
+    actors: list[Client]
+    up: bool = True
+
+    @property
+    def ours(self) -> bool:
+        return isinstance(self.server, OurServer)
+
+    async def stop(self) -> None:
+        await asyncio.to_thread(self.server.stop)
+        self.up = False
+
+    async def start(self) -> None:
+        if isinstance(self.server, OurServer):
+            self.server.start()
+            await self.server.wait_ready(timeout=60)
+        else:
+            await asyncio.to_thread(self.server.start)
+        self.up = True
+
+    async def outbox(self) -> int:
+        """Events and EDUs our server still has to send (0 for Synapse,
+        whose queue the run cannot see: agreement is the test there)."""
+        if not isinstance(self.server, OurServer) or not self.up:
+            return 0
+        conn = await asyncpg.connect(self.server.db_url)
+        try:
+            return int(await conn.fetchval("SELECT count(*) FROM federation_outbox"))
+        finally:
+            await conn.close()
+
+    async def forget_queue_to(self, other: Node) -> int:
+        """Drop what our server queued for ``other`` (it must then fetch it)."""
+        if not isinstance(self.server, OurServer):
+            return 0
+        conn = await asyncpg.connect(self.server.db_url)
+        try:
+            done = await conn.execute(
+                "DELETE FROM federation_outbox WHERE destination = $1", other.server.server_name
+            )
+            return int(done.split()[-1])
+        finally:
+            await conn.close()
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What one server reports about the room through its client API."""
+
+    state: dict[tuple[str, str], str]
+    contents: dict[str, Any]  # event id -> content, of the state events
+    joined: frozenset[str]
+    messages: dict[str, str]  # event id -> body
+
+
+@dataclass
+class Sent:
+    event_id: str
+    body: str
+    sender: str
+    round: int
+
+
+@dataclass
+class Run:
+    """The plan as it happened and what it produced."""
+
+    seed: int
+    rounds: int
+    room_version: str = ""
+    room_id: str = ""
+    log: list[str] = field(default_factory=list)
+    sent: list[Sent] = field(default_factory=list)
+    removed_at: dict[str, int] = field(default_factory=dict)  # actor -> last kick/ban round
+    outcomes: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def note(self, line: str) -> None:
+        self.log.append(line)
+
+    def count(self, what: str) -> None:
+        self.outcomes[what] = self.outcomes.get(what, 0) + 1
+
+    def header(self) -> str:
+        return (
+            f"convergence seed={self.seed} rounds={self.rounds} "
+            f"room_version={self.room_version} room={self.room_id} "
+            f"(replay: HOMESERVER_CONVERGENCE_SEED={self.seed} "
+            f"HOMESERVER_CONVERGENCE_ROUNDS={self.rounds})"
+        )
+
+
+# ------------------------------------------------------------- reading
+async def snapshot(client: Client, room_id: str) -> Snapshot:
+    events = await client.state(room_id)
+    state = {(e["type"], e["state_key"]): e["event_id"] for e in events}
+    contents = {e["event_id"]: e.get("content") for e in events}
+    joined = frozenset(await client.joined_members(room_id))
+    return Snapshot(state, contents, joined, await all_messages(client, room_id))
+
+
+async def all_messages(client: Client, room_id: str) -> dict[str, str]:
+    """Every m.room.message the server shows, paging /messages back to the start."""
+    out: dict[str, str] = {}
+    token: str | None = None
+    for _ in range(200):
+        path = f"{CS}/rooms/{q(room_id)}/messages?dir=b&limit=100"
+        page = await client.call("GET", path + (f"&from={q(token)}" if token else ""))
+        for e in page.get("chunk", []):
+            if e.get("type") == "m.room.message":
+                out[e["event_id"]] = str(e.get("content", {}).get("body"))
+        token = page.get("end")
+        if not page.get("chunk") or not token:
+            break
+    return out
+
+
+def differences(run: Run, labels: Sequence[str], snaps: Sequence[Snapshot]) -> list[str]:
+    """Human-readable differences between the snapshots (empty: they agree)
+    and the sent messages some server lacks."""
+    out: list[str] = []
+    keys = sorted(set().union(*(s.state for s in snaps)))
+    for key in keys:
+        ids = [s.state.get(key) for s in snaps]
+        if len(set(ids)) > 1:
+            shown = ", ".join(
+                f"{lab}={eid} {_short(s.contents.get(eid)) if eid else ''}".rstrip()
+                for lab, s, eid in zip(labels, snaps, ids, strict=True)
+            )
+            out.append(f"state {key[0]}/{key[1]!r} differs: {shown}")
+    if len({s.joined for s in snaps}) > 1:
+        every = frozenset.intersection(*(s.joined for s in snaps))
+        for lab, s in zip(labels, snaps, strict=True):
+            if s.joined != every:
+                out.append(f"joined members on {lab} also: {sorted(s.joined - every)}")
+        union = frozenset.union(*(s.joined for s in snaps))
+        for lab, s in zip(labels, snaps, strict=True):
+            if union - s.joined:
+                out.append(f"joined members on {lab} lack: {sorted(union - s.joined)}")
+    seen = set().union(*(s.messages for s in snaps))
+    for lab, s in zip(labels, snaps, strict=True):
+        lacking = sorted(seen - set(s.messages))
+        if lacking:
+            out.append(f"messages shown elsewhere but not on {lab}: {lacking}")
+    for m in run.sent:
+        if run.removed_at.get(m.sender, -1) >= m.round:
+            continue  # its sender was removed meanwhile: another server may soft-fail it
+        lacking_on = [
+            lab for lab, s in zip(labels, snaps, strict=True) if m.event_id not in s.messages
+        ]
+        if lacking_on:
+            out.append(f"message {m.event_id} {m.body!r} sent OK is missing on {lacking_on}")
+    return out
+
+
+def _short(content: Any) -> str:
+    text = repr(content)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+# ------------------------------------------------------------- acting
+class Actor:
+    """Carries out one planned action and records its outcome."""
+
+    def __init__(self, run: Run, nodes: Sequence[Node], rng: random.Random) -> None:
+        self.run = run
+        self.nodes = nodes
+        self.rng = rng
+        self.room = run.room_id
+
+    def everyone(self) -> list[Client]:
+        return [a for n in self.nodes for a in n.actors]
+
+    def plan(self, node: Node) -> tuple[str, Client, Client | None, Any]:
+        """(action, who acts, whom it concerns, a parameter): drawn from the
+        seeded generator only, so a seed always gives the same plan."""
+        kinds, weights = zip(*ACTIONS, strict=True)
+        kind = self.rng.choices(kinds, weights)[0]
+        some_actor = self.rng.choice(node.actors)
+        anyone = self.rng.choice(self.everyone())
+        by_observer = self.rng.random() < 0.6
+        me = node.observer if by_observer else some_actor
+        level = self.rng.choice(ACTOR_LEVELS)
+        if kind in ("join", "leave"):
+            return kind, some_actor, None, None
+        if kind in ("invite", "kick", "ban", "unban", "power"):
+            return kind, node.observer if kind != "power" or by_observer else me, anyone, level
+        return kind, me, None, None
+
+    async def act(
+        self, rnd: int, node: Node, planned: tuple[str, Client, Client | None, Any]
+    ) -> None:
+        kind, me, target, level = planned
+        body = f"{node.label}-r{rnd}-{me.user_id.split(':')[0][1:]}-{uuid.uuid4().hex[:4]}"
+        step: Callable[[], Awaitable[Any]]
+        if kind == "message":
+            step = lambda: me.send(self.room, body)  # noqa: E731
+        elif kind in ("name", "topic"):
+            content = {"name": f"name {body}"} if kind == "name" else {"topic": f"topic {body}"}
+            step = lambda: me.put_state(self.room, f"m.room.{kind}", content)  # noqa: E731
+        elif kind == "power":
+            assert target is not None
+            step = lambda: self._set_power(me, target.user_id, level)  # noqa: E731
+        elif kind == "join":
+            step = lambda: me.join(self.room, [n.server.server_name for n in self.nodes if n.up])  # noqa: E731
+        elif kind == "leave":
+            step = lambda: me.membership(self.room, "leave")  # noqa: E731
+        else:
+            assert target is not None
+            step = lambda: me.membership(self.room, kind, user_id=target.user_id)  # noqa: E731
+        what = f"r{rnd} {node.label} {me.user_id} {kind}" + (
+            f" {target.user_id}" if target is not None else ""
+        )
+        if kind == "power":
+            what += f"={level}"
+        if kind in ("kick", "ban") and target is not None:
+            self.run.removed_at[target.user_id] = rnd
+        try:
+            result = await asyncio.wait_for(step(), 60)
+        except MatrixError as e:
+            errcode = e.body.get("errcode") if isinstance(e.body, dict) else None
+            self.run.note(f"{what}: {e.status} {errcode}")
+            self.run.count(f"{kind} refused")
+            return
+        except (aiohttp.ClientError, TimeoutError) as e:
+            self.run.note(f"{what}: no answer ({type(e).__name__})")
+            self.run.count(f"{kind} no answer")
+            return
+        self.run.count(f"{kind} ok")
+        if kind == "message":
+            self.run.sent.append(Sent(str(result), body, me.user_id, rnd))
+            self.run.note(f"{what}: {result}")
+        else:
+            self.run.note(f"{what}: ok")
+
+    async def _set_power(self, me: Client, user_id: str, level: int) -> str:
+        content = await me.state_event(self.room, "m.room.power_levels")
+        users = dict(content.get("users", {}))
+        users[user_id] = level
+        return await me.put_state(self.room, "m.room.power_levels", {**content, "users": users})
+
+
+# ------------------------------------------------------------- the run
+async def setup_room(run: Run, nodes: Sequence[Node], rng: random.Random) -> None:
+    """The first node's observer creates a public room with the other
+    observers at power 100; every observer and half the actors join."""
+    creator = nodes[0].observer
+    run.room_version = rng.choice(ROOM_VERSIONS)
+    others = {n.observer.user_id: 100 for n in nodes[1:]}
+    override: dict[str, Any] = {"users": others}
+    if run.room_version != "12":  # v12 creators have no entry (infinite power)
+        override["users"] = {**others, creator.user_id: 100}
+    run.room_id = await creator.create_room(
+        preset="public_chat",
+        room_version=run.room_version,
+        name="convergence",
+        power_level_content_override=override,
+    )
+    via = [nodes[0].server.server_name]
+    for n in nodes[1:]:
+        await n.observer.join(run.room_id, via)
+    for n in nodes:
+        for a in n.actors:
+            if rng.random() < 0.5:
+                await a.join(run.room_id, via)
+
+
+async def wait_for_join(nodes: Sequence[Node], room_id: str, timeout: float = 60) -> None:
+    """Every observer is seen joined by every server before the rounds begin."""
+    want = {n.observer.user_id for n in nodes}
+    deadline = time.monotonic() + timeout
+    while True:
+        seen = [await n.observer.joined_members(room_id) for n in nodes]
+        if all(want <= s for s in seen):
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"observers never all joined: {seen}")
+        await asyncio.sleep(0.5)
+
+
+@dataclass(frozen=True)
+class Partition:
+    node: int
+    start: int
+    end: int
+    forget_queues: bool
+
+
+def plan_partition(rng: random.Random, nodes: Sequence[Node], rounds: int) -> Partition | None:
+    """Which server is stopped, from which round to which, and whether the
+    others forget what they queued for it (only servers of ours can be made to)."""
+    if rounds < 3 or len(nodes) < 2:
+        return None
+    idx = rng.choice([i for i in range(1, len(nodes))])
+    start = rng.randint(1, max(1, rounds // 3))
+    end = min(rounds - 1, start + rng.randint(2, max(2, rounds // 3)))
+    return Partition(idx, start, end, rng.random() < 0.5)
+
+
+async def play(
+    run: Run, nodes: Sequence[Node], rng: random.Random, quiesce_s: float = 90.0
+) -> tuple[list[Snapshot], list[str]]:
+    """Set up, play the rounds, quiesce; returns the final snapshots and
+    their differences (empty when the servers converged)."""
+    t0 = time.monotonic()
+    await setup_room(run, nodes, rng)
+    await wait_for_join(nodes, run.room_id)
+    run.seconds["setup"] = time.monotonic() - t0
+    part = plan_partition(rng, nodes, run.rounds)
+    actor = Actor(run, nodes, rng)
+    t1 = time.monotonic()
+    for rnd in range(run.rounds):
+        if part is not None and rnd == part.start:
+            p = nodes[part.node]
+            await p.stop()
+            run.note(f"r{rnd} partition: {p.label} stopped")
+        if part is not None and rnd == part.end:
+            p = nodes[part.node]
+            if part.forget_queues:
+                for n in nodes:
+                    if n is not p:
+                        dropped = await n.forget_queue_to(p)
+                        run.note(f"r{rnd} {n.label} forgot {dropped} queued for {p.label}")
+            await p.start()
+            run.note(f"r{rnd} partition: {p.label} back")
+        # Plans are drawn for every node, up or not, so a seed's plan does
+        # not depend on timing.
+        planned = [(n, actor.plan(n)) for n in nodes]
+        await asyncio.gather(*(actor.act(rnd, n, pl) for n, pl in planned if n.up))
+    run.seconds["rounds"] = time.monotonic() - t1
+    for n in nodes:
+        if not n.up:
+            await n.start()
+    t2 = time.monotonic()
+    await asyncio.gather(
+        *(actor.act(run.rounds, n, ("message", n.observer, None, None)) for n in nodes)
+    )
+    snaps, diff = await quiesce(run, nodes, quiesce_s)
+    run.seconds["quiesce"] = time.monotonic() - t2
+    return snaps, diff
+
+
+async def quiesce(
+    run: Run, nodes: Sequence[Node], timeout: float
+) -> tuple[list[Snapshot], list[str]]:
+    """Poll until our outboxes are empty and the servers agree, at most
+    ``timeout`` seconds; returns the last snapshots and differences."""
+    labels = [n.label for n in nodes]
+    deadline = time.monotonic() + timeout
+    while True:
+        queued = sum([await n.outbox() for n in nodes])
+        snaps: list[Snapshot] = []
+        try:
+            snaps = [await snapshot(n.observer, run.room_id) for n in nodes]
+            diff = differences(run, labels, snaps)
+        except (MatrixError, aiohttp.ClientError) as e:
+            diff = [f"a server did not answer: {e}"]
+        if not diff and not queued:
+            return snaps, diff
+        if time.monotonic() > deadline:
+            if queued:
+                diff.append(f"{queued} events/EDUs still queued in our outboxes")
+            return snaps, diff
+        await asyncio.sleep(1.0)
+
+
+def report(run: Run, diff: Sequence[str]) -> str:
+    lines = [run.header(), f"outcomes: {dict(sorted(run.outcomes.items()))}"]
+    lines.append("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in run.seconds.items()))
+    if diff:
+        lines.append(f"NOT CONVERGED ({len(diff)} differences):")
+        lines += [f"  {d}" for d in diff]
+        lines.append("plan as it happened:")
+        lines += [f"  {line}" for line in run.log]
+    return "\n".join(lines)
