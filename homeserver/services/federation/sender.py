@@ -21,7 +21,7 @@ import os
 import random
 import socket
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import asyncpg
@@ -74,6 +74,8 @@ class FederationSender:
         self._seen_up: dict[str, float] = {}  # destination → when it last contacted us
         self._sweeper: asyncio.Task[None] | None = None
         self._stopping = False
+        # Told (at most every UP_RECHECK_S) that a destination contacted us.
+        self.up_listeners: list[Callable[[str], None]] = []
         # Sent transactions, for tests and metrics: destination → count.
         self.sent: dict[str, int] = {}
         self.failed: dict[str, int] = {}  # transactions that failed (retried later)
@@ -174,6 +176,8 @@ class FederationSender:
         if len(self._seen_up) > 100_000:
             self._seen_up.clear()
         self._seen_up[destination] = now
+        for listener in self.up_listeners:
+            listener(destination)
 
         async def reset() -> None:
             try:
