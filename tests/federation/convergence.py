@@ -2,7 +2,7 @@
 
 Each server has one *observer* (power 100, joined all along, never a target)
 and a few *actors*. In every round each server that is up acts at the same
-moment (one action each, sent concurrently): a message, a name or topic
+moment (``ACTS_PER_ROUND`` actions each, all sent concurrently): a message, a name or topic
 change, a power-level change, an invite, a join, a leave, a kick, a ban or
 an unban. Refusals (403 and the like) are outcomes, not failures: under
 concurrency a server may legitimately refuse what another allowed.
@@ -62,6 +62,7 @@ ACTIONS: tuple[tuple[str, int], ...] = (
 )
 ACTOR_LEVELS = (0, 25, 50, 75)  # below the observers' 100: they can always act on actors
 ROOM_VERSIONS = ("10", "11", "12")
+ACTS_PER_ROUND = 2  # per server: more concurrent events, more forks
 
 
 @dataclass
@@ -397,7 +398,7 @@ async def play(
             run.note(f"r{rnd} partition: {p.label} back")
         # Plans are drawn for every node, up or not, so a seed's plan does
         # not depend on timing.
-        planned = [(n, actor.plan(n)) for n in nodes]
+        planned = [(n, actor.plan(n)) for n in nodes for _ in range(ACTS_PER_ROUND)]
         await asyncio.gather(*(actor.act(rnd, n, pl) for n, pl in planned if n.up))
     run.seconds["rounds"] = time.monotonic() - t1
     for n in nodes:
