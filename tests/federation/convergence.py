@@ -2,9 +2,9 @@
 
 Each server has one *observer* (power 100, joined all along, never a target)
 and a few *actors*. In every round each server that is up acts at the same
-moment (``ACTS_PER_ROUND`` actions each, all sent concurrently): a message, a name or topic
-change, a power-level change, an invite, a join, a leave, a kick, a ban or
-an unban. Refusals (403 and the like) are outcomes, not failures: under
+moment (``ACTS_PER_ROUND`` actions each, all sent concurrently): a message,
+a name or topic change, a power-level change, an invite, a join, a leave, a
+kick, a ban or an unban. Refusals (403 and the like) are outcomes, not failures: under
 concurrency a server may legitimately refuse what another allowed.
 
 During a window of rounds one server is stopped (a partition) while the
@@ -14,10 +14,12 @@ ours forget what they queued for it, so that it must close the gap itself
 (``get_missing_events``, then the state at the gap). Events therefore reach
 each server in different orders and across forks of the DAG.
 
-After the rounds every observer sends one last message (so every server
-cites every branch it has), then the run *quiesces*: it polls, bounded, until
-our servers' federation outboxes are empty and every server reports the same
-snapshot. The verdict compares, through the client API only:
+When the stopped server comes back, every other server's observer sends a
+message in that round, so the events it missed are cited and it must fetch
+them. After the last round nothing more is sent (a closing message would hand
+every server a fresh resolution and could mask a state it lost), and the run
+*quiesces*: it polls, bounded, until our servers' federation outboxes are
+empty and every server reports the same snapshot. The verdict compares, through the client API only:
 
 - the current state: the same event id for every (type, state_key);
 - the joined members;
@@ -39,7 +41,7 @@ import asyncio
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -124,6 +126,16 @@ class Snapshot:
     contents: dict[str, Any]  # event id -> content, of the state events
     joined: frozenset[str]
     messages: dict[str, str]  # event id -> body
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One action: its kind, who acts, whom it concerns, a power level."""
+
+    kind: str
+    me: Client
+    target: Client | None = None
+    level: int = 0
 
 
 @dataclass
@@ -239,10 +251,10 @@ class Actor:
     def everyone(self) -> list[Client]:
         return [a for n in self.nodes for a in n.actors]
 
-    def plan(self, node: Node) -> tuple[str, Client, Client | None, Any]:
-        """(action, who acts, whom it concerns, a parameter): drawn from the
-        seeded generator and earlier plans only, never from outcomes, so a
-        seed always gives the same plan."""
+    def plan(self, node: Node) -> Planned:
+        """One action for ``node``, drawn from the seeded generator and
+        earlier plans only, never from outcomes: a seed always gives the
+        same plan."""
         kinds, weights = zip(*ACTIONS, strict=True)
         kind = self.rng.choices(kinds, weights)[0]
         some_actor = self.rng.choice(node.actors)
@@ -254,54 +266,49 @@ class Actor:
         if kind == "ban":
             self.banned.add(anyone)
         if kind in ("join", "leave"):
-            return kind, some_actor, None, None
+            return Planned(kind, some_actor)
         if kind in ("invite", "kick", "ban", "unban"):
-            return kind, node.observer, anyone, None
+            return Planned(kind, node.observer, anyone)
         me = node.observer if by_observer else some_actor
-        return kind, me, anyone if kind == "power" else None, level
+        return Planned(kind, me, anyone if kind == "power" else None, level)
 
-    async def act(
-        self, rnd: int, node: Node, planned: tuple[str, Client, Client | None, Any]
-    ) -> None:
-        kind, me, target, level = planned
-        body = f"{node.label}-r{rnd}-{me.user_id.split(':')[0][1:]}-{uuid.uuid4().hex[:4]}"
-        step: Callable[[], Awaitable[Any]]
-        if kind == "message":
-            step = lambda: me.send(self.room, body)  # noqa: E731
-        elif kind in ("name", "topic"):
-            content = {"name": f"name {body}"} if kind == "name" else {"topic": f"topic {body}"}
-            step = lambda: me.put_state(self.room, f"m.room.{kind}", content)  # noqa: E731
-        elif kind == "power":
-            assert target is not None
-            step = lambda: self._set_power(me, target.user_id, level)  # noqa: E731
-        elif kind == "join":
-            step = lambda: me.join(self.room, [n.server.server_name for n in self.nodes if n.up])  # noqa: E731
-        elif kind == "leave":
-            step = lambda: me.membership(self.room, "leave")  # noqa: E731
-        else:
-            assert target is not None
-            step = lambda: me.membership(self.room, kind, user_id=target.user_id)  # noqa: E731
-        what = f"r{rnd} {node.label} {me.user_id} {kind}" + (
-            f" {target.user_id}" if target is not None else ""
-        )
-        if kind == "power":
-            what += f"={level}"
-        if kind in ("kick", "ban") and target is not None:
-            self.run.removed.add(target.user_id)
+    async def _do(self, p: Planned, body: str) -> Any:
+        """Carry out ``p``; the event id (or answer) of the server."""
+        if p.kind == "message":
+            return await p.me.send(self.room, body)
+        if p.kind in ("name", "topic"):
+            content = {p.kind: f"{p.kind} {body}"}
+            return await p.me.put_state(self.room, f"m.room.{p.kind}", content)
+        if p.kind == "join":
+            return await p.me.join(self.room, [n.server.server_name for n in self.nodes if n.up])
+        if p.kind == "leave":
+            return await p.me.membership(self.room, "leave")
+        assert p.target is not None
+        if p.kind == "power":
+            return await self._set_power(p.me, p.target.user_id, p.level)
+        return await p.me.membership(self.room, p.kind, user_id=p.target.user_id)
+
+    async def act(self, rnd: int, node: Node, p: Planned) -> None:
+        body = f"{node.label}-r{rnd}-{p.me.user_id.split(':')[0][1:]}-{uuid.uuid4().hex[:4]}"
+        what = f"r{rnd} {node.label} {p.me.user_id} {p.kind}"
+        if p.target is not None:
+            what += f" {p.target.user_id}" + (f"={p.level}" if p.kind == "power" else "")
+            if p.kind in ("kick", "ban"):
+                self.run.removed.add(p.target.user_id)
         try:
-            result = await asyncio.wait_for(step(), 60)
+            result = await asyncio.wait_for(self._do(p, body), 60)
         except MatrixError as e:
             errcode = e.body.get("errcode") if isinstance(e.body, dict) else None
             self.run.note(f"{what}: {e.status} {errcode}")
-            self.run.count(f"{kind} refused")
+            self.run.count(f"{p.kind} refused")
             return
         except (aiohttp.ClientError, TimeoutError) as e:
             self.run.note(f"{what}: no answer ({type(e).__name__})")
-            self.run.count(f"{kind} no answer")
+            self.run.count(f"{p.kind} no answer")
             return
-        self.run.count(f"{kind} ok")
-        if kind == "message":
-            self.run.sent.append(Sent(str(result), body, me.user_id))
+        self.run.count(f"{p.kind} ok")
+        if p.kind == "message":
+            self.run.sent.append(Sent(str(result), body, p.me.user_id))
             self.run.note(f"{what}: {result}")
         else:
             self.run.note(f"{what}: ok")
@@ -362,12 +369,29 @@ class Partition:
 def plan_partition(rng: random.Random, nodes: Sequence[Node], rounds: int) -> Partition | None:
     """Which server is stopped, from which round to which, and whether the
     others forget what they queued for it (only servers of ours can be made to)."""
-    if rounds < 3 or len(nodes) < 2:
+    if rounds < 4 or len(nodes) < 2:
         return None
     idx = rng.choice([i for i in range(1, len(nodes))])
     start = rng.randint(1, max(1, rounds // 3))
-    end = min(rounds - 1, start + rng.randint(2, max(2, rounds // 3)))
+    end = min(rounds - 2, start + rng.randint(2, max(2, rounds // 3)))
     return Partition(idx, start, end, rng.random() < 0.5)
+
+
+async def part_stop(run: Run, nodes: Sequence[Node], part: Partition, rnd: int) -> None:
+    p = nodes[part.node]
+    await p.stop()
+    run.note(f"r{rnd} partition: {p.label} stopped")
+
+
+async def part_end(run: Run, nodes: Sequence[Node], part: Partition, rnd: int) -> None:
+    p = nodes[part.node]
+    if part.forget_queues:
+        for n in nodes:
+            if n is not p:
+                dropped = await n.forget_queue_to(p)
+                run.note(f"r{rnd} {n.label} forgot {dropped} queued for {p.label}")
+    await p.start()
+    run.note(f"r{rnd} partition: {p.label} back")
 
 
 async def play(
@@ -383,31 +407,19 @@ async def play(
     actor = Actor(run, nodes, rng)
     t1 = time.monotonic()
     for rnd in range(run.rounds):
-        if part is not None and rnd == part.start:
-            p = nodes[part.node]
-            await p.stop()
-            run.note(f"r{rnd} partition: {p.label} stopped")
-        if part is not None and rnd == part.end:
-            p = nodes[part.node]
-            if part.forget_queues:
-                for n in nodes:
-                    if n is not p:
-                        dropped = await n.forget_queue_to(p)
-                        run.note(f"r{rnd} {n.label} forgot {dropped} queued for {p.label}")
-            await p.start()
-            run.note(f"r{rnd} partition: {p.label} back")
         # Plans are drawn for every node, up or not, so a seed's plan does
         # not depend on timing.
         planned = [(n, actor.plan(n)) for n in nodes for _ in range(ACTS_PER_ROUND)]
+        if part is not None and rnd == part.start:
+            await part_stop(run, nodes, part, rnd)
+        if part is not None and rnd == part.end:
+            await part_end(run, nodes, part, rnd)
+            # The others cite what the stopped server missed.
+            back = nodes[part.node]
+            planned += [(n, Planned("message", n.observer)) for n in nodes if n is not back]
         await asyncio.gather(*(actor.act(rnd, n, pl) for n, pl in planned if n.up))
     run.seconds["rounds"] = time.monotonic() - t1
-    for n in nodes:
-        if not n.up:
-            await n.start()
     t2 = time.monotonic()
-    await asyncio.gather(
-        *(actor.act(run.rounds, n, ("message", n.observer, None, None)) for n in nodes)
-    )
     snaps, diff = await quiesce(run, nodes, quiesce_s)
     run.seconds["quiesce"] = time.monotonic() - t2
     return snaps, diff
