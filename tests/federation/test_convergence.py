@@ -8,8 +8,8 @@ randomized run of tests/federation/convergence.py over three servers of
 ours (runs in CI) and over two of ours with Synapse (skipped without it).
 
 Environment (the soak, scripts/soak-convergence, sets them):
-``HOMESERVER_CONVERGENCE_SEED`` first seed (default 15),
-``HOMESERVER_CONVERGENCE_RUNS`` how many seeds from it (default 1),
+``HOMESERVER_CONVERGENCE_SEED`` first seed (default 16: room v11, then v12),
+``HOMESERVER_CONVERGENCE_RUNS`` how many seeds from it (default 2),
 ``HOMESERVER_CONVERGENCE_ROUNDS`` rounds per seed (default 16),
 ``HOMESERVER_CONVERGENCE_QUIESCE`` seconds to wait for agreement (default 90).
 """
@@ -147,8 +147,8 @@ async def make_nodes(
 async def converge(servers: Sequence[OurServer | SynapseServer]) -> None:
     """Play ``HOMESERVER_CONVERGENCE_RUNS`` seeds on the servers, each in a
     room of its own; fail listing every seed that did not converge."""
-    first = env_int("HOMESERVER_CONVERGENCE_SEED", 15)
-    runs = env_int("HOMESERVER_CONVERGENCE_RUNS", 1)
+    first = env_int("HOMESERVER_CONVERGENCE_SEED", 16)
+    runs = env_int("HOMESERVER_CONVERGENCE_RUNS", 2)
     rounds = env_int("HOMESERVER_CONVERGENCE_ROUNDS", 16)
     quiesce_s = float(env_int("HOMESERVER_CONVERGENCE_QUIESCE", 90))
     failed: list[int] = []
