@@ -23,6 +23,9 @@ empty and every server reports the same snapshot. The verdict compares, through 
 
 - the current state: the same event id for every (type, state_key);
 - the joined members;
+- ``homeserver verify`` on each server of ours: no drift between the
+  projections and a rebuild from the log (its state reset alarms are
+  reported, not failed on: a resolution may legitimately roll a key back);
 - the messages: every message that was sent successfully is shown by every
   server, except those of an actor who was ever the target of a kick or ban:
   a server that has not yet heard of the removal lets the actor send, and the
@@ -39,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sys
 import time
 import uuid
 from collections.abc import Sequence
@@ -48,7 +52,15 @@ from typing import Any
 import aiohttp
 import asyncpg
 
-from tests.federation.harness import CS, Client, MatrixError, OurServer, SynapseServer, q
+from tests.federation.harness import (
+    CS,
+    REPO,
+    Client,
+    MatrixError,
+    OurServer,
+    SynapseServer,
+    q,
+)
 
 ACTIONS: tuple[tuple[str, int], ...] = (
     ("message", 34),
@@ -104,6 +116,39 @@ class Node:
         finally:
             await conn.close()
 
+    async def verify(self, room_id: str) -> tuple[list[str], list[str]]:
+        """``homeserver verify --room`` on our server's database: the drift
+        lines (projections that differ from a rebuild from the log) and the
+        state reset alarm lines. Synapse: nothing to verify."""
+        srv = self.server
+        if not isinstance(srv, OurServer):
+            return [], []
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "homeserver.cli",
+            "verify",
+            "--server-name",
+            srv.server_name,
+            "--data-dir",
+            str(srv.data_dir),
+            "--database-url",
+            srv.db_url,
+            "--room",
+            room_id,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            cwd=REPO,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 120)
+        lines = out.decode(errors="replace").splitlines()
+        if proc.returncode not in (0, 1) or not any(
+            ln.startswith("state reset alarms:") for ln in lines
+        ):
+            return [f"verify failed ({proc.returncode}): {err.decode(errors='replace')[-500:]}"], []
+        drift = [ln for ln in lines if "rows missing" in ln]
+        return drift, [ln for ln in lines if ": state reset alarm: " in ln]
+
     async def forget_queue_to(self, other: Node) -> int:
         """Drop what our server queued for ``other`` (it must then fetch it)."""
         if not isinstance(self.server, OurServer):
@@ -157,6 +202,7 @@ class Run:
     sent: list[Sent] = field(default_factory=list)
     removed: set[str] = field(default_factory=set)  # actors ever targeted by a kick or ban
     outcomes: dict[str, int] = field(default_factory=dict)
+    alarms: dict[str, list[str]] = field(default_factory=dict)  # label -> verify's alarm lines
     seconds: dict[str, float] = field(default_factory=dict)
 
     def note(self, line: str) -> None:
@@ -422,6 +468,10 @@ async def play(
     t2 = time.monotonic()
     snaps, diff = await quiesce(run, nodes, quiesce_s)
     run.seconds["quiesce"] = time.monotonic() - t2
+    for n in nodes:
+        if n.ours:
+            drift, run.alarms[n.label] = await n.verify(run.room_id)
+            diff += [f"homeserver verify on {n.label}: {d}" for d in drift]
     return snaps, diff
 
 
@@ -452,6 +502,9 @@ async def quiesce(
 def report(run: Run, diff: Sequence[str]) -> str:
     lines = [run.header(), f"outcomes: {dict(sorted(run.outcomes.items()))}"]
     lines.append("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in run.seconds.items()))
+    counts = {label: len(a) for label, a in run.alarms.items()}
+    lines.append(f"homeserver verify: state reset alarms {counts}")
+    lines += [f"  {label}: {a}" for label, alarms in run.alarms.items() for a in alarms]
     if diff:
         lines.append(f"NOT CONVERGED ({len(diff)} differences):")
         lines += [f"  {d}" for d in diff]
