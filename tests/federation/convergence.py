@@ -147,7 +147,35 @@ class Node:
         ):
             return [f"verify failed ({proc.returncode}): {err.decode(errors='replace')[-500:]}"], []
         drift = [ln for ln in lines if "rows missing" in ln]
+        if any(": room_members: " in ln for ln in drift):
+            drift += await self.member_rows_off(room_id)
         return drift, [ln for ln in lines if ": state reset alarm: " in ln]
+
+    async def member_rows_off(self, room_id: str) -> list[str]:
+        """Where the room_members projection and current state disagree (the
+        detail behind verify's room_members count)."""
+        assert isinstance(self.server, OurServer)
+        conn = await asyncpg.connect(self.server.db_url)
+        try:
+            rows = await conn.fetch(
+                "SELECT user_id, membership, event_id FROM room_members WHERE room_id = $1",
+                room_id,
+            )
+            state = await conn.fetch(
+                "SELECT c.state_key, c.event_id, e.json::jsonb->'content'->>'membership' AS m "
+                "FROM current_state c JOIN events e USING (event_id) "
+                "WHERE c.room_id = $1 AND c.type = 'm.room.member'",
+                room_id,
+            )
+        finally:
+            await conn.close()
+        have = {r["user_id"]: (r["membership"], r["event_id"]) for r in rows}
+        want = {r["state_key"]: (r["m"], r["event_id"]) for r in state}
+        return [
+            f"  {u}: room_members {have.get(u)}, current state {want.get(u)}"
+            for u in sorted(set(have) | set(want))
+            if have.get(u) != want.get(u)
+        ]
 
     async def forget_queue_to(self, other: Node) -> int:
         """Drop what our server queued for ``other`` (it must then fetch it)."""
@@ -355,9 +383,8 @@ class Actor:
         self.run.count(f"{p.kind} ok")
         if p.kind == "message":
             self.run.sent.append(Sent(str(result), body, p.me.user_id))
-            self.run.note(f"{what}: {result}")
-        else:
-            self.run.note(f"{what}: ok")
+        event_id = isinstance(result, str) and result.startswith("$")
+        self.run.note(f"{what}: {result if event_id else 'ok'}")
 
     async def _set_power(self, me: Client, user_id: str, level: int) -> str:
         content = await me.state_event(self.room, "m.room.power_levels")
@@ -508,6 +535,7 @@ def report(run: Run, diff: Sequence[str]) -> str:
     if diff:
         lines.append(f"NOT CONVERGED ({len(diff)} differences):")
         lines += [f"  {d}" for d in diff]
+    if diff or any(run.alarms.values()):
         lines.append("plan as it happened:")
         lines += [f"  {line}" for line in run.log]
     return "\n".join(lines)
