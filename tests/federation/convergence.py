@@ -158,21 +158,23 @@ class Node:
         conn = await asyncpg.connect(self.server.db_url)
         try:
             rows = await conn.fetch(
-                "SELECT user_id, membership, event_id FROM room_members WHERE room_id = $1",
+                "SELECT user_id, membership, event_id, sender, stream_ordering "
+                "FROM room_members WHERE room_id = $1",
                 room_id,
             )
             state = await conn.fetch(
-                "SELECT c.state_key, c.event_id, e.json::jsonb->'content'->>'membership' AS m "
+                "SELECT c.state_key AS user_id, e.json::jsonb->'content'->>'membership' "
+                "AS membership, c.event_id, e.sender, e.stream_ordering "
                 "FROM current_state c JOIN events e USING (event_id) "
                 "WHERE c.room_id = $1 AND c.type = 'm.room.member'",
                 room_id,
             )
         finally:
             await conn.close()
-        have = {r["user_id"]: (r["membership"], r["event_id"]) for r in rows}
-        want = {r["state_key"]: (r["m"], r["event_id"]) for r in state}
+        have = {r["user_id"]: tuple(r) for r in rows}
+        want = {r["user_id"]: tuple(r) for r in state}
         return [
-            f"  {u}: room_members {have.get(u)}, current state {want.get(u)}"
+            f"  {u}: room_members {have.get(u)}, from current state {want.get(u)}"
             for u in sorted(set(have) | set(want))
             if have.get(u) != want.get(u)
         ]
