@@ -179,6 +179,26 @@ class Node:
             if have.get(u) != want.get(u)
         ]
 
+    async def event_status(self, event_id: str) -> str:
+        """How our server holds ``event_id`` (why a client may not see it)."""
+        if not isinstance(self.server, OurServer):
+            return "(Synapse: not inspected)"
+        conn = await asyncpg.connect(self.server.db_url)
+        try:
+            r = await conn.fetchrow(
+                "SELECT outlier, soft_failed, rejected_reason, stream_ordering "
+                "FROM events WHERE event_id = $1",
+                event_id,
+            )
+        finally:
+            await conn.close()
+        if r is None:
+            return "not stored"
+        flags = [k for k in ("outlier", "soft_failed") if r[k]]
+        if r["rejected_reason"]:
+            flags.append(f"rejected ({r['rejected_reason']})")
+        return f"stored at {r['stream_ordering']}" + (f", {', '.join(flags)}" if flags else "")
+
     async def forget_queue_to(self, other: Node) -> int:
         """Drop what our server queued for ``other`` (it must then fetch it)."""
         if not isinstance(self.server, OurServer):
@@ -497,6 +517,7 @@ async def play(
     t2 = time.monotonic()
     snaps, diff = await quiesce(run, nodes, quiesce_s)
     run.seconds["quiesce"] = time.monotonic() - t2
+    diff += await explain_missing(run, nodes, snaps)
     for n in nodes:
         if n.ours:
             drift, run.alarms[n.label] = await n.verify(run.room_id)
@@ -526,6 +547,21 @@ async def quiesce(
                 diff.append(f"{queued} events/EDUs still queued in our outboxes")
             return snaps, diff
         await asyncio.sleep(1.0)
+
+
+async def explain_missing(run: Run, nodes: Sequence[Node], snaps: Sequence[Snapshot]) -> list[str]:
+    """For each sent message a server of ours should show and does not: how
+    it holds it (only explains differences already found)."""
+    if not snaps:
+        return []
+    out = []
+    for m in run.sent:
+        if m.sender in run.removed:
+            continue
+        for n, snap in zip(nodes, snaps, strict=True):
+            if n.ours and m.event_id not in snap.messages:
+                out.append(f"{m.event_id} on {n.label}: {await n.event_status(m.event_id)}")
+    return out
 
 
 def report(run: Run, diff: Sequence[str]) -> str:
