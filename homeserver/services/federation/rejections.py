@@ -13,7 +13,8 @@ The leave sent then is the room's (built on its DAG by the resident); our
 own out-of-band leave already says the same to our clients, so it is not
 stored again. A rejection is no longer owed when the user's membership here
 has moved on (a new invite, a join), when the room answers that there is
-nothing to leave (403/404), or after ``GIVE_UP_MS``.
+nothing to leave (403/404), when our address filter forbids its servers, or
+after ``GIVE_UP_MS``.
 
 Owns (through RejectionStore): federation_pending_rejections.
 Depends on: RemoteRooms (leave_via), Projections (the user's membership).
@@ -147,6 +148,8 @@ class OwedRejections:
 
 def _final(e: FederationError | MatrixError) -> bool:
     """An answer that retrying will not change: the room refuses or does not
-    know the user (the invite was withdrawn, the user is already out)."""
-    status = e.status
-    return status in (403, 404)
+    know the user (the invite was withdrawn, the user is already out), or our
+    address filter forbids the server."""
+    if isinstance(e, FederationError) and e.blocked:
+        return True
+    return e.status in (403, 404)
