@@ -45,7 +45,8 @@ import random
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,16 +106,23 @@ class Node:
             await asyncio.to_thread(self.server.start)
         self.up = True
 
+    @asynccontextmanager
+    async def db(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection to our server's database (tests may look inside)."""
+        assert isinstance(self.server, OurServer)
+        conn = await asyncpg.connect(self.server.db_url)
+        try:
+            yield conn
+        finally:
+            await conn.close()
+
     async def outbox(self) -> int:
         """Events and EDUs our server still has to send (0 for Synapse,
         whose queue the run cannot see: agreement is the test there)."""
         if not isinstance(self.server, OurServer) or not self.up:
             return 0
-        conn = await asyncpg.connect(self.server.db_url)
-        try:
+        async with self.db() as conn:
             return int(await conn.fetchval("SELECT count(*) FROM federation_outbox"))
-        finally:
-            await conn.close()
 
     async def verify(self, room_id: str) -> tuple[list[str], list[str]]:
         """``homeserver verify --room`` on our server's database: the drift
@@ -154,9 +162,7 @@ class Node:
     async def member_rows_off(self, room_id: str) -> list[str]:
         """Where the room_members projection and current state disagree (the
         detail behind verify's room_members count)."""
-        assert isinstance(self.server, OurServer)
-        conn = await asyncpg.connect(self.server.db_url)
-        try:
+        async with self.db() as conn:
             rows = await conn.fetch(
                 "SELECT user_id, membership, event_id, sender, stream_ordering "
                 "FROM room_members WHERE room_id = $1",
@@ -169,8 +175,6 @@ class Node:
                 "WHERE c.room_id = $1 AND c.type = 'm.room.member'",
                 room_id,
             )
-        finally:
-            await conn.close()
         have = {r["user_id"]: tuple(r) for r in rows}
         want = {r["user_id"]: tuple(r) for r in state}
         return [
@@ -183,15 +187,12 @@ class Node:
         """How our server holds ``event_id`` (why a client may not see it)."""
         if not isinstance(self.server, OurServer):
             return "(Synapse: not inspected)"
-        conn = await asyncpg.connect(self.server.db_url)
-        try:
+        async with self.db() as conn:
             r = await conn.fetchrow(
                 "SELECT outlier, soft_failed, rejected_reason, stream_ordering "
                 "FROM events WHERE event_id = $1",
                 event_id,
             )
-        finally:
-            await conn.close()
         if r is None:
             return "not stored"
         flags = [k for k in ("outlier", "soft_failed") if r[k]]
@@ -203,14 +204,11 @@ class Node:
         """Drop what our server queued for ``other`` (it must then fetch it)."""
         if not isinstance(self.server, OurServer):
             return 0
-        conn = await asyncpg.connect(self.server.db_url)
-        try:
+        async with self.db() as conn:
             done = await conn.execute(
                 "DELETE FROM federation_outbox WHERE destination = $1", other.server.server_name
             )
-            return int(done.split()[-1])
-        finally:
-            await conn.close()
+        return int(done.split()[-1])
 
 
 @dataclass(frozen=True)
