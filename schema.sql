@@ -631,3 +631,19 @@ CREATE TABLE IF NOT EXISTS pushers (
     PRIMARY KEY (app_id, pushkey, user_id)
 );
 CREATE INDEX IF NOT EXISTS pushers_user ON pushers (user_id);
+
+-- ===================================================== invite rejections owed
+-- An invite rejected while no server of the room could be reached: the leave
+-- was made locally (out of band, leave_event_id); the rejection is sent
+-- through ``servers`` (make_leave/send_leave) once one answers.
+CREATE TABLE IF NOT EXISTS federation_pending_rejections (
+    user_id          text NOT NULL,
+    room_id          text NOT NULL,
+    leave_event_id   text NOT NULL,
+    servers          text[] NOT NULL,
+    content          text NOT NULL,
+    attempts         integer NOT NULL DEFAULT 0,
+    retry_after_ts   bigint NOT NULL,
+    created_ts       bigint NOT NULL,
+    PRIMARY KEY (user_id, room_id)
+);

@@ -8,8 +8,8 @@ import os
 import shutil
 import socket
 import tempfile
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 import aiohttp
@@ -80,6 +80,15 @@ async def running_server(
     finally:
         srv.stop()
         await drop_test_database(pg_url, url)
+
+
+@asynccontextmanager
+async def our_servers(
+    pg_url: str, names: Sequence[str], env: dict[str, str] | None = None
+) -> AsyncIterator[list[OurServer]]:
+    """Several processes of our server (``running_server`` each)."""
+    async with AsyncExitStack() as stack:
+        yield [await stack.enter_async_context(running_server(pg_url, n, env)) for n in names]
 
 
 @pytest.fixture(scope="module")

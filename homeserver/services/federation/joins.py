@@ -21,7 +21,7 @@ Implements ``RemoteMembership`` (services/membership.py) and
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from homeserver.core.auth import AuthError, check_auth
@@ -122,6 +122,11 @@ class RemoteRooms:
         self._eph = ephemeral
         self._sender = sender
         self._name = keys.server_name
+        # Told of a leave made locally because no server could be reached:
+        # (our leave, the servers tried, the leave's content).
+        self.rejected_locally: (
+            Callable[[Event, Sequence[str], dict[str, Any]], Awaitable[None]] | None
+        ) = None
 
     # ---------------------------------------------------------- candidates
     async def _candidates(self, user_id: str, room_id: str, servers: Sequence[str]) -> list[str]:
@@ -366,21 +371,32 @@ class RemoteRooms:
         last: Exception | None = None
         for server in candidates:
             try:
-                rv, template = await self._make(server, "leave", room_id, user_id, False)
-                ev = self._sign_template(rv, template, room_id, user_id, "leave", content)
-                await self._send(server, "leave", ev)
+                ev = await self.leave_via(server, user_id, room_id, content)
                 await self.commit_out_of_band(ev, ev.sender)
                 return ev.event_id
             except (FederationError, MatrixError) as e:
                 log.info("leaving %s via %s failed: %s", room_id, server, e)
                 last = e
-        # Nobody could be reached: still end the invite here, as the user asked.
+        # Nobody could be reached: still end the invite here, as the user asked
+        # (as Synapse does); the rejection is owed to the room's servers.
         local = await self._local_leave(user_id, room_id, content)
         if local is None:
             if isinstance(last, FederationError):
                 raise _federation_to_matrix(last, "Leave failed")
             raise last or not_found("No known servers for this room")
+        if self.rejected_locally is not None:
+            await self.rejected_locally(local, candidates, content)
         return local.event_id
+
+    async def leave_via(
+        self, server: str, user_id: str, room_id: str, content: dict[str, Any]
+    ) -> Event:
+        """``make_leave`` + ``send_leave`` through ``server``: our leave, as
+        the room's DAG has it there (not stored here)."""
+        rv, template = await self._make(server, "leave", room_id, user_id, False)
+        ev = self._sign_template(rv, template, room_id, user_id, "leave", content)
+        await self._send(server, "leave", ev)
+        return ev
 
     async def _local_leave(
         self, user_id: str, room_id: str, content: dict[str, Any]

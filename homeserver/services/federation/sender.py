@@ -21,7 +21,7 @@ import os
 import random
 import socket
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import asyncpg
@@ -77,6 +77,8 @@ class FederationSender:
         # Whether this process runs the sending duty (the federation-sender
         # lease, storage/leases.py); another process sends while it is not.
         self.active = True
+        # Told (at most every UP_RECHECK_S) that a destination contacted us.
+        self.up_listeners: list[Callable[[str], None]] = []
         # Sent transactions, for tests and metrics: destination → count.
         self.sent: dict[str, int] = {}
         self.failed: dict[str, int] = {}  # transactions that failed (retried later)
@@ -189,6 +191,8 @@ class FederationSender:
         if len(self._seen_up) > 100_000:
             self._seen_up.clear()
         self._seen_up[destination] = now
+        for listener in self.up_listeners:
+            listener(destination)
 
         async def reset() -> None:
             try:

@@ -3,7 +3,8 @@
 Owns: FederationClient (outgoing requests), Keyring (remote keys, request
 authentication), FederationSender (outbound queue), Ingest (receipt checks),
 FederationServer (served reads), RemoteRooms (our users in remote rooms),
-Resident (other servers' users in our rooms), Edus.
+Resident (other servers' users in our rooms), Edus, OwedRejections (invite
+rejections owed to servers that were unreachable).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from homeserver.services.federation.edus import Edus
 from homeserver.services.federation.ingest import Ingest
 from homeserver.services.federation.joins import RemoteRooms
 from homeserver.services.federation.keyring import Keyring
+from homeserver.services.federation.rejections import OwedRejections
 from homeserver.services.federation.resident import Resident
 from homeserver.services.federation.sender import FederationSender
 from homeserver.services.federation.served import FederationServer
@@ -32,6 +34,7 @@ from homeserver.storage.ephemeral import EphemeralStore
 from homeserver.storage.events import EventStore
 from homeserver.storage.federation import FederationStore
 from homeserver.storage.projections import Projections
+from homeserver.storage.rejections import RejectionStore
 
 log = logging.getLogger(__name__)
 
@@ -51,17 +54,20 @@ class Federation:
     resident: Resident
     edus: Edus
     backfiller: Backfiller
+    rejections: OwedRejections
 
     _housekeeping: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self.sender.start()
+        await self.rejections.start()
         self._housekeeping = asyncio.create_task(self._prune_received_txns())
 
     async def stop(self, drain_s: float = 10.0) -> None:
         if self._housekeeping is not None:
             self._housekeeping.cancel()
             await asyncio.gather(self._housekeeping, return_exceptions=True)
+        await self.rejections.stop()
         await self.sender.stop(drain_s)
         await self.client.close()
 
@@ -106,6 +112,19 @@ def build_federation(
     )
     edus = Edus(ephemeral, projections, store, sender, name)
     backfiller = Backfiller(events, store, ingest, client, name)
+    rejections = OwedRejections(RejectionStore(db), remote, projections)
+    sender.up_listeners.append(rejections.peer_is_up)
     return Federation(
-        name, store, client, keyring, sender, ingest, served, remote, resident, edus, backfiller
+        name,
+        store,
+        client,
+        keyring,
+        sender,
+        ingest,
+        served,
+        remote,
+        resident,
+        edus,
+        backfiller,
+        rejections,
     )
