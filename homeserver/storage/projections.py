@@ -181,6 +181,20 @@ class Projections:
             )
         # Current state and what derives from it.
         stream_of = {a.event.event_id: a.stream_ordering for a in accepted}
+        # A resolution can bring back member events of earlier appends: their
+        # rows carry the position those events were written at (as a rebuild
+        # derives them), not a placeholder.
+        older = [
+            ev.event_id
+            for (t, _), ev in state_delta.items()
+            if t == "m.room.member" and ev is not None and ev.event_id not in stream_of
+        ]
+        if older:
+            rows = await conn.fetch(
+                "SELECT event_id, stream_ordering FROM events WHERE event_id = ANY($1::text[])",
+                older,
+            )
+            stream_of.update({r["event_id"]: r["stream_ordering"] for r in rows})
         await self._apply_state(conn, room_id, state_delta, stream_of)
         if accepted and ("m.room.create", "") in state_delta:
             # The stats row was created just now by _apply_state.
@@ -255,7 +269,7 @@ class Projections:
             if is_local(user, self._server_name):
                 d_local += (new == "join") - (was == "join")
             if ev is not None:
-                rows.append(member_row(ev, stream_of.get(ev.event_id, 0)))
+                rows.append(member_row(ev, stream_of[ev.event_id]))
             else:
                 await conn.execute(
                     "DELETE FROM room_members WHERE room_id = $1 AND user_id = $2", room_id, user

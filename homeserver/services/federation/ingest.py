@@ -591,15 +591,21 @@ class Ingest:
         return group
 
     async def _soft_failed(self, conn: Any, ev: Event, before: Mapping[StateKey, str]) -> bool:
-        """6. Against the room's current state. When the event cites exactly
-        the room's forward extremities, the current state is the state
-        before it (the resolution of theirs), which check 5 already passed."""
+        """6. Against the room's current state — as the spec's servers do it,
+        the resolution of the current state (that of the forward extremities)
+        with the state before the event, so that an event from a branch we
+        merely have not merged yet is not hidden for good. When the event
+        cites exactly the room's extremities, that is the state before it,
+        which check 5 already passed."""
         ext = await self._store.forward_extremities(ev.room_id, conn)
         if set(ext) == set(ev.prev_events):
             return False
         current = await self._store.current_state_ids(ev.room_id, conn)
+        state = await self._persister.planner.resolver.resolve(
+            ev.room_version, ev.room_id, [current, before], conn=conn
+        )
         try:
-            check_auth(ev, await self.auth_map_from_state(ev, current))
+            check_auth(ev, await self.auth_map_from_state(ev, state))
         except (AuthError, LookupError) as e:
             log.info("soft-failing %s: %s", ev.event_id, e)
             return True
