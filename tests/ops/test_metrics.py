@@ -113,3 +113,18 @@ async def test_metrics_listener_is_separate() -> None:
     # Stopped: not alive (the database is still reachable through the CLI).
     out = run_cli("status", "--data-dir", str(proc.data), "--client-port", str(proc.port))
     assert out.returncode == 1 and "alive: no" in out.stdout, out.stdout + out.stderr
+
+
+def test_dashboard_graphs_families_we_export() -> None:
+    """docs/grafana-dashboard.json only names metric families the server has."""
+    import json
+
+    root = Path(__file__).resolve().parents[2]
+    dash = json.loads((root / "docs" / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    names = {n for e in exprs for n in re.findall(r"\b(homeserver_\w+|process_\w+)", e)}
+    assert names
+    known = (root / "homeserver" / "services" / "metrics.py").read_text()
+    for n in names:
+        base = re.sub(r"_(total|bucket|count|sum)$", "", n)
+        assert base in known or n.startswith("process_"), n
