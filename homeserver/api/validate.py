@@ -13,7 +13,15 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from homeserver.api.errors import UNSTORABLE, MatrixError, bad_json, invalid_param, missing_param
-from homeserver.core.ids import EventID, InvalidID, RoomAlias, RoomID, ServerName, UserID
+from homeserver.core.ids import (
+    EventID,
+    InvalidID,
+    RoomAlias,
+    RoomID,
+    ServerName,
+    UserID,
+    is_opaque_id,
+)
 
 T = TypeVar("T")
 
@@ -133,6 +141,15 @@ def event_id(value: str) -> EventID:
 
 def server_name(value: str) -> ServerName:
     return _typed_id(ServerName, value, "server name")
+
+
+def device_id(value: str | None) -> str | None:
+    """A client-chosen device id (absent: the server picks one). Device ids
+    name tokens and rows and travel to other servers, so they keep to the
+    opaque-id set, matched on the whole string."""
+    if value is not None and not is_opaque_id(value):
+        raise invalid_param("device_id must be 1-255 characters of A-Z a-z 0-9 . _ ~ - + / =")
+    return value
 
 
 def query_int(

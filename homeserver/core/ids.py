@@ -13,13 +13,16 @@ from typing import Self
 
 # Appendix "Server Name": hostname / IPv4 / [IPv6] with an optional port.
 _HOST_RE = re.compile(
-    r"^(?:\[[0-9A-Fa-f:.]{2,45}\]|\d{1,3}(?:\.\d{1,3}){3}|[A-Za-z0-9.-]{1,255})(?::(\d{1,5}))?$"
+    r"(?:\[[0-9A-Fa-f:.]{2,45}\]|\d{1,3}(?:\.\d{1,3}){3}|[A-Za-z0-9.-]{1,255})(?::(\d{1,5}))?"
 )
 # Appendix "User Identifiers": the historical grammar accepted on receipt.
-_LOCALPART_HISTORICAL_RE = re.compile(r"^[\x21-\x39\x3b-\x7e]+$")
+_LOCALPART_HISTORICAL_RE = re.compile(r"[\x21-\x39\x3b-\x7e]+")
 # Localparts we allow for *new* accounts (the strict grammar).
-_LOCALPART_STRICT_RE = re.compile(r"^[a-z0-9._=\-/+]+$")
-_OPAQUE_RE = re.compile(r"^[0-9A-Za-z._~\-+/=]+$")
+_LOCALPART_STRICT_RE = re.compile(r"[a-z0-9._=\-/+]+")
+_OPAQUE_RE = re.compile(r"[0-9A-Za-z._~\-+/=]+")
+# Whitespace, C0/C1 controls and surrogates: in no opaque part of a room id,
+# event id or alias (they would end up in logs, keys and the database).
+_UNPRINTABLE_RE = re.compile(r"[\s\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 MAX_ID_LENGTH = 255
 
@@ -28,10 +31,16 @@ class InvalidID(ValueError):
     """A string that does not follow the identifier grammar."""
 
 
+def _utf8_len(value: str) -> int:
+    """Length in UTF-8 bytes; a lone surrogate counts (and is refused later)
+    instead of raising UnicodeEncodeError out of a parser."""
+    return len(value.encode("utf-8", "surrogatepass"))
+
+
 def _split(kind: str, sigil: str, value: str) -> tuple[str, str]:
     if not isinstance(value, str) or not value.startswith(sigil):
         raise InvalidID(f"{kind} must start with {sigil!r}: {value!r}")
-    if len(value.encode()) > MAX_ID_LENGTH:
+    if _utf8_len(value) > MAX_ID_LENGTH:
         raise InvalidID(f"{kind} is longer than {MAX_ID_LENGTH} bytes")
     local, sep, server = value[1:].partition(":")
     if not sep or not local:
@@ -49,7 +58,7 @@ class ServerName(str):
     def parse(cls, value: str) -> Self:
         if not isinstance(value, str):
             raise InvalidID(f"server name must be a string: {value!r}")
-        m = _HOST_RE.match(value)
+        m = _HOST_RE.fullmatch(value)
         if not m or value.startswith(("-", ".")):
             raise InvalidID(f"invalid server name: {value!r}")
         port = m.group(1)
@@ -77,7 +86,7 @@ class UserID(str):
     @classmethod
     def parse(cls, value: str) -> Self:
         local, _ = _split("user id", "@", value)
-        if not _LOCALPART_HISTORICAL_RE.match(local):
+        if not _LOCALPART_HISTORICAL_RE.fullmatch(local):
             raise InvalidID(f"invalid user id localpart: {value!r}")
         return cls(value)
 
@@ -87,7 +96,7 @@ class UserID(str):
 
     @staticmethod
     def is_valid_new_localpart(localpart: str) -> bool:
-        return bool(_LOCALPART_STRICT_RE.match(localpart))
+        return len(localpart) < MAX_ID_LENGTH and bool(_LOCALPART_STRICT_RE.fullmatch(localpart))
 
     @property
     def localpart(self) -> str:
@@ -106,7 +115,7 @@ class RoomAlias(str):
     @classmethod
     def parse(cls, value: str) -> Self:
         local, _ = _split("room alias", "#", value)
-        if any(c in local for c in "\x00 "):
+        if _UNPRINTABLE_RE.search(local):
             raise InvalidID(f"invalid room alias: {value!r}")
         return cls(value)
 
@@ -128,10 +137,10 @@ class RoomID(str):
     def parse(cls, value: str) -> Self:
         if not isinstance(value, str) or not value.startswith("!") or len(value) < 2:
             raise InvalidID(f"room id must start with '!': {value!r}")
-        if len(value.encode()) > MAX_ID_LENGTH:
+        if _utf8_len(value) > MAX_ID_LENGTH:
             raise InvalidID(f"room id is longer than {MAX_ID_LENGTH} bytes")
         local, sep, server = value[1:].partition(":")
-        if not local or any(c.isspace() or c == "\x00" for c in local):
+        if not local or _UNPRINTABLE_RE.search(local):
             raise InvalidID(f"invalid room id: {value!r}")
         if sep:
             ServerName.parse(server)
@@ -152,13 +161,15 @@ class EventID(str):
     def parse(cls, value: str) -> Self:
         if not isinstance(value, str) or not value.startswith("$") or len(value) < 2:
             raise InvalidID(f"event id must start with '$': {value!r}")
-        if len(value.encode()) > MAX_ID_LENGTH:
+        if _utf8_len(value) > MAX_ID_LENGTH:
             raise InvalidID(f"event id is longer than {MAX_ID_LENGTH} bytes")
-        if any(c.isspace() or c == "\x00" for c in value):
+        if _UNPRINTABLE_RE.search(value):
             raise InvalidID(f"invalid event id: {value!r}")
         return cls(value)
 
 
 def is_opaque_id(value: str) -> bool:
-    """Opaque ids (transaction ids, device ids) use the URL-safe set."""
-    return bool(_OPAQUE_RE.match(value)) and len(value) <= MAX_ID_LENGTH
+    """Opaque ids (transaction ids, device ids) use the URL-safe set, matched
+    on the whole string (``re.match`` with ``$`` would let a final newline
+    through)."""
+    return bool(_OPAQUE_RE.fullmatch(value)) and len(value) <= MAX_ID_LENGTH

@@ -117,7 +117,7 @@ def sign_request(
     return f'X-Matrix origin="{origin}",destination="{destination}",key="{key_id(key)}",sig="{sig}"'
 
 
-_PARAM = re.compile(r'\s*([A-Za-z0-9_]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^,\s]*))\s*(?:,|$)')
+_PARAM = re.compile(r'\s*([A-Za-z0-9_]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^,\s]*))\s*(?:,|\Z)')
 
 
 def parse_x_matrix_header(value: str) -> XMatrixAuth:

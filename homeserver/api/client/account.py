@@ -40,7 +40,7 @@ async def register(request: web.Request) -> web.Response:
         raise MatrixError(403, "M_FORBIDDEN", "Registration has been disabled")
     username = v.get(body, "username", str, None)
     password = v.get(body, "password", str, None)
-    device_id = v.get(body, "device_id", str, None)
+    device_id = v.device_id(v.get(body, "device_id", str, None))
     display_name = v.get(body, "initial_device_display_name", str, None)
     inhibit_login = v.get(body, "inhibit_login", bool, False)
     auth = v.get(body, "auth", dict, None)
@@ -98,6 +98,7 @@ async def login(request: web.Request) -> web.Response:
     else:
         name = v.get(body, "user", str)  # the deprecated top-level form
     password = v.get(body, "password", str)
+    device_id = v.device_id(v.get(body, "device_id", str, None))
     try:
         user_id = accounts.user_id_for(name)
     except AccountError as e:
@@ -106,7 +107,7 @@ async def login(request: web.Request) -> web.Response:
         raise MatrixError(403, "M_FORBIDDEN", "Invalid username or password")
     session = await accounts.create_session(
         user_id,
-        v.get(body, "device_id", str, None),
+        device_id,
         v.get(body, "initial_device_display_name", str, None),
     )
     return json_response(
