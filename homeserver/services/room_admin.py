@@ -21,7 +21,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from homeserver.core.auth import get_user_power_level
+from homeserver.core.auth import get_required_level, get_user_power_level
 from homeserver.core.ids import UserID
 from homeserver.services.accounts import SYSTEM_LOCALPART
 from homeserver.services.clock import now_ms
@@ -42,6 +42,9 @@ from homeserver.storage.purge import purge_room
 from homeserver.storage.rooms import RoomStore
 
 log = logging.getLogger(__name__)
+
+# The state events whose power defines who may end a room.
+_OWNER_EVENTS = ("m.room.tombstone", "m.room.power_levels")
 
 OWNER_LEFT = "The room's owner left, so the room is closed"
 
@@ -90,15 +93,21 @@ class RoomAdminService:
         await self._audit_store.audit(now_ms(), admin, action, target, details)
 
     async def check_owner(self, room_id: str, user_id: str) -> None:
-        """The caller must be joined and hold the room's highest power."""
+        """A user may delete a room only if the room's own rules would let
+        them end it: their power level in its m.room.power_levels suffices
+        to send both m.room.tombstone and m.room.power_levels. Who else is
+        present does not matter — a newcomer in an abandoned room is not its
+        owner because the admins left."""
         await self._state.require_joined(room_id, user_id)
         pl = await self._state.event(room_id, "m.room.power_levels")
         create = await self._state.event(room_id, "m.room.create")
         mine = get_user_power_level(user_id, pl, create)
-        members = await self._state.projections.members(room_id, ["join"])
-        top = max(get_user_power_level(m["user_id"], pl, create) for m in members)
-        if mine < top:
-            raise forbidden("Only a member with the room's highest power level may delete it")
+        needed = max(get_required_level(t, True, pl) for t in _OWNER_EVENTS)
+        if mine < needed:
+            raise forbidden(
+                "Only a user allowed to send m.room.tombstone and m.room.power_levels "
+                "may delete this room"
+            )
 
     async def delete_room(
         self,
