@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 MAX_DEPTH = 2**53 - 1
 MAX_PREV_EVENTS = 10
 MAX_BATCH = 200
+# Events built between two yields to the event loop (see _build_request).
+_BUILD_SLICE = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -422,7 +424,12 @@ class EventCreator:
         """Build and authorise each draft on top of ``ctx``, advancing it."""
         entries: list[Pending] = []
         events: list[Event] = []
-        for d in drafts:
+        for i, d in enumerate(drafts):
+            if i and i % _BUILD_SLICE == 0:
+                # Hashing and signing are CPU work: a long batch (createRoom
+                # with initial_state and invites) lets other requests run
+                # between slices instead of stalling the process.
+                await asyncio.sleep(0)
             if d.require_membership is not None:
                 await self._check_membership(ctx, *d.require_membership)
             types = auth_types_for_event(ctx.room_version, d.type, d.state_key, d.sender, d.content)

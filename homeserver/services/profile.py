@@ -34,6 +34,11 @@ class ProfileService:
     async def get_if_exists(self, user_id: str) -> Profile | None:
         return await self._accounts.get_profile(user_id)
 
+    async def get_many(self, user_ids: list[str]) -> dict[str, Profile]:
+        """Profiles of the existing users among ``user_ids`` (one round trip,
+        not one per user: createRoom's invite list)."""
+        return await self._accounts.get_profiles(user_ids) if user_ids else {}
+
     async def exists(self, user_id: str) -> bool:
         return await self._accounts.user_exists(user_id)
 

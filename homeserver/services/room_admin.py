@@ -211,7 +211,7 @@ class RoomAdminService:
             if value is not None:
                 body[key] = value
         system = str(self.system_user)
-        room_id = await self._creation.create_room(system, body, owner=spec.owner)
+        room_id = await self._creation.create_room(system, body, owner=spec.owner, capped=False)
         for user in sorted(spec.add):
             await self._membership.join(user, room_id)
         await self._step_down(room_id, system)

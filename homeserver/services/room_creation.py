@@ -45,6 +45,13 @@ KIND = "io.homeserver.kind"
 OWNER = "io.homeserver.owner"
 OWNER_BOUND = "io.homeserver.owner_bound"
 
+# Caps on one createRoom (issue 16, "unbounded work per request"): every
+# entry is an event to hash, sign, authorise and give a state group, inside
+# one request. Clients put a handful of entries here; more state and more
+# invites can follow the creation, under the send and invite rate limits.
+MAX_INITIAL_STATE = 50
+MAX_INVITES = 50
+
 PRESETS: dict[str, dict[str, Any]] = {
     "private_chat": {
         "join_rule": "invite",
@@ -123,11 +130,18 @@ class RoomCreationService:
         return _kind_of(create) == "public"
 
     async def create_room(
-        self, user_id: str, body: Mapping[str, Any], *, owner: str | None = None
+        self,
+        user_id: str,
+        body: Mapping[str, Any],
+        *,
+        owner: str | None = None,
+        capped: bool = True,
     ) -> str:
         """Create a room as ``user_id``. ``owner`` (operator creation only)
         names another user who gets the owner's power: a creator in room
-        versions with privileged creators, else the admin level."""
+        versions with privileged creators, else the admin level. ``capped``:
+        hold the request to MAX_INITIAL_STATE and MAX_INVITES (operators,
+        who are trusted, are not)."""
         # -- validate the whole request before writing anything
         creation_content = _obj(body, "creation_content")
         kind = creation_content.get(KIND)
@@ -171,6 +185,10 @@ class RoomCreationService:
         invites = body.get("invite", [])
         if not isinstance(invites, list) or not all(isinstance(u, str) for u in invites):
             raise bad_json("invite must be an array of user ids")
+        if capped and len(invites) > MAX_INVITES:
+            raise invalid_param(
+                f"invite may list at most {MAX_INVITES} users; invite more after creation"
+            )
         try:
             invitees = [UserID.parse(u) for u in invites]
         except InvalidID as e:
@@ -188,6 +206,11 @@ class RoomCreationService:
         initial_state = body.get("initial_state", [])
         if not isinstance(initial_state, list):
             raise bad_json("initial_state must be an array")
+        if capped and len(initial_state) > MAX_INITIAL_STATE:
+            raise invalid_param(
+                f"initial_state may hold at most {MAX_INITIAL_STATE} events; "
+                "send more state after creation"
+            )
         for ev in initial_state:
             if (
                 not isinstance(ev, dict)
@@ -275,6 +298,8 @@ class RoomCreationService:
         if topic is not None:
             add("m.room.topic", {"topic": topic})
         remote_invitees = []
+        local_invitees = [u for u in invitees if u.server_name == self._server_name]
+        profiles = await self._profiles.get_many(local_invitees)
         for u in invitees:
             if u == user_id:
                 continue
@@ -284,12 +309,11 @@ class RoomCreationService:
             content: dict[str, Any] = {"membership": "invite"}
             if is_direct:
                 content["is_direct"] = True
-            if u.server_name == self._server_name:
-                p = await self._profiles.get_if_exists(u)
-                if p is None:
-                    raise MatrixError(404, "M_NOT_FOUND", f"Unknown user {u}")
-                if p.displayname:
-                    content["displayname"] = p.displayname
+            p = profiles.get(u)
+            if p is None:
+                raise MatrixError(404, "M_NOT_FOUND", f"Unknown user {u}")
+            if p.displayname:
+                content["displayname"] = p.displayname
             add("m.room.member", content, u)
         try:
             room_id, events = await self._creator.create_room(rv, drafts)

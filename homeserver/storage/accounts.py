@@ -162,6 +162,14 @@ class AccountStore:
         )
         return Profile(row["displayname"], row["avatar_url"]) if row else None
 
+    async def get_profiles(self, user_ids: list[str]) -> dict[str, Profile]:
+        """The profiles of those of ``user_ids`` that exist, in one query."""
+        rows = await self._db.fetch(
+            "SELECT user_id, displayname, avatar_url FROM profiles WHERE user_id = ANY($1)",
+            user_ids,
+        )
+        return {r["user_id"]: Profile(r["displayname"], r["avatar_url"]) for r in rows}
+
     async def set_profile_field(self, user_id: str, field: str, value: str | None) -> None:
         assert field in ("displayname", "avatar_url")
         await self._db.execute(

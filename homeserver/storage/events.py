@@ -85,6 +85,16 @@ class _LRU(OrderedDict[Any, Any]):
             self.popitem(last=False)
 
 
+# A state group and its entries in one statement (see create_state_group).
+_NEW_STATE_GROUP = (
+    "WITH g AS (INSERT INTO state_groups (group_id, room_id, prev_group, chain_length) "
+    "  VALUES (nextval('state_group_seq'), $1, $2, $3) RETURNING group_id), "
+    "e AS (INSERT INTO state_group_entries (group_id, room_id, type, state_key, event_id) "
+    "  SELECT g.group_id, $1, u.t, u.sk, u.ev FROM g, "
+    "  unnest($4::text[], $5::text[], $6::text[]) AS u(t, sk, ev)) "
+    "SELECT group_id FROM g"
+)
+
 # The highest position below which nothing can still appear: just under the
 # oldest position reserved by a writer that has not committed yet.
 CURRENT_POSITION_SQL = (
@@ -194,6 +204,7 @@ class EventStore:
         self._db = db
         self._events: _LRU = _LRU(50_000)
         self._groups: _LRU = _LRU(2_000)
+        self._chains: _LRU = _LRU(20_000)  # group id → chain length (never changes)
         self._room_versions: dict[str, RoomVersion] = {}
 
     @property
@@ -423,36 +434,39 @@ class EventStore:
         full_state: Mapping[StateKey, str],
     ) -> int:
         """A new state group equal to ``full_state``: stored as ``delta``
-        against ``prev_group`` unless the chain is too long (then in full)."""
+        against ``prev_group`` unless the chain is too long (then in full).
+
+        One round trip (``_NEW_STATE_GROUP``) when the previous group's chain
+        length is known here — it is for groups this process wrote or read —
+        instead of four: a createRoom writes one group per state event."""
         chain = 0
         if prev_group is not None:
-            chain = int(
-                await conn.fetchval(
+            known = self._chains.get_(prev_group)
+            if known is None:
+                known = await conn.fetchval(
                     "SELECT chain_length FROM state_groups WHERE group_id = $1", prev_group
                 )
-                or 0
-            )
-        group_id = int(await conn.fetchval("SELECT nextval('state_group_seq')"))
+            chain = int(known or 0)
         if prev_group is None or chain + 1 > MAX_STATE_CHAIN:
             prev_group, chain = None, 0
             entries: Iterable[tuple[StateKey, str | None]] = full_state.items()
         else:
             chain += 1
             entries = delta.items()
-        await conn.execute(
-            "INSERT INTO state_groups (group_id, room_id, prev_group, chain_length) "
-            "VALUES ($1,$2,$3,$4)",
-            group_id,
-            room_id,
-            prev_group,
-            chain,
-        )
-        await conn.copy_records_to_table(
-            "state_group_entries",
-            records=[(group_id, room_id, t, sk, ev) for (t, sk), ev in entries],
-            columns=["group_id", "room_id", "type", "state_key", "event_id"],
+        rows = list(entries)
+        group_id = int(
+            await conn.fetchval(
+                _NEW_STATE_GROUP,
+                room_id,
+                prev_group,
+                chain,
+                [t for (t, _), _ in rows],
+                [sk for (_, sk), _ in rows],
+                [ev for _, ev in rows],
+            )
         )
         self._groups.put(group_id, dict(full_state))
+        self._chains.put(group_id, chain)
         return group_id
 
     # ---------------------------------------------------------------- reads
