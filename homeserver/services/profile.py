@@ -8,6 +8,7 @@ specification recommends and clients expect.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from homeserver.core.auth import AuthError
 from homeserver.services.errors import not_found
@@ -34,7 +35,7 @@ class ProfileService:
     async def get_if_exists(self, user_id: str) -> Profile | None:
         return await self._accounts.get_profile(user_id)
 
-    async def get_many(self, user_ids: list[str]) -> dict[str, Profile]:
+    async def get_many(self, user_ids: Sequence[str]) -> dict[str, Profile]:
         """Profiles of the existing users among ``user_ids`` (one round trip,
         not one per user: createRoom's invite list)."""
         return await self._accounts.get_profiles(user_ids) if user_ids else {}

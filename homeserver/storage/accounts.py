@@ -3,6 +3,7 @@ devices, access_tokens)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -162,11 +163,11 @@ class AccountStore:
         )
         return Profile(row["displayname"], row["avatar_url"]) if row else None
 
-    async def get_profiles(self, user_ids: list[str]) -> dict[str, Profile]:
+    async def get_profiles(self, user_ids: Sequence[str]) -> dict[str, Profile]:
         """The profiles of those of ``user_ids`` that exist, in one query."""
         rows = await self._db.fetch(
             "SELECT user_id, displayname, avatar_url FROM profiles WHERE user_id = ANY($1)",
-            user_ids,
+            list(user_ids),
         )
         return {r["user_id"]: Profile(r["displayname"], r["avatar_url"]) for r in rows}
 
