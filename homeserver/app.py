@@ -52,6 +52,14 @@ from homeserver.api.federation import leaves as fed_leaves
 from homeserver.api.federation import queries as fed_queries
 from homeserver.api.federation import transactions as fed_transactions
 from homeserver.api.federation.common import FEDERATION
+from homeserver.api.listeners import (
+    CONNECTIONS,
+    ConnectionLimits,
+    ConnectionRegistry,
+    GuardedSite,
+    Listener,
+    listener_middleware,
+)
 from homeserver.api.metrics import metrics_app, metrics_middleware
 from homeserver.config import Config, redact_url
 from homeserver.services.account_data import AccountDataService
@@ -135,9 +143,10 @@ def create_app(
 ) -> web.Application:
     """The aiohttp application with every service wired in."""
     app = web.Application(
-        middlewares=[metrics_middleware, cors_middleware, error_middleware],
+        middlewares=[metrics_middleware, cors_middleware, error_middleware, listener_middleware],
         client_max_size=MAX_BODY,
     )
+    app[CONNECTIONS] = ConnectionRegistry()
     server_keys = server_keys or ServerKeys(
         config.server_name,
         load_or_create_signing_key(config.signing_key_path),
@@ -464,13 +473,17 @@ class Server:
         await self._runner.setup()
         ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ssl_ctx.load_cert_chain(cfg.certificate_path, cfg.private_key_path)
-        bind = cfg.listen.bind
-        for what, port, ctx in (
-            ("client", cfg.listen.client_port, None),
-            ("federation", cfg.listen.federation_port, ssl_ctx),
+        lc, bind = cfg.listen, cfg.listen.bind
+        limits = ConnectionLimits(
+            lc.header_timeout, lc.idle_timeout, lc.max_connections_per_address
+        )
+        for what, port, ctx, resources in (
+            ("client", lc.client_port, None, lc.client_resources),
+            ("federation", lc.federation_port, ssl_ctx, lc.federation_resources),
         ):
+            listener = Listener(what, resources, limits, app[CONNECTIONS])
             try:
-                await web.TCPSite(self._runner, bind, port, ssl_context=ctx).start()
+                await GuardedSite(self._runner, bind, port, listener, ssl_context=ctx).start()
             except OSError as e:
                 raise StartupError(
                     f"cannot listen on {bind}:{port} ({what} port): {e.strerror or e}"

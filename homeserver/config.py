@@ -28,6 +28,10 @@ class ConfigError(ValueError):
     """A configuration value that cannot be used; the message names the key."""
 
 
+# What a listener can serve (see api/listeners.py for the paths of each).
+LISTENER_RESOURCES = frozenset({"client", "admin", "federation", "keys"})
+
+
 @dataclass(frozen=True, slots=True)
 class ListenConfig:
     bind: str = "127.0.0.1"
@@ -35,6 +39,17 @@ class ListenConfig:
     federation_port: int = 8448
     metrics_port: int = 0  # 0: no metrics listener
     metrics_bind: str = "127.0.0.1"
+    # Each listener serves only these resources (DESIGN rule 15).
+    client_resources: frozenset[str] = frozenset({"client", "admin"})
+    federation_resources: frozenset[str] = frozenset({"federation", "keys"})
+    # Seconds: request headers (and a TLS handshake) must be complete this
+    # long after the connection or the request's first byte; a kept-alive
+    # connection with no request is closed after idle_timeout; a body must
+    # arrive within body_timeout.
+    header_timeout: int = 15
+    idle_timeout: int = 60
+    body_timeout: int = 60
+    max_connections_per_address: int = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +78,13 @@ class FederationConfig:
 class RegistrationConfig:
     enabled: bool = True
     shared_secret: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DirectoryConfig:
+    # Synapse's allow_public_rooms_without_auth: GET /publicRooms without a
+    # token is refused unless the operator opens it.
+    allow_public_rooms_without_auth: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +119,7 @@ class Config:
     # SIGTERM: how long in-flight requests (and a federation transaction on
     # the wire) may take to finish before they are cut.
     shutdown_grace_s: int = 10
+    directory: DirectoryConfig = DirectoryConfig()
 
     @property
     def signing_key_path(self) -> Path:
@@ -132,6 +155,12 @@ _KEYS: dict[str, tuple[type, Any]] = {
     "listen.federation_port": (int, 8448),
     "listen.metrics_port": (int, 0),
     "listen.metrics_bind": (str, "127.0.0.1"),
+    "listen.client_resources": (list, ["client", "admin"]),
+    "listen.federation_resources": (list, ["federation", "keys"]),
+    "listen.header_timeout": (int, 15),
+    "listen.idle_timeout": (int, 60),
+    "listen.body_timeout": (int, 60),
+    "listen.max_connections_per_address": (int, 100),
     "tls.certificate": (type(None), None),
     "tls.private_key": (type(None), None),
     "federation.verify_certificates": (bool, True),
@@ -146,6 +175,7 @@ _KEYS: dict[str, tuple[type, Any]] = {
     "voip.turn_shared_secret": (type(None), None),
     "voip.turn_user_lifetime_ms": (int, 86_400_000),
     "shutdown.grace_seconds": (int, 10),
+    "directory.allow_public_rooms_without_auth": (bool, False),
 }
 
 
@@ -206,6 +236,49 @@ def _is_loopback(bind: str) -> bool:
         return ipaddress.ip_address(bind).is_loopback
     except ValueError:
         return False
+
+
+def _resources(key: str, value: list[Any]) -> frozenset[str]:
+    names = frozenset(str(v) for v in value)
+    unknown = names - LISTENER_RESOURCES
+    if unknown:
+        raise ConfigError(
+            f"{key}: unknown resource(s) {sorted(unknown)}; known: {sorted(LISTENER_RESOURCES)}"
+        )
+    return names
+
+
+def _positive(key: str, value: int) -> int:
+    if value < 1:
+        raise ConfigError(f"{key}: must be at least 1, got {value}")
+    return value
+
+
+def _listen(values: Mapping[str, Any]) -> ListenConfig:
+    return ListenConfig(
+        bind=values["listen.bind"],
+        client_port=_port("listen.client_port", values["listen.client_port"]),
+        federation_port=_port("listen.federation_port", values["listen.federation_port"]),
+        metrics_port=(
+            _port("listen.metrics_port", values["listen.metrics_port"])
+            if values["listen.metrics_port"]
+            else 0
+        ),
+        metrics_bind=values["listen.metrics_bind"],
+        client_resources=_resources("listen.client_resources", values["listen.client_resources"]),
+        federation_resources=_resources(
+            "listen.federation_resources", values["listen.federation_resources"]
+        ),
+        **{
+            k: _positive(f"listen.{k}", values[f"listen.{k}"])
+            for k in (
+                "header_timeout",
+                "idle_timeout",
+                "body_timeout",
+                "max_connections_per_address",
+            )
+        },
+    )
 
 
 def _port(key: str, value: int) -> int:
@@ -304,17 +377,7 @@ def load_config(
         server_name=server_name,
         data_dir=Path(values["data_dir"]).expanduser().resolve(),
         database_url=db,
-        listen=ListenConfig(
-            bind=bind,
-            client_port=_port("listen.client_port", values["listen.client_port"]),
-            federation_port=_port("listen.federation_port", values["listen.federation_port"]),
-            metrics_port=(
-                _port("listen.metrics_port", values["listen.metrics_port"])
-                if values["listen.metrics_port"]
-                else 0
-            ),
-            metrics_bind=values["listen.metrics_bind"],
-        ),
+        listen=_listen(values),
         tls=TLSConfig(
             certificate=Path(cert) if cert else None, private_key=Path(key) if key else None
         ),
@@ -330,6 +393,9 @@ def load_config(
         rooms=RoomsConfig(transient_purge_after_ms=values["rooms.transient_purge_after_ms"]),
         voip=_voip(values),
         shutdown_grace_s=_grace(values["shutdown.grace_seconds"]),
+        directory=DirectoryConfig(
+            allow_public_rooms_without_auth=values["directory.allow_public_rooms_without_auth"]
+        ),
     )
 
 

@@ -16,6 +16,7 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -116,8 +117,13 @@ async def db(db_url: str) -> AsyncIterator[Database]:
 
 
 @pytest.fixture
-def config(tmp_path: Path) -> Config:
-    return make_config(tmp_path)
+def config(request: pytest.FixtureRequest, tmp_path: Path) -> Config:
+    """The test server's config; ``@pytest.mark.config({"dotted.key": value})``
+    on a test or module sets more keys explicitly."""
+    overrides: dict[str, Any] = {}
+    for marker in reversed(list(request.node.iter_markers("config"))):
+        overrides.update(marker.args[0])
+    return make_config(tmp_path, **overrides)
 
 
 @pytest.fixture

@@ -7,12 +7,14 @@ Handlers never touch raw JSON twice: a body that is not JSON or not UTF-8 is
 
 from __future__ import annotations
 
-import json
+import asyncio
 from typing import Any, TypeVar
 
 from aiohttp import web
 
+from homeserver.api.appkeys import CONFIG
 from homeserver.api.errors import UNSTORABLE, MatrixError, bad_json, invalid_param, missing_param
+from homeserver.core.canonical import MAX_JSON_DEPTH, JSONTooDeep, parse_json
 from homeserver.core.ids import (
     EventID,
     InvalidID,
@@ -28,30 +30,49 @@ T = TypeVar("T")
 _MISSING: Any = object()
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
+async def read_body(request: web.Request) -> bytes:
+    """The raw body, which must arrive within ``listen.body_timeout``
+    seconds: a client that sends headers and then trickles (or withholds)
+    its body does not hold a handler forever."""
+    try:
+        async with asyncio.timeout(request.app[CONFIG].listen.body_timeout):
+            return await request.read()
+    except TimeoutError as e:
+        raise MatrixError(408, "M_UNKNOWN", "Request body not received in time") from e
 
 
 async def read_json(request: web.Request, *, allow_empty: bool = False) -> dict[str, Any]:
     """The request body as a JSON object (``{}`` for an empty body when allowed)."""
-    raw = await request.read()
+    raw = await read_body(request)
     if not raw.strip():
         if allow_empty:
             return {}
         raise MatrixError(400, "M_NOT_JSON", "Request body is empty; expected a JSON object")
-    try:
-        text = raw.decode("utf-8")
-        body = json.loads(text, parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError) as e:
-        raise MatrixError(400, "M_NOT_JSON", "Content not JSON.") from e
+    body = parse_body(raw)
     if not isinstance(body, dict):
         raise MatrixError(400, "M_NOT_JSON", "Request body must be a JSON object")
-    if "\\u" in text:
+    return body
+
+
+def parse_body(raw: bytes | str, what: str = "Content", *, check_text: bool = True) -> Any:
+    """Bytes from the network as a JSON value, on both listeners: not UTF-8
+    or not JSON → M_NOT_JSON; nested deeper than ``MAX_JSON_DEPTH`` →
+    M_BAD_JSON (checked before parsing, so 100,000 levels are no 500).
+    With ``check_text``, U+0000 or a lone surrogate in a string →
+    M_BAD_JSON / M_NOT_JSON (federation judges each PDU instead)."""
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        value = parse_json(text)
+    except JSONTooDeep as e:
+        raise bad_json(f"{what} nested deeper than {MAX_JSON_DEPTH} levels") from e
+    except (UnicodeDecodeError, ValueError) as e:
+        raise MatrixError(400, "M_NOT_JSON", f"{what} not JSON.") from e
+    if check_text and "\\u" in text:
         # Only an escape can put U+0000 or a lone surrogate into a parsed
         # string (raw ones fail UTF-8 decoding or JSON parsing above), so
         # bodies without one skip the walk.
-        check_strings(body)
-    return body
+        check_strings(value)
+    return value
 
 
 def check_strings(value: Any) -> None:

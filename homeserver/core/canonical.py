@@ -11,7 +11,10 @@ content hash covers the event without ``unsigned``, ``signatures`` and
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 from collections.abc import Mapping
+from itertools import accumulate
 from typing import Any
 
 import canonicaljson
@@ -20,6 +23,12 @@ from unpaddedbase64 import encode_base64
 from homeserver.core.room_versions import RoomVersion
 
 MAX_SAFE_INT = 2**53 - 1
+
+# Arrays and objects nested deeper than this are refused before parsing:
+# Python's parser and every walk over the value (canonical encoding, the
+# checks below) recurse, and 100,000 levels of ``[`` raise RecursionError.
+# No Matrix payload comes near it (an event in a transaction is at level 3).
+MAX_JSON_DEPTH = 100
 
 
 class CanonicalJSONError(ValueError):
@@ -153,3 +162,43 @@ def redact(pdu: Mapping[str, Any], rv: RoomVersion) -> dict[str, Any]:
             new_content["third_party_invite"] = {"signed": tpi["signed"]} if "signed" in tpi else {}
     out["content"] = new_content
     return out
+
+
+# ------------------------------------------------------------ parsing
+
+
+class JSONTooDeep(ValueError):
+    """JSON nested deeper than ``MAX_JSON_DEPTH``."""
+
+
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_BRACKET_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
+
+
+def json_nesting_exceeds(text: str, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether ``text`` nests arrays and objects deeper than ``limit``,
+    found without parsing (so without recursion): strings are cut out, then
+    the running sum of brackets is taken in C (``accumulate``). On text that
+    is not JSON the answer may be wrong, but never lower than the depth a
+    parser would reach before failing."""
+    brackets = _NOT_BRACKET.sub("", _JSON_STRING.sub("", text))
+    if len(brackets) <= limit:
+        return False  # fewer brackets than the limit: cannot be deeper
+    return max(accumulate(map(_BRACKET_STEP.__getitem__, brackets))) > limit
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_json(text: str, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """``text`` as a JSON value: ``JSONTooDeep`` when nested deeper than
+    ``max_depth``, ``ValueError`` when not JSON (``NaN`` and ``Infinity``
+    included, which JSON does not have)."""
+    if json_nesting_exceeds(text, max_depth):
+        raise JSONTooDeep(f"JSON nested deeper than {max_depth} levels")
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except RecursionError as e:  # not reachable under the limit; never a 500
+        raise JSONTooDeep("JSON nested too deeply") from e

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from homeserver.api import validate as v
-from homeserver.api.appkeys import DIRECTORY
+from homeserver.api.appkeys import CONFIG, DIRECTORY
 from homeserver.api.auth import require_user
 from homeserver.api.errors import MatrixError, json_response
 from homeserver.core.ids import RoomAlias
@@ -68,6 +68,10 @@ async def set_visibility(request: web.Request) -> web.Response:
 
 @routes.get(P + "/publicRooms")
 async def public_rooms_get(request: web.Request) -> web.Response:
+    # The spec lets servers require a token here; like Synapse's
+    # allow_public_rooms_without_auth, ours does unless the operator opens it.
+    if not request.app[CONFIG].directory.allow_public_rooms_without_auth:
+        await require_user(request)
     limit = v.query_int(request, "limit", 0, lo=0) or None
     server = request.query.get("server")
     if server is not None:

@@ -3,7 +3,6 @@ events, members and /messages (Client-Server API "Rooms" and "Events")."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from aiohttp import web
@@ -172,10 +171,7 @@ def event_filter_param(request: web.Request) -> EventFilter | None:
     """The ``filter`` query parameter (a RoomEventFilter as JSON), if given."""
     if "filter" not in request.query:
         return None
-    try:
-        raw = json.loads(request.query["filter"])
-    except ValueError as e:
-        raise MatrixError(400, "M_NOT_JSON", "filter is not JSON") from e
+    raw = v.parse_body(request.query["filter"], "filter")
     if not isinstance(raw, dict):
         raise MatrixError(400, "M_BAD_JSON", "filter must be an object")
     return EventFilter.from_json(raw)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from aiohttp import web
 
 from homeserver.api import validate as v
@@ -32,10 +30,7 @@ async def sync(request: web.Request) -> web.Response:
     raw = q.get("filter")
     if raw:
         if raw.lstrip().startswith("{"):
-            try:
-                obj = json.loads(raw)
-            except ValueError as e:
-                raise MatrixError(400, "M_NOT_JSON", "filter is not valid JSON") from e
+            obj = v.parse_body(raw, "filter")
         else:
             try:
                 fid = int(raw)

@@ -1,19 +1,22 @@
 """What every federation handler shares: the X-Matrix check of the caller.
 
-``authenticate`` reads the body (when there is one), verifies the request's
-``Authorization: X-Matrix`` signature against the origin's keys and our own
-name as destination, and answers 401 ``M_UNAUTHORIZED`` when it does not
-hold. A request from a server also tells the sender that server is up.
+``authenticate`` first checks what it can without the body (an X-Matrix
+header naming a valid origin, us as destination, and a key of the origin
+we hold or can fetch), then reads and parses the body (depth-capped), then
+verifies the signature, which covers the body — answering 401
+``M_UNAUTHORIZED`` when it does not hold. An anonymous or forged-origin
+request is thus refused before its body is read. A request from a server
+also tells the sender that server is up.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from aiohttp import web
 
 from homeserver.api.errors import MatrixError
+from homeserver.api.validate import parse_body, read_body
 from homeserver.services.federation.keyring import Unauthorized
 from homeserver.services.federation.service import Federation
 
@@ -22,17 +25,18 @@ FEDERATION = web.AppKey("federation", Federation)
 
 async def authenticate(request: web.Request) -> tuple[str, Any]:
     """(origin, parsed JSON body or None)."""
-    raw = await request.read()
-    body: Any = None
-    if raw.strip():
-        try:
-            body = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as e:
-            raise MatrixError(400, "M_NOT_JSON", "Content not JSON.") from e
     fed = request.app[FEDERATION]
+    headers = request.headers.getall("Authorization", [])
+    try:
+        await fed.keyring.precheck_request(headers)
+    except Unauthorized as e:
+        raise MatrixError(401, "M_UNAUTHORIZED", str(e)) from e
+    raw = await read_body(request)
+    # Each PDU is judged on its own later: no U+0000 check of the whole body.
+    body = parse_body(raw, check_text=False) if raw.strip() else None
     try:
         origin = await fed.keyring.authenticate_request(
-            request.method, request.raw_path, request.headers.getall("Authorization", []), body
+            request.method, request.raw_path, headers, body
         )
     except Unauthorized as e:
         raise MatrixError(401, "M_UNAUTHORIZED", str(e)) from e

@@ -268,7 +268,30 @@ class Keyring:
                 last_error = str(e)
         raise Unauthorized(last_error)
 
+    async def precheck_request(self, headers: Sequence[str]) -> None:
+        """What can be checked before the body is read: some X-Matrix header
+        names a valid origin, us as destination, and a key of the origin's
+        that we hold or can fetch — else Unauthorized. The signature covers
+        the body, so ``authenticate_request`` checks it after parsing."""
+        last_error = "Missing X-Matrix authorization"
+        for header in headers:
+            try:
+                await self._signing_key(parse_x_matrix_header(header))
+                return
+            except (SignatureError, Unauthorized) as e:
+                last_error = str(e)
+        raise Unauthorized(last_error)
+
     async def _check(self, auth: XMatrixAuth, method: str, uri: str, content: Any) -> None:
+        key = await self._signing_key(auth)
+        own = self._own.server_name
+        verify_request(
+            method, uri, auth.origin, auth.destination or own, content, auth.key, auth.sig, key
+        )
+
+    async def _signing_key(self, auth: XMatrixAuth) -> VerifyKey:
+        """The origin's key the header names, after checking origin and
+        destination; Unauthorized when either is wrong or the key unknown."""
         try:
             ServerName.parse(auth.origin)
         except InvalidID as e:
@@ -281,9 +304,7 @@ class Keyring:
         key = await self.get_key(auth.origin, auth.key, now_ms())
         if key is None:
             raise Unauthorized(f"no valid key {auth.key} for {auth.origin}")
-        verify_request(
-            method, uri, auth.origin, auth.destination or own, content, auth.key, auth.sig, key
-        )
+        return key
 
     # ------------------------------------------------------------ notary
     async def notary_response(

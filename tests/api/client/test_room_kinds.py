@@ -174,7 +174,13 @@ async def test_public_kind_is_published(client: MatrixClient) -> None:
 @pytest.fixture
 def config(tmp_path) -> Config:  # type: ignore[no-untyped-def]
     return make_config(
-        tmp_path, admins=["@admin:hs.test"], **{"rooms.transient_purge_after_ms": 100}
+        tmp_path,
+        admins=["@admin:hs.test"],
+        **{
+            "rooms.transient_purge_after_ms": 100,
+            # test_public_kind_is_published reads /publicRooms without a token
+            "directory.allow_public_rooms_without_auth": True,
+        },
     )
 
 

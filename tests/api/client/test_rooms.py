@@ -66,6 +66,8 @@ async def test_create_room_errors(client: MatrixClient) -> None:
     assert len((await alice.call("GET", f"{CS}/joined_rooms"))["joined_rooms"]) == 1
 
 
+# Reads GET /publicRooms without a token, which is off by default.
+@pytest.mark.config({"directory.allow_public_rooms_without_auth": True})
 async def test_create_room_options_precedence(client: MatrixClient) -> None:
     alice = await client.register("alice")
     bob = await client.register("bob")
