@@ -11,28 +11,16 @@ m.room.power_levels. Operators keep their API.
 
 from __future__ import annotations
 
-from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 
-from homeserver.config import Config, load_config
 from tests.helpers import CS, MatrixClient, User
 
 DELETE = "/_homeserver/client/v1/rooms/{}/delete"
 
 
-@pytest.fixture
-def config(tmp_path: Path) -> Config:
-    return load_config(
-        None,
-        overrides={
-            "server_name": "hs.test",
-            "data_dir": str(tmp_path / "data"),
-            "admins": ["@root:hs.test"],
-        },
-        environ={},
-    )
+pytestmark = pytest.mark.config({"admins": ["@root:hs.test"]})
 
 
 async def delete(user: User, room: str, expect: int, **body: object) -> dict[str, object]:
