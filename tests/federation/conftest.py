@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import create_test_database, drop_test_database
+from tests.federation.fake import FakeOrigin
 from tests.federation.harness import REPO, Client, OurServer, SynapseServer
 
 
@@ -98,6 +99,15 @@ async def ours(
     """One process of our server."""
     async with running_server(pg_url, "ours") as srv:
         yield srv
+
+
+@pytest.fixture(scope="module")
+async def fake() -> AsyncIterator[FakeOrigin]:
+    """A third server inside the test process: keys, and nothing else."""
+    f = FakeOrigin(free_port())
+    await f.start()
+    yield f
+    await f.stop()
 
 
 def synapse_peer(name: str) -> Iterator[SynapseServer]:

@@ -43,14 +43,6 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-@pytest.fixture(scope="module")
-async def fake() -> AsyncIterator[FakeOrigin]:
-    f = FakeOrigin(free_port())
-    await f.start()
-    yield f
-    await f.stop()
-
-
 def fake_user(fake: FakeOrigin, name: str) -> str:
     return f"@{uniq(name)}:{fake.server_name}"
 

@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
 
 import asyncpg
-import pytest
 import signedjson.key
 
 from homeserver.core.canonical import compute_event_id
@@ -40,14 +38,6 @@ def uniq(name: str) -> str:
 
 def q(s: str) -> str:
     return quote(s, safe="")
-
-
-@pytest.fixture(scope="module")
-async def fake() -> AsyncIterator[FakeOrigin]:
-    f = FakeOrigin(free_port())
-    await f.start()
-    yield f
-    await f.stop()
 
 
 async def get_json(server: OurServer, path: str, body: Any = None) -> Any:
