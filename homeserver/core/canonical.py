@@ -192,10 +192,12 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def parse_json(text: str, max_depth: int = MAX_JSON_DEPTH) -> Any:
-    """``text`` as a JSON value: ``JSONTooDeep`` when nested deeper than
-    ``max_depth``, ``ValueError`` when not JSON (``NaN`` and ``Infinity``
-    included, which JSON does not have)."""
+def parse_json(text: str | bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """``text`` (bytes: UTF-8) as a JSON value: ``JSONTooDeep`` when nested
+    deeper than ``max_depth``, ``ValueError`` when not JSON (``NaN`` and
+    ``Infinity`` included, which JSON does not have; bad UTF-8 too)."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8")
     if json_nesting_exceeds(text, max_depth):
         raise JSONTooDeep(f"JSON nested deeper than {max_depth} levels")
     try:

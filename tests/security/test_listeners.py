@@ -16,12 +16,16 @@ import asyncio
 import json
 import ssl
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+from aiohttp import web
 from yarl import URL
 
 from homeserver.core.signing import sign_request
+from homeserver.services.server_keys import ensure_tls_certificate
+from tests.federation.conftest import free_port
 from tests.federation.fake import FakeOrigin, insecure_tls
 from tests.federation.harness import OurServer
 
@@ -245,3 +249,27 @@ async def test_connections_per_address_are_capped(live: OurServer) -> None:
 async def test_public_rooms_need_a_token_by_default(live: OurServer) -> None:
     status, _, body = await request(client_url(live, "/_matrix/client/v3/publicRooms"))
     assert status == 401 and body["errcode"] == "M_MISSING_TOKEN", body
+
+
+async def test_deep_json_from_a_remote_server_is_no_500(live: OurServer, tmp_path: Path) -> None:
+    """The other way round: a server we ask for its keys answers 100,000
+    levels deep (our notary endpoint makes us ask)."""
+
+    async def deep(request: web.Request) -> web.Response:
+        return web.Response(body=DEEP, content_type="application/json")
+
+    ensure_tls_certificate(tmp_path / "tls.crt", tmp_path / "tls.key", "localhost")
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(tmp_path / "tls.crt", tmp_path / "tls.key")
+    app = web.Application()
+    app.router.add_get("/_matrix/key/v2/server", deep)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port, ssl_context=ctx).start()
+    try:
+        url = fed_url(live, f"/_matrix/key/v2/query/localhost:{port}")
+        status, ctype, body = await request(url)
+    finally:
+        await runner.cleanup()
+    assert ctype == "application/json" and status < 500, (status, body)

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import json
 import logging
 import os
 import re
@@ -58,7 +57,7 @@ from aiohttp.resolver import DefaultResolver
 from signedjson.types import SigningKey
 from yarl import URL
 
-from homeserver.core.canonical import encode_canonical_json
+from homeserver.core.canonical import encode_canonical_json, parse_json
 from homeserver.core.ids import InvalidID, ServerName
 from homeserver.core.ip_ranges import DEFAULT_FILTER, IPRangeFilter
 from homeserver.core.signing import sign_request
@@ -441,7 +440,7 @@ class FederationClient:
             if len(raw) > WELL_KNOWN_MAX_BYTES:
                 return None, 0.0
             try:
-                body = json.loads(raw)
+                body = parse_json(raw)
             except ValueError:
                 return None, 0.0
             server = body.get("m.server") if isinstance(body, dict) else None
@@ -509,7 +508,7 @@ class FederationClient:
         for fn in self.on_reachable:
             fn(destination)
         try:
-            parsed = json.loads(raw) if raw else {}
+            parsed = parse_json(raw) if raw else {}
         except ValueError:
             parsed = {}
             if status < 300:
