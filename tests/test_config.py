@@ -25,6 +25,10 @@ def test_defaults_without_any_configuration() -> None:
     assert cfg.federation.verify_certificates is True
     assert cfg.registration.enabled is True  # loopback: open by default
     assert cfg.admins == ()
+    # each listener serves only its own API; anonymous directory reads off
+    assert cfg.listen.client_resources == {"client", "admin"}
+    assert cfg.listen.federation_resources == {"federation", "keys"}
+    assert cfg.directory.allow_public_rooms_without_auth is False
 
 
 def test_yaml_env_and_flags_in_that_order(tmp_path: Path) -> None:
@@ -65,6 +69,10 @@ def test_yaml_env_and_flags_in_that_order(tmp_path: Path) -> None:
         ("database_url: mysql://x\n", {}, "database_url"),
         ("tls: {certificate: /x}\n", {}, "tls"),
         ("shutdown: {grace_seconds: -1}\n", {}, "shutdown.grace_seconds"),
+        ("listen: {client_resources: [client, media]}\n", {}, "listen.client_resources"),
+        ("", {"HOMESERVER_LISTEN_FEDERATION_RESOURCES": "fed"}, "listen.federation_resources"),
+        ("listen: {header_timeout: 0}\n", {}, "listen.header_timeout"),
+        ("", {"HOMESERVER_LISTEN_MAX_CONNECTIONS_PER_ADDRESS": "-1"}, "listen.max_connections"),
     ],
 )
 def test_bad_values_name_the_key(
