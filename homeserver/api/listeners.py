@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -85,7 +86,7 @@ class Listener:
         self.name = name
         self.resources = resources
         self.limits = limits
-        self._registry = registry
+        self.registry = registry
         self._per_address: dict[str, int] = {}
 
     def protocol_factory(
@@ -157,7 +158,7 @@ class GuardedProtocol(asyncio.Protocol):
             transport.abort()
             return
         self._admitted = True
-        self.listener._registry.add(transport, self)
+        self.listener.registry.add(transport, self)
         self._arm(self.listener.limits.header_timeout)
         self._inner.connection_made(transport)
 
@@ -181,7 +182,7 @@ class GuardedProtocol(asyncio.Protocol):
             return
         self._admitted = False
         self.listener.release(self._address)
-        self.listener._registry.remove(self._transport)
+        self.listener.registry.remove(self._transport)
         self._inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
@@ -264,9 +265,9 @@ class GuardedSite(web.TCPSite):
         port: int,
         listener: Listener,
         *,
-        ssl_context: object | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        super().__init__(runner, host, port, ssl_context=ssl_context)  # type: ignore[arg-type]
+        super().__init__(runner, host, port, ssl_context=ssl_context)
         self._listener = listener
 
     async def start(self) -> None:
