@@ -27,7 +27,7 @@ from homeserver.core.signing import sign_request
 from homeserver.services.server_keys import ensure_tls_certificate
 from tests.federation.conftest import free_port
 from tests.federation.fake import FakeOrigin, insecure_tls
-from tests.federation.harness import OurServer
+from tests.federation.harness import Client, OurServer
 
 DEEP = b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
 V1 = "/_matrix/federation/v1"
@@ -217,17 +217,28 @@ async def test_withheld_body_does_not_hold_a_handler(live: OurServer) -> None:
     writer.close()
 
 
+async def long_poll_from(srv: OurServer, source: str, token: str, since: str) -> Any:
+    """A connection from ``source`` busy in a 20 s /sync long-poll (so no
+    timeout of ours closes it while the test runs)."""
+    r, w = await asyncio.open_connection("127.0.0.1", srv.client_port, local_addr=(source, 0))
+    w.write(
+        f"GET /_matrix/client/v3/sync?since={since}&timeout=20000 HTTP/1.1\r\n"
+        f"Host: x\r\nAuthorization: Bearer {token}\r\n\r\n".encode()
+    )
+    return r, w
+
+
 async def test_connections_per_address_are_capped(live: OurServer) -> None:
     """From one address, 10 open connections at most; others are unaffected.
     (The attacker connects from 127.0.0.2, so the other tests' connections
     from 127.0.0.1 do not count.)"""
     source = "127.0.0.2"
-    held = []
-    for _ in range(10):
-        r, w = await asyncio.open_connection("127.0.0.1", live.client_port, local_addr=(source, 0))
-        held.append((r, w))
+    async with aiohttp.ClientSession() as s:
+        user = await Client(s, live.base, live.server_name).register(f"cap{time.monotonic_ns()}")
+        since = (await user.call("GET", "/_matrix/client/v3/sync?timeout=0"))["next_batch"]
+    held = [await long_poll_from(live, source, str(user.token), since) for _ in range(10)]
     r, w = await asyncio.open_connection("127.0.0.1", live.client_port, local_addr=(source, 0))
-    assert await read_until_closed(r, 3) < 1.0  # the 11th is closed at once
+    assert await read_until_closed(r, 5) < 1.5  # the 11th is closed at once
     w.close()
     # another address is still served meanwhile
     status, _, _ = await request(client_url(live, "/_matrix/client/versions"))
