@@ -138,6 +138,12 @@ async def test_client_api_refused_on_the_federation_listener(live: OurServer) ->
     assert status == 200
 
 
+async def test_health_probes_reach_every_listener(live: OurServer) -> None:
+    for url in (client_url(live, "/health"), fed_url(live, "/health/ready")):
+        status, _, body = await request(url)
+        assert status == 200, (url, body)
+
+
 async def test_federation_api_refused_on_the_client_listener(live: OurServer) -> None:
     for path in (
         "/_matrix/key/v2/server",
