@@ -34,7 +34,7 @@ class AccountDataStore:
         self._events = events
 
     async def put(self, user_id: str, room_id: str, type: str, content: dict[str, Any]) -> int:
-        return await self._write(
+        return await self._events.write_at_new_position(
             user_id,
             "INSERT INTO account_data (user_id, room_id, type, content, stream_ordering) "
             "VALUES ($1,$2,$3,$4,$5) ON CONFLICT (user_id, room_id, type) DO UPDATE "
@@ -51,23 +51,12 @@ class AccountDataStore:
         """Add (``content``) or remove (None) one tag of ``m.tag`` in one
         statement, so that concurrent tag changes do not lose each other."""
         if content is not None:
-            return await self._write(user_id, _ADD_TAG_SQL, user_id, room_id, tag, content)
-        return await self._write(user_id, _REMOVE_TAG_SQL, user_id, room_id, tag)
-
-    async def _write(self, user_id: str, sql: str, *args: Any) -> int:
-        """Run ``sql`` (the new stream position is its last parameter) at a
-        new position, released and announced with it."""
-        async with self._db.pool.acquire() as conn:
-            (pos,) = await self._events.reserve_positions(conn, 1)
-            try:
-                async with conn.transaction():
-                    await conn.execute(sql, *args, pos)
-                    await self._events.release_positions(conn, pos)
-                    await conn.execute("SELECT pg_notify('hs_stream', $1)", f"{pos} - {user_id}")
-            except BaseException:
-                await self._events.abandon_positions(conn, pos)
-                raise
-        return pos
+            return await self._events.write_at_new_position(
+                user_id, _ADD_TAG_SQL, user_id, room_id, tag, content
+            )
+        return await self._events.write_at_new_position(
+            user_id, _REMOVE_TAG_SQL, user_id, room_id, tag
+        )
 
     async def get(self, user_id: str, room_id: str, type: str) -> dict[str, Any] | None:
         v = await self._db.fetchval(

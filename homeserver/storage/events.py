@@ -329,6 +329,23 @@ class EventStore:
             federated=bool(row["federated"]),
         )
 
+    async def write_at_new_position(self, user_id: str, sql: str, *args: Any) -> int:
+        """Run ``sql`` (its last parameter: a new stream position) for data
+        that is not an event but is streamed like one to ``user_id`` (account
+        data, presence): the position is reserved, released and announced
+        with the write, so /sync readers never pass it uncommitted."""
+        async with self._db.pool.acquire() as conn:
+            (pos,) = await self.reserve_positions(conn, 1)
+            try:
+                async with conn.transaction():
+                    await conn.execute(sql, *args, pos)
+                    await self.release_positions(conn, pos)
+                    await conn.execute("SELECT pg_notify('hs_stream', $1)", f"{pos} - {user_id}")
+            except BaseException:
+                await self.abandon_positions(conn, pos)
+                raise
+        return pos
+
     async def release_positions(self, conn: asyncpg.Connection, first: int) -> None:
         await conn.execute("DELETE FROM stream_inflight WHERE pos = $1", first)
 

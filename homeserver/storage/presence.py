@@ -39,33 +39,22 @@ class PresenceStore:
     ) -> int:
         """Store a user's presence at a new stream position (returned).
         ``keep_status``: leave the status message as it is."""
-        async with self._db.pool.acquire() as conn:
-            (pos,) = await self._events.reserve_positions(conn, 1)
-            try:
-                async with conn.transaction():
-                    await conn.execute(
-                        "INSERT INTO presence (user_id, state, status_msg, last_active_ts, "
-                        "currently_active, stream_ordering) VALUES ($1, $2, $3, $4, $5, $6) "
-                        "ON CONFLICT (user_id) DO UPDATE SET state = EXCLUDED.state, "
-                        "status_msg = CASE WHEN $7 THEN presence.status_msg "
-                        "  ELSE EXCLUDED.status_msg END, "
-                        "last_active_ts = EXCLUDED.last_active_ts, "
-                        "currently_active = EXCLUDED.currently_active, "
-                        "stream_ordering = EXCLUDED.stream_ordering",
-                        user_id,
-                        state,
-                        status_msg,
-                        last_active_ts,
-                        currently_active,
-                        pos,
-                        keep_status,
-                    )
-                    await self._events.release_positions(conn, pos)
-                    await conn.execute("SELECT pg_notify('hs_stream', $1)", f"{pos} - {user_id}")
-            except BaseException:
-                await self._events.abandon_positions(conn, pos)
-                raise
-        return pos
+        return await self._events.write_at_new_position(
+            user_id,
+            "INSERT INTO presence (user_id, state, status_msg, last_active_ts, "
+            "currently_active, stream_ordering) VALUES ($1, $2, $3, $4, $5, $7) "
+            "ON CONFLICT (user_id) DO UPDATE SET state = EXCLUDED.state, "
+            "status_msg = CASE WHEN $6 THEN presence.status_msg ELSE EXCLUDED.status_msg END, "
+            "last_active_ts = EXCLUDED.last_active_ts, "
+            "currently_active = EXCLUDED.currently_active, "
+            "stream_ordering = EXCLUDED.stream_ordering",
+            user_id,
+            state,
+            status_msg,
+            last_active_ts,
+            currently_active,
+            keep_status,
+        )
 
     async def get(self, user_id: str) -> Presence | None:
         row = await self._db.fetchrow(f"SELECT {_COLS} FROM presence WHERE user_id = $1", user_id)

@@ -3,28 +3,16 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 
-from homeserver.config import Config, load_config
 from tests.helpers import CS, MatrixClient
 
 ADMIN = "/_homeserver/admin/v1"
 V1 = "/_matrix/client/v1"
 
 
-@pytest.fixture
-def config(tmp_path: Path) -> Config:
-    return load_config(
-        None,
-        overrides={
-            "server_name": "hs.test",
-            "data_dir": str(tmp_path / "data"),
-            "admins": ["@admin:hs.test"],
-        },
-        environ={},
-    )
+pytestmark = pytest.mark.config({"admins": ["@admin:hs.test"]})
 
 
 async def test_reports_reach_the_operator(client: MatrixClient) -> None:

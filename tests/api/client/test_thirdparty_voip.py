@@ -10,25 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from homeserver.config import Config, ConfigError, load_config
+from homeserver.config import ConfigError, load_config
 from tests.helpers import CS, MatrixClient
 
-
-@pytest.fixture
-def config(tmp_path: Path) -> Config:
-    return load_config(
-        None,
-        overrides={
-            "server_name": "hs.test",
-            "data_dir": str(tmp_path / "data"),
-            "voip.turn_uris": ["turn:turn.example.org:3478?transport=udp"],
-            "voip.turn_shared_secret": "s3cret",
-            "voip.turn_user_lifetime_ms": 3_600_000,
-        },
-        environ={},
-    )
+TURN = {
+    "voip.turn_uris": ["turn:turn.example.org:3478?transport=udp"],
+    "voip.turn_shared_secret": "s3cret",
+    "voip.turn_user_lifetime_ms": 3_600_000,
+}
 
 
+@pytest.mark.config(TURN)
 async def test_turn_credentials_from_the_shared_secret(client: MatrixClient) -> None:
     alice = await client.register("alice")
     r = await alice.call("GET", f"{CS}/voip/turnServer")
