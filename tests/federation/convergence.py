@@ -75,6 +75,11 @@ ACTIONS: tuple[tuple[str, int], ...] = (
     ("ban", 6),
     ("unban", 6),
 )
+# Without power changes, kicks and bans no resolution may legitimately move
+# state back (the state reset alarm must stay silent).
+NO_ROLLBACKS: tuple[tuple[str, int], ...] = tuple(
+    (k, w) for k, w in ACTIONS if k not in ("power", "kick", "ban", "unban")
+)
 ACTOR_LEVELS = (0, 25, 50, 75)  # below the observers' 100: they can always act on actors
 ROOM_VERSIONS = ("10", "11", "12")
 ACTS_PER_ROUND = 2  # per server: more concurrent events, more forks
@@ -251,6 +256,7 @@ class Run:
     removed: set[str] = field(default_factory=set)  # actors ever targeted by a kick or ban
     outcomes: dict[str, int] = field(default_factory=dict)
     alarms: dict[str, list[str]] = field(default_factory=dict)  # label -> verify's alarm lines
+    actions: tuple[tuple[str, int], ...] = ACTIONS  # what may be drawn, with weights
     seconds: dict[str, float] = field(default_factory=dict)
 
     def note(self, line: str) -> None:
@@ -349,7 +355,7 @@ class Actor:
         """One action for ``node``, drawn from the seeded generator and
         earlier plans only, never from outcomes: a seed always gives the
         same plan."""
-        kinds, weights = zip(*ACTIONS, strict=True)
+        kinds, weights = zip(*self.run.actions, strict=True)
         kind = self.rng.choices(kinds, weights)[0]
         some_actor = self.rng.choice(node.actors)
         anyone = self.rng.choice(self.everyone())

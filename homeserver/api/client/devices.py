@@ -22,12 +22,14 @@ MAX_PASSWORD = 512
 
 
 def _device_json(d: Device) -> dict[str, Any]:
-    out: dict[str, Any] = {"device_id": d.device_id}
-    if d.display_name is not None:
-        out["display_name"] = d.display_name
-    if d.last_seen_ts is not None:
-        out["last_seen_ts"] = d.last_seen_ts
-    return out
+    # Every key, null when unknown, as Synapse answers (matrix-nio requires
+    # them all). The address a device was last seen from is not recorded.
+    return {
+        "device_id": d.device_id,
+        "display_name": d.display_name,
+        "last_seen_ip": None,
+        "last_seen_ts": d.last_seen_ts,
+    }
 
 
 async def _interactive(call: Any) -> web.Response | None:

@@ -176,3 +176,49 @@ async def test_upgrade_through_mautrix_followed_by_nio_and_mautrix_sync(
     )
     refused = await nio_bob.room_send(old, "m.room.message", {"msgtype": "m.text", "body": "x"})
     assert isinstance(refused, nio.RoomSendError) and refused.status_code == "M_FORBIDDEN"
+
+
+async def test_devices_search_and_user_directory_through_nio_and_mautrix(
+    nio_bob: nio.AsyncClient, mx_alice: Client, base_url: str
+) -> None:
+    """Issue 17: matrix-nio manages devices (list, rename, delete behind
+    user-interactive auth); mautrix searches messages and the user directory."""
+    phone = nio.AsyncClient(base_url, "bob")
+    try:
+        ok(await phone.login("secret-bob", device_name="phone"), nio.LoginResponse)
+        listed = ok(await nio_bob.devices(), nio.DevicesResponse)
+        assert {d.id for d in listed.devices} == {nio_bob.device_id, phone.device_id}  # type: ignore[attr-defined]
+        ok(
+            await nio_bob.update_device(phone.device_id, {"display_name": "old phone"}),
+            nio.UpdateDeviceResponse,
+        )
+        again = ok(await nio_bob.devices(), nio.DevicesResponse)
+        names = {d.id: d.display_name for d in again.devices}  # type: ignore[attr-defined]
+        assert names[phone.device_id] == "old phone"
+        first = await nio_bob.delete_devices([phone.device_id])
+        assert isinstance(first, nio.DeleteDevicesAuthResponse), first  # the UIA flows
+        auth = {
+            "type": "m.login.password",
+            "identifier": {"type": "m.id.user", "user": nio_bob.user_id},
+            "password": "secret-bob",
+            "session": first.session,
+        }
+        ok(await nio_bob.delete_devices([phone.device_id], auth), nio.DeleteDevicesResponse)
+        gone = await phone.whoami()
+        assert isinstance(gone, nio.WhoamiError), gone
+    finally:
+        await phone.close()
+
+    room = await mx_alice.create_room(preset=RoomCreatePreset.PUBLIC, name="Findings")
+    ok(await nio_bob.join(room), nio.JoinResponse)
+    await mx_alice.send_text(room, "the quarterly numbers are in")
+    await mx_alice.send_text(room, "lunch at noon")
+    found = await mx_alice.api.request(
+        Method.POST,
+        Path.v3.search,
+        {"search_categories": {"room_events": {"search_term": "numbers", "order_by": "recent"}}},
+    )
+    results = found["search_categories"]["room_events"]["results"]
+    assert [r["result"]["content"]["body"] for r in results] == ["the quarterly numbers are in"]
+    users = await mx_alice.search_users("bob")
+    assert [u.user_id for u in users.results] == [nio_bob.user_id]
