@@ -647,3 +647,30 @@ CREATE TABLE IF NOT EXISTS federation_pending_rejections (
     created_ts       bigint NOT NULL,
     PRIMARY KEY (user_id, room_id)
 );
+
+-- ------------------------------------------------------------ rate limits
+-- Buckets of the limits shared by all processes (login, registration):
+-- ``level`` actions as of ``at`` (epoch seconds); ``empty_at`` is when the
+-- bucket has drained, after which the row may be deleted.
+CREATE TABLE IF NOT EXISTS rate_limit_buckets (
+    name      text NOT NULL,
+    key       text NOT NULL,
+    level     double precision NOT NULL,
+    at        double precision NOT NULL,
+    empty_at  double precision NOT NULL,
+    PRIMARY KEY (name, key)
+);
+CREATE INDEX IF NOT EXISTS rate_limit_buckets_empty ON rate_limit_buckets (empty_at);
+
+-- Registration tokens (m.login.registration_token), managed by operators.
+-- ``pending`` counts registrations under way with the token; a token is
+-- usable while pending + completed < uses_allowed (NULL: unlimited) and
+-- before expiry_time (ms, NULL: never).
+CREATE TABLE IF NOT EXISTS registration_tokens (
+    token         text PRIMARY KEY,
+    uses_allowed  integer,
+    pending       integer NOT NULL DEFAULT 0,
+    completed     integer NOT NULL DEFAULT 0,
+    expiry_time   bigint,
+    created_ts    bigint NOT NULL
+);

@@ -20,6 +20,7 @@ from aiohttp import web
 
 from homeserver.api import appkeys, static
 from homeserver.api.admin import register as admin_register
+from homeserver.api.admin import registration_tokens as admin_registration_tokens
 from homeserver.api.admin import reports as admin_reports
 from homeserver.api.admin import rooms as admin_rooms
 from homeserver.api.client import account, homeserver_ext, rooms, versions
@@ -51,7 +52,7 @@ from homeserver.api.federation import keys
 from homeserver.api.federation import leaves as fed_leaves
 from homeserver.api.federation import queries as fed_queries
 from homeserver.api.federation import transactions as fed_transactions
-from homeserver.api.federation.common import FEDERATION
+from homeserver.api.federation.common import FEDERATION, federation_slot_middleware
 from homeserver.api.listeners import (
     CONNECTIONS,
     ConnectionLimits,
@@ -84,6 +85,8 @@ from homeserver.services.persister import Persister
 from homeserver.services.presence import PresenceService
 from homeserver.services.profile import ProfileService
 from homeserver.services.push import PushService
+from homeserver.services.ratelimit import RateLimits
+from homeserver.services.registration_tokens import RegistrationTokens
 from homeserver.services.relations import RelationsService
 from homeserver.services.reports import ReportService
 from homeserver.services.room_admin import RoomAdminService
@@ -123,6 +126,8 @@ from homeserver.storage.lifecycle import LifecycleStore
 from homeserver.storage.presence import PresenceStore
 from homeserver.storage.projections import Projections
 from homeserver.storage.push import PushStore
+from homeserver.storage.ratelimits import RateLimitStore
+from homeserver.storage.registration_tokens import RegistrationTokenStore
 from homeserver.storage.relations import RelationStore
 from homeserver.storage.reports import ReportStore
 from homeserver.storage.rooms import RoomStore
@@ -143,7 +148,13 @@ def create_app(
 ) -> web.Application:
     """The aiohttp application with every service wired in."""
     app = web.Application(
-        middlewares=[metrics_middleware, cors_middleware, error_middleware, listener_middleware],
+        middlewares=[
+            metrics_middleware,
+            cors_middleware,
+            error_middleware,
+            listener_middleware,
+            federation_slot_middleware,
+        ],
         client_max_size=MAX_BODY,
     )
     app[CONNECTIONS] = ConnectionRegistry()
@@ -205,6 +216,8 @@ def create_app(
     )
 
     app[appkeys.CONFIG] = config
+    app[appkeys.RATE_LIMITS] = RateLimits(config.rate_limits, RateLimitStore(db))
+    app[appkeys.REGISTRATION_TOKENS] = RegistrationTokens(RegistrationTokenStore(db))
     app[appkeys.SERVER_KEYS] = server_keys
     app[appkeys.ACCOUNTS] = accounts
     app[appkeys.ROOM_CREATION] = room_creation
@@ -252,6 +265,7 @@ def create_app(
     app[appkeys.HIERARCHY] = hierarchy
     app[appkeys.TIMESTAMPS] = TimestampService(event_store, room_state)
     app[appkeys.REPORTS] = ReportService(ReportStore(db), timeline, room_state)
+    app[appkeys.DEVICES].password_attempts = app[appkeys.RATE_LIMITS]
     app[appkeys.USER_DIRECTORY] = UserDirectoryService(UserDirectoryStore(db))
     app[appkeys.SEARCH] = SearchService(
         SearchStore(db),
@@ -402,6 +416,7 @@ def create_app(
         homeserver_ext,
         admin_rooms,
         admin_register,
+        admin_registration_tokens,
         sync_api,
         push_api,
         static,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import logging
 import sys
 from collections.abc import Sequence
@@ -116,7 +117,63 @@ def build_parser() -> argparse.ArgumentParser:
     dr.add_argument("--purge", action="store_true", help="also delete its history")
     dr.add_argument("--reason")
     _add_config_flags(dr, nested=True)
+    _add_token_commands(asub)
     return parser
+
+
+def _count_or_none(text: str) -> int | None:
+    """A non-negative integer, or ``none`` (unlimited / never)."""
+    if text.lower() in ("none", "null", "unlimited", "never"):
+        return None
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must not be negative")
+    return value
+
+
+def _add_token_commands(asub: Any) -> None:
+    """``admin registration-token list|create|show|update|revoke``."""
+    rt = asub.add_parser(
+        "registration-token", help="registration tokens (registration.requires_token)"
+    )
+    tsub = rt.add_subparsers(dest="token_command", required=True)
+    ls = tsub.add_parser("list", help="list tokens")
+    ls.add_argument("--valid", choices=["true", "false"], help="only valid / only spent tokens")
+    new = tsub.add_parser("create", help="create a token")
+    new.add_argument("--token", help="its text (default: random)")
+    new.add_argument("--length", type=int, help="length of a random token (default 16)")
+    upd = tsub.add_parser("update", help="change uses or expiry")
+    for p, (flag, what) in itertools.product(
+        (new, upd),
+        (
+            ("--uses-allowed", "registrations allowed (none: unlimited)"),
+            ("--expiry-time", "ms since the epoch (none: never)"),
+        ),
+    ):
+        p.add_argument(flag, type=_count_or_none, default=argparse.SUPPRESS, help=what)
+    upd.add_argument("token")
+    for name in ("show", "revoke"):
+        tsub.add_parser(name, help=f"{name} a token").add_argument("token")
+    for p in tsub.choices.values():
+        _add_config_flags(p, nested=True)
+
+
+async def _registration_token(tokens: Any, args: argparse.Namespace) -> Any:
+    """One ``admin registration-token`` command, answered as JSON."""
+    cmd = args.token_command
+    fields = {k: getattr(args, k) for k in ("uses_allowed", "expiry_time") if hasattr(args, k)}
+    if cmd == "list":
+        valid = None if args.valid is None else args.valid == "true"
+        return {"registration_tokens": [t.to_json() for t in await tokens.list(valid)]}
+    if cmd == "create":
+        body = {k: getattr(args, k) for k in ("token", "length") if getattr(args, k) is not None}
+        return (await tokens.create({**body, **fields})).to_json()
+    if cmd == "update":
+        return (await tokens.update(args.token, fields)).to_json()
+    if cmd == "show":
+        return (await tokens.get(args.token)).to_json()
+    await tokens.delete(args.token)
+    return {"revoked": args.token}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -307,7 +364,9 @@ async def _admin(config: Config, args: argparse.Namespace) -> int:
         rooms = ctx.rooms
         who = args.admin_user
         cmd = args.admin_command
-        target = getattr(args, "room", None)
+        target = getattr(args, "room", None) or getattr(args, "token", None)
+        if cmd == "registration-token":
+            cmd = f"{cmd} {args.token_command}"
         await rooms.audit(who, f"cli:{cmd}", target)
         out: Any
         try:
@@ -327,6 +386,8 @@ async def _admin(config: Config, args: argparse.Namespace) -> int:
                 out = await rooms.room_details(args.room)
             elif cmd == "create-room":
                 out = await rooms.create_for_others(who, _operator_room(args))
+            elif cmd.startswith("registration-token"):
+                out = await _registration_token(ctx.registration_tokens, args)
             elif cmd == "add-user":
                 await rooms.add_user(args.room, args.user, who)
                 out = {"added": args.user}

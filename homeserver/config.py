@@ -21,6 +21,7 @@ import yaml
 
 from homeserver.core.ids import InvalidID, ServerName, UserID
 from homeserver.core.ip_ranges import DEFAULT_BLOCKLIST, DEFAULT_FILTER, InvalidRange, IPRangeFilter
+from homeserver.core.ratelimit import Rate
 from homeserver.core.signing import decode_verify_key
 
 
@@ -78,6 +79,9 @@ class FederationConfig:
 class RegistrationConfig:
     enabled: bool = True
     shared_secret: str | None = None
+    # Open registration only with a token an operator handed out
+    # (m.login.registration_token; ``homeserver admin registration-token``).
+    requires_token: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +109,49 @@ class VoipConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class FederationRateConfig:
+    """Inbound federation per origin, as Synapse's ``rc_federation``."""
+
+    window_size_ms: int = 1000
+    sleep_limit: int = 10
+    sleep_delay_ms: int = 500
+    reject_limit: int = 50
+    concurrent: int = 3
+
+
+# Defaults as Synapse's (docs/usage/configuration/config_documentation.md).
+RATE_DEFAULTS: dict[str, Rate] = {
+    "login.address": Rate(0.003, 5),
+    "login.account": Rate(0.003, 5),
+    "login.failed_attempts": Rate(0.17, 3),
+    "registration": Rate(0.17, 3),
+    "registration_token_validity": Rate(0.1, 5),
+    "message": Rate(0.2, 10),
+    "room_creation": Rate(0.016, 10),
+    "joins.local": Rate(0.1, 10),
+    "joins.remote": Rate(0.01, 10),
+    "joins_per_room": Rate(1.0, 10),
+    "invites.per_room": Rate(0.3, 10),
+    "invites.per_user": Rate(0.003, 5),
+    "invites.per_issuer": Rate(0.3, 10),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitsConfig:
+    """``rate_limits:`` — see README and docs/security.md. ``enabled: false``
+    lifts every limit (test setups and benchmarks; never on the internet)."""
+
+    enabled: bool = True
+    exempt_admins: bool = True
+    rates: tuple[tuple[str, Rate], ...] = tuple(RATE_DEFAULTS.items())
+    federation: FederationRateConfig = FederationRateConfig()
+
+    def rate(self, name: str) -> Rate:
+        return dict(self.rates)[name]
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server_name: ServerName
     data_dir: Path
@@ -120,6 +167,7 @@ class Config:
     # the wire) may take to finish before they are cut.
     shutdown_grace_s: int = 10
     directory: DirectoryConfig = DirectoryConfig()
+    rate_limits: RateLimitsConfig = RateLimitsConfig()
 
     @property
     def signing_key_path(self) -> Path:
@@ -170,12 +218,25 @@ _KEYS: dict[str, tuple[type, Any]] = {
     "registration.enabled": (bool, None),  # None: on only when bound to loopback
     "registration.shared_secret": (type(None), None),
     "admins": (list, []),
+    "registration.requires_token": (bool, False),
     "rooms.transient_purge_after_ms": (int, 300_000),
     "voip.turn_uris": (list, []),
     "voip.turn_shared_secret": (type(None), None),
     "voip.turn_user_lifetime_ms": (int, 86_400_000),
     "shutdown.grace_seconds": (int, 10),
     "directory.allow_public_rooms_without_auth": (bool, False),
+    "rate_limits.enabled": (bool, True),
+    "rate_limits.exempt_admins": (bool, True),
+    **{
+        f"rate_limits.{name}.{field}": (float, getattr(rate, field))
+        for name, rate in RATE_DEFAULTS.items()
+        for field in ("per_second", "burst_count")
+    },
+    "rate_limits.federation.window_size_ms": (int, 1000),
+    "rate_limits.federation.sleep_limit": (int, 10),
+    "rate_limits.federation.sleep_delay_ms": (int, 500),
+    "rate_limits.federation.reject_limit": (int, 50),
+    "rate_limits.federation.concurrent": (int, 3),
 }
 
 
@@ -218,6 +279,15 @@ def _coerce(key: str, value: Any) -> Any:
         if not isinstance(value, int) or isinstance(value, bool):
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         return value
+    if kind is float:
+        if isinstance(value, str):
+            try:
+                value = float(value.strip())
+            except ValueError:
+                pass
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
     if kind is list:
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
@@ -367,7 +437,8 @@ def load_config(
     bind = values["listen.bind"]
     registration = values["registration.enabled"]
     if registration is None:
-        registration = _is_loopback(bind)
+        # A token-only server takes registrations wherever it listens.
+        registration = values["registration.requires_token"] or _is_loopback(bind)
     if values["rooms.transient_purge_after_ms"] < 0:
         raise ConfigError("rooms.transient_purge_after_ms: must not be negative")
     cert, key = values["tls.certificate"], values["tls.private_key"]
@@ -387,7 +458,9 @@ def load_config(
             ip_filter=_ip_filter(values),
         ),
         registration=RegistrationConfig(
-            enabled=registration, shared_secret=values["registration.shared_secret"]
+            enabled=registration,
+            shared_secret=values["registration.shared_secret"],
+            requires_token=values["registration.requires_token"],
         ),
         admins=tuple(admins),
         rooms=RoomsConfig(transient_purge_after_ms=values["rooms.transient_purge_after_ms"]),
@@ -396,6 +469,32 @@ def load_config(
         directory=DirectoryConfig(
             allow_public_rooms_without_auth=values["directory.allow_public_rooms_without_auth"]
         ),
+        rate_limits=_rate_limits(values),
+    )
+
+
+def _rate_limits(values: Mapping[str, Any]) -> RateLimitsConfig:
+    rates = []
+    for name in RATE_DEFAULTS:
+        per_second = values[f"rate_limits.{name}.per_second"]
+        burst = values[f"rate_limits.{name}.burst_count"]
+        if per_second <= 0 or burst < 1:
+            raise ConfigError(
+                f"rate_limits.{name}: per_second must be above 0 and burst_count at least 1"
+            )
+        rates.append((name, Rate(per_second, burst)))
+    fed = {
+        k: values[f"rate_limits.federation.{k}"]
+        for k in ("window_size_ms", "sleep_limit", "sleep_delay_ms", "reject_limit", "concurrent")
+    }
+    for k, n in fed.items():
+        if n < (0 if k == "sleep_delay_ms" else 1):
+            raise ConfigError(f"rate_limits.federation.{k}: out of range ({n})")
+    return RateLimitsConfig(
+        enabled=values["rate_limits.enabled"],
+        exempt_admins=values["rate_limits.exempt_admins"],
+        rates=tuple(rates),
+        federation=FederationRateConfig(**fed),
     )
 
 

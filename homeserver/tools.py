@@ -19,6 +19,7 @@ from homeserver.services.accounts import AccountService
 from homeserver.services.identity import IdentityMismatch
 from homeserver.services.identity import establish as establish_identity
 from homeserver.services.projection_rebuild import ProjectionRebuilder
+from homeserver.services.registration_tokens import RegistrationTokens
 from homeserver.services.room_admin import RoomAdminService
 from homeserver.services.server_keys import load_or_create_signing_key
 from homeserver.storage.database import Database, SchemaTooNew
@@ -35,6 +36,7 @@ class OperatorContext:
     rebuilder: ProjectionRebuilder
     rooms: RoomAdminService
     app: web.Application
+    registration_tokens: RegistrationTokens
 
 
 @asynccontextmanager
@@ -76,6 +78,7 @@ async def operator_context(config: Config) -> AsyncIterator[OperatorContext]:
                 ProjectionRebuilder(db, store, Projections(db, config.server_name)),
                 app[appkeys.ROOM_ADMIN],
                 app,
+                app[appkeys.REGISTRATION_TOKENS],
             )
         finally:
             await db.close()

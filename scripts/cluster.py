@@ -106,7 +106,12 @@ def main() -> int:
                 "--federation-port",
                 str(fed if i == 0 else free_port()),
             ]
-            env = dict(os.environ, HOMESERVER_REGISTRATION_ENABLED="true")
+            env = dict(
+                os.environ,
+                HOMESERVER_REGISTRATION_ENABLED="true",
+                # All clients come through nginx (one address): limits lifted.
+                HOMESERVER_RATE_LIMITS_ENABLED="false",
+            )
             log = open(work / f"hs{i}.log", "ab")  # noqa: SIM115 (kept by the process)
             started.append(subprocess.Popen(cmd, env=env, stderr=log))
             _wait(f"http://127.0.0.1:{port}/health", 60)

@@ -17,10 +17,17 @@ CS = "/_matrix/client/v3"
 
 def make_config(tmp_path: Path, **overrides: Any) -> Config:
     """The test server's config (server name hs.test, data under tmp_path),
-    with dotted-key overrides such as ``admins=[...]``."""
+    with dotted-key overrides such as ``admins=[...]``. Rate limits are lifted
+    explicitly, as the Synapse peer's are; tests/security turns them on
+    (``**{"rate_limits.enabled": True}``)."""
     return load_config(
         None,
-        overrides={"server_name": "hs.test", "data_dir": str(tmp_path / "data"), **overrides},
+        overrides={
+            "server_name": "hs.test",
+            "data_dir": str(tmp_path / "data"),
+            "rate_limits.enabled": False,
+            **overrides,
+        },
         environ={},
     )
 

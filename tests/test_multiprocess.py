@@ -37,7 +37,11 @@ def two_servers(db_url: str, tmp_path: Path) -> Iterator[list[str]]:
         # Same server name and signing key: two processes of ONE homeserver.
         if name == "b":
             (data / "signing.key").write_bytes((tmp_path / "a" / "signing.key").read_bytes())
-        env = dict(os.environ, HOMESERVER_REGISTRATION_ENABLED="true")
+        env = dict(
+            os.environ,
+            HOMESERVER_REGISTRATION_ENABLED="true",
+            HOMESERVER_RATE_LIMITS_ENABLED="false",
+        )
         procs.append(
             subprocess.Popen(
                 [

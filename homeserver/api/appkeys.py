@@ -22,6 +22,8 @@ from homeserver.services.metrics import Metrics
 from homeserver.services.presence import PresenceService
 from homeserver.services.profile import ProfileService
 from homeserver.services.push import PushService
+from homeserver.services.ratelimit import RateLimits
+from homeserver.services.registration_tokens import RegistrationTokens
 from homeserver.services.reports import ReportService
 from homeserver.services.room_admin import RoomAdminService
 from homeserver.services.room_creation import RoomCreationService
@@ -62,3 +64,5 @@ HEALTH = web.AppKey("health", HealthService)
 METRICS = web.AppKey("metrics", Metrics)
 PUSH = web.AppKey("push", PushService)
 LEASES = web.AppKey("leases", list[Lease])
+RATE_LIMITS = web.AppKey("rate_limits", RateLimits)
+REGISTRATION_TOKENS = web.AppKey("registration_tokens", RegistrationTokens)

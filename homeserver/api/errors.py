@@ -80,7 +80,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         _check_url(request)
         return await handler(request)
     except MatrixError as e:
-        return json_response(e.to_json(), e.status)
+        resp = json_response(e.to_json(), e.status)
+        wait_ms = e.extra.get("retry_after_ms")
+        if e.status == 429 and isinstance(wait_ms, int):
+            # RFC 9110 Retry-After: whole seconds, rounded up.
+            resp.headers["Retry-After"] = str(-(-wait_ms // 1000))
+        return resp
     except web.HTTPException as e:
         if e.status < 400:
             raise

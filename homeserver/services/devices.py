@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from homeserver.services.accounts import AccountService, Requester
 from homeserver.services.errors import MatrixError
+from homeserver.services.ratelimit import RateLimits
 from homeserver.storage.devices import Device, DeviceStore
 from homeserver.storage.projections import Projections
 
@@ -54,6 +55,9 @@ class DeviceService:
         self._store = store
         self._proj = projections
         self._membership = membership
+        # The login failure limit guards this password check too (a stolen
+        # access token must not become a way to guess the password).
+        self.password_attempts: RateLimits | None = None
 
     # ------------------------------------------------------ interactive auth
     async def authenticate(self, requester: Requester, auth: Any) -> None:
@@ -81,9 +85,14 @@ class DeviceService:
                 claimed = None
             if claimed != requester.user_id:
                 raise MatrixError(403, "M_FORBIDDEN", "You can only authenticate as yourself")
+        limits = self.password_attempts
+        if limits is not None:
+            await limits.login_failures_allow(requester.user_id)
         if not isinstance(password, str) or not await self._accounts.check_password(
             requester.user_id, password
         ):
+            if limits is not None:
+                await limits.login_failed(requester.user_id)
             raise AuthRequired({**flows, "errcode": "M_FORBIDDEN", "error": "Invalid password"})
 
     # ---------------------------------------------------------------- devices

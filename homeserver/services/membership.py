@@ -120,8 +120,12 @@ class MembershipService:
         servers: Sequence[str] = (),
         reason: str | None = None,
         extra: Mapping[str, Any] | None = None,
+        *,
+        ratelimit: Callable[[bool], None] | None = None,
     ) -> str:
-        """Join ``room_id``; ``extra`` keys go into the member content."""
+        """Join ``room_id``; ``extra`` keys go into the member content.
+        ``ratelimit(remote)`` is called once it is known whether the join is
+        local or through a resident server, before any work (it may raise)."""
         if await self._rooms.is_blocked(room_id):
             raise forbidden("This room has been blocked on this server")
         content = await self._member_content(user_id, "join", reason, dict(extra or {}))
@@ -131,6 +135,8 @@ class MembershipService:
         ):
             if self.remote is None:
                 raise not_found("No known servers for this room")
+            if ratelimit is not None:
+                ratelimit(True)
             # (With no server given, federation also tries the inviter's.)
             via = list(servers) or [s for s in [_server_of(room_id)] if s]
             return await self.remote.join_remote(user_id, room_id, via, content)
@@ -138,6 +144,8 @@ class MembershipService:
         if current == "join":
             # Joining again is a no-op (but refresh profile fields).
             return room_id
+        if ratelimit is not None:
+            ratelimit(False)
         await self._check_capacity(room_id)
         if current != "invite":
             await self._maybe_authorise_restricted(room_id, user_id, content)

@@ -69,7 +69,12 @@ class Proc:
 
     def spawn(self) -> subprocess.Popen[bytes]:
         self.data.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ, HOMESERVER_REGISTRATION_ENABLED="true", **self.extra_env)
+        env = {
+            **os.environ,
+            "HOMESERVER_REGISTRATION_ENABLED": "true",
+            "HOMESERVER_RATE_LIMITS_ENABLED": "false",  # lifted, as in every test setup
+            **self.extra_env,
+        }
         self.popen = subprocess.Popen(
             self.args(),
             env=env,

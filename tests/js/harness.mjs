@@ -69,7 +69,11 @@ export async function startServer() {
       "--federation-port", String(federationPort),
       "--server-name", serverName,
     ],
-    { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, PYTHONUNBUFFERED: "1" } },
+    {
+      stdio: ["ignore", "pipe", "pipe"],
+      // Rate limits lifted, as for every test setup (docs/security.md).
+      env: { ...process.env, PYTHONUNBUFFERED: "1", HOMESERVER_RATE_LIMITS_ENABLED: "false" },
+    },
   );
   const keep = (chunk) => {
     output += chunk.toString();

@@ -8,10 +8,11 @@ from typing import Any
 from aiohttp import web
 
 from homeserver.api import validate as v
-from homeserver.api.appkeys import ACCOUNTS, CONFIG
+from homeserver.api.appkeys import ACCOUNTS, CONFIG, RATE_LIMITS, REGISTRATION_TOKENS
 from homeserver.api.auth import require_user
 from homeserver.api.errors import MatrixError, json_response
 from homeserver.services.accounts import AccountError
+from homeserver.services.registration_tokens import InvalidToken
 
 routes = web.RouteTableDef()
 
@@ -22,14 +23,26 @@ def _account_error(e: AccountError) -> MatrixError:
     return MatrixError(e.status, e.code, str(e))
 
 
-def _uia_flows(session: str) -> dict[str, Any]:
-    return {"flows": [{"stages": ["m.login.dummy"]}], "params": {}, "session": session}
+DUMMY = "m.login.dummy"
+TOKEN = "m.login.registration_token"
+
+
+def _uia_flows(stage: str, session: str, **error: str) -> dict[str, Any]:
+    return {"flows": [{"stages": [stage]}], "params": {}, "session": session, **error}
+
+
+def client_address(request: web.Request) -> str:
+    """The peer's address: the key of the per-address limits."""
+    return request.remote or "unknown"
 
 
 @routes.post(P + "/register")
 async def register(request: web.Request) -> web.Response:
     cfg = request.app[CONFIG]
     accounts = request.app[ACCOUNTS]
+    limits = request.app[RATE_LIMITS]
+    address = client_address(request)
+    await limits.registration_allow(address)
     body = await v.read_json(request, allow_empty=True)
     kind = request.query.get("kind", "user")
     if kind not in ("user", "guest"):
@@ -50,18 +63,51 @@ async def register(request: web.Request) -> web.Response:
         # Check the name before asking for auth, as the spec's flow does.
         if username is not None and not await accounts.is_available(username.lower()):
             raise AccountError("M_USER_IN_USE", "User ID already taken.")
-        # User-interactive auth: the only stage is m.login.dummy.
-        if auth is None or auth.get("type") != "m.login.dummy":
-            session = (auth or {}).get("session") or secrets.token_urlsafe(12)
-            return json_response(_uia_flows(str(session)), 401)
-        user_id = await accounts.register(username.lower() if username else None, password)
+        # User-interactive auth: one stage, m.login.registration_token when
+        # the server requires tokens, m.login.dummy otherwise.
+        stage = TOKEN if cfg.registration.requires_token else DUMMY
+        uia_session = str((auth or {}).get("session") or secrets.token_urlsafe(12))
+        if auth is None or auth.get("type") != stage:
+            return json_response(_uia_flows(stage, uia_session), 401)
+        localpart = username.lower() if username else None
+        if stage == DUMMY:
+            user_id = await accounts.register(localpart, password)
+        else:
+            token = auth.get("token")
+            try:
+                if not isinstance(token, str):
+                    raise InvalidToken(token)
+                async with request.app[REGISTRATION_TOKENS].use(token):
+                    user_id = await accounts.register(localpart, password)
+            except InvalidToken:
+                refused = _uia_flows(
+                    stage,
+                    uia_session,
+                    errcode="M_UNAUTHORIZED",
+                    error="Invalid registration token",
+                )
+                return json_response(refused, 401)
     except AccountError as e:
         raise _account_error(e) from e
+    await limits.registered(address)
     out: dict[str, Any] = {"user_id": user_id, "home_server": cfg.server_name}
     if not inhibit_login:
         session = await accounts.create_session(user_id, device_id, display_name)
         out.update(access_token=session.access_token, device_id=session.device_id)
     return json_response(out)
+
+
+@routes.get("/_matrix/client/v1/register/m.login.registration_token/validity")
+async def registration_token_validity(request: web.Request) -> web.Response:
+    """Whether a token would be accepted now; rate limited per address, as
+    the spec asks, against guessing."""
+    await request.app[RATE_LIMITS].token_validity(client_address(request))
+    if not request.app[CONFIG].registration.enabled:
+        raise MatrixError(403, "M_FORBIDDEN", "Registration is not enabled on this homeserver.")
+    token = request.query.get("token")
+    if token is None:
+        raise MatrixError(400, "M_MISSING_PARAM", "Missing 'token'")
+    return json_response({"valid": await request.app[REGISTRATION_TOKENS].is_valid(token)})
 
 
 @routes.get(P + "/register/available")
@@ -86,6 +132,8 @@ async def login_flows(request: web.Request) -> web.Response:
 @routes.post(P + "/login")
 async def login(request: web.Request) -> web.Response:
     accounts = request.app[ACCOUNTS]
+    limits = request.app[RATE_LIMITS]
+    await limits.login_attempt(client_address(request))
     body = await v.read_json(request)
     login_type = v.get(body, "type", str)
     if login_type != "m.login.password":
@@ -103,8 +151,12 @@ async def login(request: web.Request) -> web.Response:
         user_id = accounts.user_id_for(name)
     except AccountError as e:
         raise MatrixError(403, "M_FORBIDDEN", "Invalid username or password") from e
+    # Failures per account: checked before the (costly) hash, counted after.
+    await limits.login_failures_allow(user_id)
     if not await accounts.check_password(user_id, password):
+        await limits.login_failed(user_id)
         raise MatrixError(403, "M_FORBIDDEN", "Invalid username or password")
+    await limits.login_succeeded(user_id)
     session = await accounts.create_session(
         user_id,
         device_id,

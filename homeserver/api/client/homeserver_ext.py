@@ -6,7 +6,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from homeserver.api import validate as v
-from homeserver.api.appkeys import ACCOUNT_DATA, DMS, LIFECYCLE, MEMBERSHIP, ROOM_ADMIN
+from homeserver.api.appkeys import ACCOUNT_DATA, DMS, LIFECYCLE, MEMBERSHIP, RATE_LIMITS, ROOM_ADMIN
 from homeserver.api.auth import require_user
 from homeserver.api.errors import json_response
 
@@ -43,6 +43,7 @@ async def open_dm(request: web.Request) -> web.Response:
     requester = await require_user(request)
     body = await v.read_json(request)
     partner = v.user_id(v.get(body, "user_id", str))
+    request.app[RATE_LIMITS].room_creation(requester, 1)
     return json_response(await request.app[DMS].get_or_create(requester.user_id, partner))
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 from aiohttp import web
 
 from homeserver.api import validate as v
-from homeserver.api.appkeys import DIRECTORY, LIFECYCLE, MEMBERSHIP
+from homeserver.api.appkeys import DIRECTORY, LIFECYCLE, MEMBERSHIP, RATE_LIMITS
 from homeserver.api.auth import require_user
 from homeserver.api.errors import MatrixError, json_response
 from homeserver.core.ids import RoomAlias
+from homeserver.services.accounts import Requester
 
 routes = web.RouteTableDef()
 P = "/_matrix/client/{version:(?:v3|r0)}"
@@ -31,6 +32,27 @@ def _via(request: web.Request) -> list[str]:
     return [v.server_name(s) for s in servers]
 
 
+async def _join(
+    request: web.Request,
+    requester: Requester,
+    room_id: str,
+    via: list[str],
+    reason: str | None,
+    extra: dict[str, object],
+) -> str:
+    """Join, counted against the local or the remote join limit (which one
+    only the membership service knows) and the room's join limit."""
+    limits = request.app[RATE_LIMITS]
+    return await request.app[MEMBERSHIP].join(
+        requester.user_id,
+        room_id,
+        via,
+        reason,
+        extra,
+        ratelimit=lambda remote: limits.join(requester, room_id, remote),
+    )
+
+
 async def _resolve(request: web.Request, id_or_alias: str) -> tuple[str, list[str]]:
     if id_or_alias.startswith("#"):
         alias = v.room_alias(id_or_alias)
@@ -45,8 +67,8 @@ async def join_by_id_or_alias(request: web.Request) -> web.Response:
     requester = await require_user(request)
     body = await v.read_json(request, allow_empty=True)
     room_id, servers = await _resolve(request, request.match_info["room"])
-    room_id = await request.app[MEMBERSHIP].join(
-        requester.user_id, room_id, _via(request) or servers, _reason(body), _join_extra(body)
+    room_id = await _join(
+        request, requester, room_id, _via(request) or servers, _reason(body), _join_extra(body)
     )
     return json_response({"room_id": room_id})
 
@@ -56,8 +78,8 @@ async def join(request: web.Request) -> web.Response:
     requester = await require_user(request)
     body = await v.read_json(request, allow_empty=True)
     room_id = v.room_id(request.match_info["room_id"])
-    joined = await request.app[MEMBERSHIP].join(
-        requester.user_id, room_id, _via(request), _reason(body), _join_extra(body)
+    joined = await _join(
+        request, requester, room_id, _via(request), _reason(body), _join_extra(body)
     )
     return json_response({"room_id": joined})
 
@@ -99,6 +121,7 @@ async def invite(request: web.Request) -> web.Response:
         raise MatrixError(400, "M_UNKNOWN", "Third-party invites are not supported")
     target = v.user_id(v.get(body, "user_id", str))
     expires = v.get(body, "expires_in_ms", int, None)
+    request.app[RATE_LIMITS].invite(requester, room_id, target)
     await request.app[LIFECYCLE].invite(requester.user_id, room_id, target, _reason(body), expires)
     return json_response({})
 

@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from homeserver.api import validate as v
-from homeserver.api.appkeys import MESSAGES, ROOM_CREATION, TIMELINE
+from homeserver.api.appkeys import MESSAGES, RATE_LIMITS, ROOM_CREATION, TIMELINE
 from homeserver.api.auth import require_user
 from homeserver.api.errors import MatrixError, json_response
 from homeserver.services.filters import EventFilter
@@ -22,6 +22,10 @@ P = "/_matrix/client/{version:(?:v3|r0)}"
 async def create_room(request: web.Request) -> web.Response:
     requester = await require_user(request)
     body = await v.read_json(request, allow_empty=True)
+    invites = body.get("invite")
+    request.app[RATE_LIMITS].room_creation(
+        requester, len(invites) if isinstance(invites, list) else 0
+    )
     room_id = await request.app[ROOM_CREATION].create_room(requester.user_id, body)
     return json_response({"room_id": room_id})
 
@@ -29,6 +33,7 @@ async def create_room(request: web.Request) -> web.Response:
 @routes.put(P + "/rooms/{room_id}/send/{type}/{txn_id}")
 async def send(request: web.Request) -> web.Response:
     requester = await require_user(request)
+    request.app[RATE_LIMITS].message(requester)
     room_id = v.room_id(request.match_info["room_id"])
     content = await v.read_json(request)
     event_id = await request.app[MESSAGES].send(
@@ -46,6 +51,7 @@ async def send(request: web.Request) -> web.Response:
 @routes.put(P + "/rooms/{room_id}/state/{type}/{state_key:.*}")
 async def put_state(request: web.Request) -> web.Response:
     requester = await require_user(request)
+    request.app[RATE_LIMITS].message(requester)
     room_id = v.room_id(request.match_info["room_id"])
     content = await v.read_json(request)
     event_id = await request.app[MESSAGES].send_state(
@@ -96,6 +102,7 @@ async def get_event(request: web.Request) -> web.Response:
 @routes.put(P + "/rooms/{room_id}/redact/{event_id}/{txn_id}")
 async def redact(request: web.Request) -> web.Response:
     requester = await require_user(request)
+    request.app[RATE_LIMITS].message(requester)
     room_id = v.room_id(request.match_info["room_id"])
     event_id = v.event_id(request.match_info["event_id"])
     body = await v.read_json(request, allow_empty=True)

@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from homeserver.api import validate as v
+from homeserver.api.appkeys import RATE_LIMITS
 from homeserver.api.errors import json_response
 from homeserver.api.federation.common import FEDERATION, authenticate
 
@@ -29,20 +32,26 @@ async def make_join(request: web.Request) -> web.Response:
     return json_response(await resident.make_join(origin, room_id, user_id, versions))
 
 
-@routes.put(V1 + "/send_join/{room_id}/{event_id}")
-async def send_join_v1(request: web.Request) -> web.Response:
+async def _send_join(request: web.Request) -> Any:
+    """The send_join answer, under the room's join limit (counted only for
+    a join that went through)."""
     origin, body = await authenticate(request)
     room_id, event_id = _ids(request, "event_id")
-    resident = request.app[FEDERATION].resident
-    return json_response([200, await resident.send_join(origin, room_id, event_id, body)])
+    limits = request.app[RATE_LIMITS]
+    limits.remote_join_allowed(room_id)
+    out = await request.app[FEDERATION].resident.send_join(origin, room_id, event_id, body)
+    limits.remote_joined(room_id)
+    return out
+
+
+@routes.put(V1 + "/send_join/{room_id}/{event_id}")
+async def send_join_v1(request: web.Request) -> web.Response:
+    return json_response([200, await _send_join(request)])
 
 
 @routes.put(V2 + "/send_join/{room_id}/{event_id}")
 async def send_join_v2(request: web.Request) -> web.Response:
-    origin, body = await authenticate(request)
-    room_id, event_id = _ids(request, "event_id")
-    resident = request.app[FEDERATION].resident
-    return json_response(await resident.send_join(origin, room_id, event_id, body))
+    return json_response(await _send_join(request))
 
 
 @routes.get(V1 + "/make_knock/{room_id}/{user_id}")
