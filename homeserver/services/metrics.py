@@ -18,7 +18,7 @@ Families (all prefixed ``homeserver_``):
 - ``federation_queue_items`` / ``federation_queue_oldest_age_seconds`` per
   destination; ``federation_transactions_total`` by direction and result;
 - ``db_pool_connections`` by state (in use, idle), ``db_pool_max``;
-- ``rate_limited_total`` (refusals) when a limiter is attached;
+- ``rate_limited_total``: requests refused by a rate limit (429), by route;
 - the process collector's ``process_*`` (RSS, CPU, open files).
 """
 
@@ -44,7 +44,6 @@ class Sources:
     wakeups: Callable[[], int] = lambda: 0
     transactions: Callable[[], dict[tuple[str, str], int]] = dict
     pool: Callable[[], tuple[int, int, int]] = lambda: (0, 0, 0)  # size, idle, max
-    rate_limited: Callable[[], dict[str, int]] = dict
     # (destination, items, oldest created_ts ms), read at scrape time
     queues: Callable[[], Awaitable[list[tuple[str, int, int]]]] | None = None
     _queue_snapshot: list[tuple[str, int, int]] = field(default_factory=list)
@@ -108,12 +107,6 @@ class _FromServices(Collector):
         pool.add_metric(["idle"], idle)
         yield pool
         yield GaugeMetricFamily("homeserver_db_pool_max", "Database pool size limit", value=top)
-        limited = CounterMetricFamily(
-            "homeserver_rate_limited", "Requests refused by a rate limit", labels=["limit"]
-        )
-        for name, n in sorted(s.rate_limited().items()):
-            limited.add_metric([name], n)
-        yield limited
 
 
 class Metrics:
@@ -135,11 +128,20 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=self.registry,
         )
+        # Refusals by a rate limit (429 M_LIMIT_EXCEEDED), by route.
+        self.rate_limited = Counter(
+            "homeserver_rate_limited",
+            "Requests refused by a rate limit",
+            ["route"],
+            registry=self.registry,
+        )
         ProcessCollector(registry=self.registry)
         self.registry.register(_FromServices(self.sources))
 
     def observe(self, listener: str, method: str, route: str, status: int, seconds: float) -> None:
         self.requests.labels(listener, method, route, str(status)).inc()
+        if status == 429:
+            self.rate_limited.labels(route).inc()
         self.latency.labels(listener, method, route).observe(seconds)
 
     async def refresh(self) -> None:

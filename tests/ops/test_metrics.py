@@ -76,6 +76,10 @@ async def test_metrics_move_with_the_server(
         == 1
     )
     assert sample(after, "homeserver_db_pool_max") > 0
+    # A 429 from a rate limit is counted by route.
+    app[METRICS].observe("client", "POST", "/limited", 429, 0.001)
+    limited = await scrape(aiohttp_client, app)
+    assert sample(limited, "homeserver_rate_limited_total", route="/limited") == 1
 
 
 def free_port() -> int:
