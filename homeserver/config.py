@@ -40,6 +40,9 @@ class ListenConfig:
     federation_port: int = 8448
     metrics_port: int = 0  # 0: no metrics listener
     metrics_bind: str = "127.0.0.1"
+    # Reverse proxies whose X-Forwarded-For names the client (per-address
+    # rate limits behind nginx); none by default: the header is ignored.
+    trusted_proxies: tuple[str, ...] = ()
     # Each listener serves only these resources (DESIGN rule 15).
     client_resources: frozenset[str] = frozenset({"client", "admin"})
     federation_resources: frozenset[str] = frozenset({"federation", "keys"})
@@ -203,6 +206,7 @@ _KEYS: dict[str, tuple[type, Any]] = {
     "listen.federation_port": (int, 8448),
     "listen.metrics_port": (int, 0),
     "listen.metrics_bind": (str, "127.0.0.1"),
+    "listen.trusted_proxies": (list, []),
     "listen.client_resources": (list, ["client", "admin"]),
     "listen.federation_resources": (list, ["federation", "keys"]),
     "listen.header_timeout": (int, 15),
@@ -335,6 +339,7 @@ def _listen(values: Mapping[str, Any]) -> ListenConfig:
             else 0
         ),
         metrics_bind=values["listen.metrics_bind"],
+        trusted_proxies=_networks("listen.trusted_proxies", values["listen.trusted_proxies"]),
         client_resources=_resources("listen.client_resources", values["listen.client_resources"]),
         federation_resources=_resources(
             "listen.federation_resources", values["listen.federation_resources"]
@@ -496,6 +501,16 @@ def _rate_limits(values: Mapping[str, Any]) -> RateLimitsConfig:
         rates=tuple(rates),
         federation=FederationRateConfig(**fed),
     )
+
+
+def _networks(key: str, values: list[Any]) -> tuple[str, ...]:
+    out = []
+    for v in values:
+        try:
+            out.append(str(ipaddress.ip_network(str(v), strict=False)))
+        except ValueError as e:
+            raise ConfigError(f"{key}: {v!r} is not an address or network ({e})") from None
+    return tuple(out)
 
 
 def _voip(values: Mapping[str, Any]) -> VoipConfig:

@@ -432,3 +432,34 @@ async def test_join_wave_over_federation(join_limited_server: OurServer) -> None
             assert r["errcode"] == "M_LIMIT_EXCEEDED"
     finally:
         await fake.stop()
+
+
+def test_client_address_behind_a_trusted_proxy(tmp_path: Path) -> None:
+    """Behind nginx every client shares the proxy's address: with
+    ``listen.trusted_proxies`` the per-address limits key on the client the
+    proxy saw — and a client cannot pick its own key by sending the header."""
+    from aiohttp.test_utils import make_mocked_request
+
+    from homeserver.api.appkeys import CONFIG
+    from homeserver.api.client.account import client_address
+
+    def request(config: Config, peer: str, xff: str | None) -> Any:
+        from aiohttp import web
+
+        app = web.Application()
+        app[CONFIG] = config
+        headers = {"X-Forwarded-For": xff} if xff else {}
+        req = make_mocked_request("POST", "/", headers=headers, app=app)
+        req._transport_peername = (peer, 1234)  # what request.remote reads
+        return req
+
+    plain = limited_config(tmp_path)
+    proxied = limited_config(tmp_path, **{"listen.trusted_proxies": ["127.0.0.0/8"]})
+    assert client_address(request(plain, "127.0.0.1", "203.0.113.9")) == "127.0.0.1"
+    assert client_address(request(proxied, "127.0.0.1", "203.0.113.9")) == "203.0.113.9"
+    # A forged left part is ignored: the right-most untrusted hop counts.
+    assert client_address(request(proxied, "127.0.0.1", "1.2.3.4, 203.0.113.9")) == "203.0.113.9"
+    # Not from a trusted proxy: the header means nothing.
+    assert client_address(request(proxied, "198.51.100.7", "203.0.113.9")) == "198.51.100.7"
+    with pytest.raises(Exception, match="trusted_proxies"):
+        limited_config(tmp_path, **{"listen.trusted_proxies": ["not-a-net"]})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 from typing import Any
 
@@ -32,8 +33,27 @@ def _uia_flows(stage: str, session: str, **error: str) -> dict[str, Any]:
 
 
 def client_address(request: web.Request) -> str:
-    """The peer's address: the key of the per-address limits."""
-    return request.remote or "unknown"
+    """The client's address, the key of the per-address limits: the peer, or
+    — when the peer is a configured trusted proxy (``listen.trusted_proxies``)
+    — the right-most address in X-Forwarded-For that is not one of them
+    (what the proxies saw; what a client wrote there itself is ignored)."""
+    peer = request.remote or "unknown"
+    proxies = request.app[CONFIG].listen.trusted_proxies
+    if not proxies or not _within(peer, proxies):
+        return peer
+    hops = [h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",") if h.strip()]
+    for hop in reversed(hops):
+        if not _within(hop, proxies):
+            return hop
+    return peer
+
+
+def _within(address: str, networks: tuple[str, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in ipaddress.ip_network(n) for n in networks)
 
 
 @routes.post(P + "/register")
