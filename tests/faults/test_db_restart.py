@@ -104,7 +104,7 @@ async def test_postgres_killed_and_restarted_under_two_processes(data_root: Path
                     t0 = time.monotonic()
                     r = await http.call("GET", f"{base}{CS}{path}", ta)
                     assert r.status == 503, (path, r.status, r.body)
-                    assert time.monotonic() - t0 < 2
+                    assert time.monotonic() - t0 < 10  # answered, not hung
             r = await http.call(
                 "PUT", f"{b.base}{CS}/rooms/{room}/send/m.room.message/down", tb, {"body": "x"}
             )
