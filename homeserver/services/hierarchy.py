@@ -43,6 +43,7 @@ RemoteHierarchy = Callable[[str, str, bool], Awaitable[Mapping[str, Any] | None]
 class _Node:
     summary: dict[str, Any]
     children: list[tuple[str, list[str]]]  # (child room, via)
+    stats: Mapping[str, Any] | None = None  # the room_stats row (local rooms)
 
 
 def _order_key(ev: Mapping[str, Any]) -> tuple[int, str, int, str]:
@@ -136,7 +137,7 @@ class HierarchyService:
         summary = room_summary(stats)
         state = await self.children_state(room_id)
         summary["children_state"] = state
-        return _Node(summary, _children(state, suggested_only))
+        return _Node(summary, _children(state, suggested_only), stats)
 
     # ------------------------------------------------------------ the walk
     async def hierarchy(
@@ -156,9 +157,7 @@ class HierarchyService:
             raise MatrixError(400, "M_INVALID_PARAM", "max_depth must not be negative")
         skip = _parse_token(from_token)
         root = await self._local(room_id, suggested_only)
-        if root is None or not await self._user_may_see(
-            user_id, room_id, await self._proj.room_stats(room_id) or {}
-        ):
+        if root is None or not await self._user_may_see(user_id, room_id, root.stats or {}):
             raise forbidden("You cannot see this room's hierarchy")
         rooms: list[dict[str, Any]] = []
         queue: list[tuple[str, list[str], int]] = [(room_id, [], 0)]
@@ -190,8 +189,7 @@ class HierarchyService:
     ) -> _Node | None:
         node = await self._local(room_id, suggested_only)
         if node is not None:
-            stats = await self._proj.room_stats(room_id) or {}
-            return node if await self._user_may_see(user_id, room_id, stats) else None
+            return node if await self._user_may_see(user_id, room_id, node.stats or {}) else None
         summary = remote_cache.get(room_id)
         if summary is None:
             summary = await self._ask_remote(room_id, via, suggested_only, remote_cache)
