@@ -166,7 +166,7 @@ def create_app(
     name = config.server_name
     # storage
     account_store = AccountStore(db)
-    event_store = EventStore(db)
+    event_store = EventStore(db, cache_size=config.event_cache_size)
     projections = Projections(db, name)
     room_store = RoomStore(db)
     account_data_store = AccountDataStore(db, event_store)

@@ -171,6 +171,9 @@ class Config:
     shutdown_grace_s: int = 10
     directory: DirectoryConfig = DirectoryConfig()
     rate_limits: RateLimitsConfig = RateLimitsConfig()
+    # Events kept in memory per process (the log never changes, so the cache
+    # needs no invalidation; its size is the process's memory after warm-up).
+    event_cache_size: int = 10_000
 
     @property
     def signing_key_path(self) -> Path:
@@ -224,6 +227,7 @@ _KEYS: dict[str, tuple[type, Any]] = {
     "admins": (list, []),
     "registration.requires_token": (bool, False),
     "rooms.transient_purge_after_ms": (int, 300_000),
+    "caches.events": (int, 10_000),
     "voip.turn_uris": (list, []),
     "voip.turn_shared_secret": (type(None), None),
     "voip.turn_user_lifetime_ms": (int, 86_400_000),
@@ -475,6 +479,7 @@ def load_config(
             allow_public_rooms_without_auth=values["directory.allow_public_rooms_without_auth"]
         ),
         rate_limits=_rate_limits(values),
+        event_cache_size=_positive("caches.events", values["caches.events"]),
     )
 
 

@@ -200,9 +200,9 @@ class EventStore:
     """Reads and writes of the log. Events and state groups never change once
     written, so both are cached in memory without invalidation."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, cache_size: int = 10_000) -> None:
         self._db = db
-        self._events: _LRU = _LRU(50_000)
+        self._events: _LRU = _LRU(cache_size)
         self._groups: _LRU = _LRU(2_000)
         self._chains: _LRU = _LRU(20_000)  # group id → chain length (never changes)
         self._room_versions: dict[str, RoomVersion] = {}
