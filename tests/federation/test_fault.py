@@ -120,9 +120,22 @@ async def test_a_gap_is_closed_or_its_state_fetched(pair: Pair) -> None:
     topic = await bob.state_event(room, "m.room.topic")
     assert topic["topic"] == "topic in the gap"
     assert state_map(await bob.state(room)) == state_map(await alice.state(room))
-    # The events get_missing_events brought are in B's timeline, in order.
+    # The events get_missing_events brought (g16..g34 and the topic) are in
+    # B's timeline, in order, and so is the gap's edge g15, whose state B took
+    # from state_ids: it is processed like any PDU, not kept as an outlier
+    # that could never join the timeline.
     bodies = await bob.bodies(room, limit=40)
-    assert bodies[-6:] == ["g30", "g31", "g32", "g33", "g34", "after the gap"]
+    assert bodies[-21:] == [f"g{i:02d}" for i in range(15, 35)] + ["after the gap"]
+    conn = await asyncpg.connect(pair.b.db_url)
+    try:
+        outliers = await conn.fetchval(
+            "SELECT count(*) FROM events WHERE room_id = $1 AND outlier "
+            "AND type = 'm.room.message'",
+            room,
+        )
+    finally:
+        await conn.close()
+    assert outliers == 0
     with open(pair.b.log_path, "rb") as f:
         f.seek(log_start)
         log = f.read().decode(errors="replace")

@@ -13,8 +13,9 @@ Server-Server API, "Checks performed on receipt of a PDU":
 5. It passes them against the state before it, else rejected. That state is
    the state after its prev events: missing prev events are first fetched
    with ``/get_missing_events`` (and processed like any PDU, oldest first);
-   for a gap that cannot be closed the state at the unknown prev event comes
-   from ``/state_ids`` (the events we lack from ``/state`` or ``/event``),
+   for a gap that cannot be closed the unknown prev event is fetched and
+   processed like any PDU with ``/state_ids`` at it as its state before (the
+   state events we lack come from ``/state`` or ``/event``, as outliers),
    and several branches are merged by state resolution.
 6. It passes them against the room's current state, else soft-failed
    (stored, not shown, not a forward extremity).
@@ -195,14 +196,22 @@ class Ingest:
         *,
         fetch_missing: bool,
         backfill_position: int | None = None,
+        known_before: dict[StateKey, str] | None = None,
     ) -> Outcome:
         """Checks 4-6 and the commit; caller holds ``room_lock``. Backfilled
         (older) events take ``backfill_position`` and leave the room's
-        current state and extremities alone."""
+        current state and extremities alone. ``known_before``: the state
+        before the event as its origin told it (/state_ids at a gap)."""
         ev = checked.event
         have = await self._store.get_event(ev.event_id)
         if have is not None:
-            # Known (an event held only as an outlier stays one).
+            if have.outlier:
+                # Event rows are append-only: an event first stored as an
+                # outlier (a state or auth event fetched for another one)
+                # keeps that row; only its timeline entry is missing. Gap
+                # events are therefore never stored as outliers
+                # (``remote_state_after``).
+                log.info("%s arrived as a PDU but is held as an outlier", ev.event_id)
             return Outcome(ev.event_id, have.rejected_reason, have.soft_failed, True)
         rv = ev.room_version
         # 4. Against its auth events.
@@ -213,9 +222,14 @@ class Ingest:
         except (AuthError, LookupError) as e:
             rejected = f"auth events: {e}"
         # 5. Against the state before it.
-        if fetch_missing:
-            await self._fetch_missing_prevs(origin, ev)
-        before, group = await self.state_before(origin, ev)
+        if known_before is not None:
+            before, group = known_before, None
+        else:
+            if fetch_missing:
+                await self._fetch_missing_prevs(origin, ev)
+            before, group = await self.state_before(
+                origin, ev, backfill=backfill_position is not None
+            )
         if rejected is None:
             try:
                 check_auth(ev, await self.auth_map_from_state(ev, before))
@@ -467,7 +481,9 @@ class Ingest:
             except FederationError as e:
                 log.info("processing missing event %s failed: %s", c.event.event_id, e)
 
-    async def state_before(self, origin: str, ev: Event) -> tuple[dict[StateKey, str], int | None]:
+    async def state_before(
+        self, origin: str, ev: Event, *, backfill: bool = False
+    ) -> tuple[dict[StateKey, str], int | None]:
         """The state before ``ev``: after its prev events, merged."""
         if not ev.prev_events:
             return {}, None
@@ -480,7 +496,11 @@ class Ingest:
                 states.append(dict(await self._store.state_at_group(se.state_group)))
                 groups.append(se.state_group)
             else:
-                states.append(await self.remote_state_after(origin, ev.room_id, ev.room_version, p))
+                states.append(
+                    await self.remote_state_after(
+                        origin, ev.room_id, ev.room_version, p, backfill=backfill
+                    )
+                )
                 groups.append(None)
         if all(s == states[0] for s in states[1:]):
             group = next((g for g in groups if g is not None), None)
@@ -488,10 +508,47 @@ class Ingest:
         return await self.resolve(ev.room_version, ev.room_id, states), None
 
     async def remote_state_after(
+        self, origin: str, room_id: str, rv: RoomVersion, event_id: str, *, backfill: bool = False
+    ) -> dict[StateKey, str]:
+        """The state after a prev event we lack (a gap /get_missing_events
+        did not close), as ``origin`` sees it.
+
+        The event itself is fetched and processed like any PDU — in the
+        timeline, or in backfilled history when ``backfill`` — with /state_ids
+        at it as the state before it, so it is not kept as an outlier: event
+        rows are append-only, and an outlier could never join the timeline
+        when the event later arrives by /send or backfill. An event we hold
+        as an outlier already (a state or auth event fetched earlier) stays
+        one: its state after is the state before it plus itself."""
+        se = await self._store.get_event(event_id)
+        if se is not None and not se.outlier:
+            return dict(await self._store.state_at_group(se.state_group))
+        before = await self._remote_state_before(origin, room_id, rv, event_id)
+        if se is None:
+            checked = await self._fetch_pdu(origin, rv, event_id)
+            if checked.event.room_id != room_id:
+                raise FederationError(
+                    origin, None, None, f"gap event {event_id} is not in the room"
+                )
+            pos = (await self._fstore.backfill_positions(1))[0] if backfill else None
+            await self.process(
+                origin, checked, fetch_missing=False, backfill_position=pos, known_before=before
+            )
+            se = await self._store.get_event(event_id)
+            if se is None:
+                raise FederationError(origin, None, None, f"gap event {event_id} was not stored")
+            if not se.outlier:
+                return dict(await self._store.state_at_group(se.state_group))
+        state = dict(before)
+        if se.event.is_state and se.rejected_reason is None:
+            state[se.event.state_tuple] = event_id
+        return state
+
+    async def _remote_state_before(
         self, origin: str, room_id: str, rv: RoomVersion, event_id: str
     ) -> dict[StateKey, str]:
-        """The state after an event we lack (or hold only as an outlier), as
-        ``origin`` sees it: /state_ids at it, plus the event itself."""
+        """/state_ids at ``event_id`` (the state before it), every event of
+        it and of its auth chain stored (as outliers) or the PDU fails."""
         resp = await self._client.get_json(
             origin,
             encode_path("/_matrix/federation/v1/state_ids/{}", room_id),
@@ -500,7 +557,7 @@ class Ingest:
         pdu_ids = [i for i in resp.get("pdu_ids", []) if isinstance(i, str)]
         log.info("state_ids: %d state events at gap %s from %s", len(pdu_ids), event_id, origin)
         chain_ids = [i for i in resp.get("auth_chain_ids", []) if isinstance(i, str)]
-        wanted = set(pdu_ids) | set(chain_ids) | {event_id}
+        wanted = set(pdu_ids) | set(chain_ids)
         missing = wanted - await self._store.have_events(wanted)
         if len(missing) > FULL_STATE_THRESHOLD:
             full = await self._client.get_json(
@@ -513,7 +570,7 @@ class Ingest:
             missing = wanted - await self._store.have_events(wanted)
         if missing:
             await self.fetch_events(origin, room_id, rv, missing)
-        evs = await self._store.get_events([*pdu_ids, event_id])
+        evs = await self._store.get_events(pdu_ids)
         lacking = [i for i in pdu_ids if i not in evs]
         if lacking:
             # A state we cannot see whole is not the state: fail this PDU
@@ -526,10 +583,25 @@ class Ingest:
             se = evs[i]
             if se.event.is_state and se.rejected_reason is None:
                 state[se.event.state_tuple] = i
-        me = evs.get(event_id)
-        if me is not None and me.event.is_state and me.rejected_reason is None:
-            state[me.event.state_tuple] = event_id
         return state
+
+    async def _fetch_pdu(self, origin: str, rv: RoomVersion, event_id: str) -> Checked:
+        """GET /event/{id}, checks 1-3; the answer must be that event."""
+        resp = await self._client.get_json(
+            origin, encode_path("/_matrix/federation/v1/event/{}", event_id)
+        )
+        pdus = resp.get("pdus") if isinstance(resp, dict) else None
+        if not isinstance(pdus, list) or len(pdus) != 1:
+            raise FederationError(origin, None, None, f"/event/{event_id}: no single PDU")
+        try:
+            checked = await self.check_pdu(pdus[0], rv)
+        except Dropped as e:
+            raise FederationError(origin, None, None, f"/event/{event_id}: {e}") from e
+        if checked.event.event_id != event_id:
+            raise FederationError(
+                origin, None, None, f"/event/{event_id} answered {checked.event.event_id}"
+            )
+        return checked
 
     async def resolve(
         self, rv: RoomVersion, room_id: str, states: Sequence[Mapping[StateKey, str]]
