@@ -222,6 +222,8 @@ class TimelineService:
             start = min(start, upper_limit) if backwards else start
         end_bound = parse_token(to_token) if to_token else None
         collected: list[StoredEvent] = []
+        redactions: dict[str, list[str]] = {}
+        related: set[str] = set()
         cursor = start
         more = True
         backfilled = False
@@ -229,22 +231,25 @@ class TimelineService:
         while len(collected) < limit and more:
             want = max(limit * 2, 20)
             if backwards:
-                batch = await self._store.paginate(
+                page = await self._store.timeline_page(
                     room_id, before=cursor + 1, after=end_bound, limit=want, backwards=True
                 )
-                if len(batch) < want and self.backfill is not None and not backfilled:
+                if len(page.events) < want and self.backfill is not None and not backfilled:
                     backfilled = True
-                    if await self.backfill(room_id, want - len(batch)):
+                    if await self.backfill(room_id, want - len(page.events)):
                         continue
             else:
                 hi = end_bound + 1 if end_bound is not None else None
                 if upper_limit is not None:
                     hi = min(hi or upper_limit + 1, upper_limit + 1)
-                batch = await self._store.paginate(
+                page = await self._store.timeline_page(
                     room_id, before=hi, after=cursor, limit=want, backwards=False
                 )
+            batch = page.events
+            redactions.update(page.redactions)
+            related |= page.related
             more = len(batch) == want
-            visible = await self._vis.filter(user_id, batch)
+            visible = await self._vis.filter(user_id, batch, now_joined=m == "join")
             if filter_fn is not None:
                 visible = [e for e in visible if filter_fn(e.event)]
             keep = {e.event.event_id for e in visible}
@@ -255,7 +260,14 @@ class TimelineService:
                 cursor = e.stream_ordering - 1 if backwards else e.stream_ordering
                 if e.event.event_id in keep:
                     collected.append(e)
-        chunk = await self._ser.serialize(collected, viewer=(user_id, device_id))
+        page_ids = {e.event.event_id for e in collected}
+        chunk = await self._ser.serialize(
+            collected,
+            viewer=(user_id, device_id),
+            redactions=redactions,
+            redactions_cover=page_ids,
+            relations_cover=page_ids - related,
+        )
         out: dict[str, Any] = {"start": make_token(start), "chunk": chunk}
         if more:
             out["end"] = make_token(cursor)

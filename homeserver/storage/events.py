@@ -43,6 +43,18 @@ class StoredEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class TimelinePage:
+    """A page of a room's timeline with what serialising it needs besides
+    the events, read by the same statement: the redactions of each event
+    and which events are the target of a relation (the others have no
+    aggregations to look up)."""
+
+    events: list[StoredEvent]
+    redactions: dict[str, list[str]]
+    related: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
 class WriterContext:
     """See ``EventStore.writer_context``."""
 
@@ -624,11 +636,33 @@ class EventStore:
     ) -> list[StoredEvent]:
         """Timeline in stream order (which, within a room, follows the DAG's
         topological order for events we appended), for /messages."""
+        page = await self.timeline_page(
+            room_id, before=before, after=after, limit=limit, backwards=backwards
+        )
+        return page.events
+
+    async def timeline_page(
+        self,
+        room_id: str,
+        *,
+        before: int | None,
+        after: int | None,
+        limit: int,
+        backwards: bool,
+    ) -> TimelinePage:
+        """``paginate`` with each event's redactions and whether anything
+        relates to it, in the same statement (a /messages page is one round
+        trip, bundled aggregations or not)."""
         lo = after if after is not None else -(2**62)  # backfilled history is negative
         hi = before if before is not None else 2**62
         order = "DESC" if backwards else "ASC"
         rows = await self._db.fetch(
-            f"SELECT {_EVENT_COLS} FROM events e JOIN rooms r USING (room_id) "
+            f"SELECT {_EVENT_COLS}, "
+            "  (SELECT array_agg(x.redaction_id) FROM event_redactions x "
+            "   WHERE x.redacted_id = e.event_id) AS redaction_ids, "
+            "  EXISTS (SELECT 1 FROM event_relations x WHERE x.relates_to_id = e.event_id) "
+            "   AS related "
+            "FROM events e JOIN rooms r USING (room_id) "
             "WHERE e.room_id = $1 AND e.stream_ordering > $2 AND e.stream_ordering < $3 "
             "AND NOT e.outlier AND NOT e.soft_failed AND e.rejected_reason IS NULL "
             f"ORDER BY e.stream_ordering {order} LIMIT $4",
@@ -637,7 +671,11 @@ class EventStore:
             hi,
             limit,
         )
-        return [self._cached(row) for row in rows]
+        return TimelinePage(
+            [self._cached(row) for row in rows],
+            {r["event_id"]: list(r["redaction_ids"]) for r in rows if r["redaction_ids"]},
+            frozenset(r["event_id"] for r in rows if r["related"]),
+        )
 
     async def event_by_txn(
         self, user_id: str, device_id: str, txn_id: str, conn: asyncpg.Connection | None = None
