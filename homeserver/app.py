@@ -78,6 +78,7 @@ from homeserver.services.hierarchy import HierarchyService
 from homeserver.services.identity import IdentityMismatch
 from homeserver.services.identity import establish as establish_identity
 from homeserver.services.membership import MembershipService
+from homeserver.services.memory import MemoryTrimmer
 from homeserver.services.messages import MessageService
 from homeserver.services.metrics import Metrics, Sources, transactions_of
 from homeserver.services.notifier import Notifier
@@ -343,11 +344,12 @@ def create_app(
         stop = asyncio.Event()
         lifecycle_task = asyncio.create_task(lifecycle.run(stop))
         sweeper = asyncio.create_task(sweep_stale_reservations(stop))
+        trimmer = asyncio.create_task(MemoryTrimmer().run(stop))
         await federation.start()
         lease_tasks = [asyncio.create_task(lease.run(stop)) for lease in leases]
         yield
         stop.set()
-        await asyncio.gather(lifecycle_task, sweeper, *lease_tasks)
+        await asyncio.gather(lifecycle_task, sweeper, trimmer, *lease_tasks)
         await federation.stop(config.shutdown_grace_s)
         await notifier.stop()
 
