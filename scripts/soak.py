@@ -316,5 +316,11 @@ async def main() -> int:
     return 0 if codes == (0, 0) else 1
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    # SIGTERM as Ctrl-C: main's ``finally`` stops both servers.
+    raise KeyboardInterrupt
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _interrupt)
     sys.exit(asyncio.run(main()))
