@@ -374,6 +374,52 @@ async def test_outgoing_invite_carries_the_create_event(pair: Pair, fake: FakeOr
     assert await alice.membership_of(room, invitee) == "invite"
 
 
+# The stripped state the Client-Server API recommends ("Stripped state"),
+# written out here rather than imported: this is what the test holds the
+# server to.
+SPEC_STRIPPED_TYPES = {
+    "m.room.create",
+    "m.room.name",
+    "m.room.avatar",
+    "m.room.topic",
+    "m.room.join_rules",
+    "m.room.canonical_alias",
+    "m.room.encryption",
+}
+
+
+async def test_stripped_state_over_federation_is_the_spec_list(
+    pair: Pair, fake: FakeOrigin
+) -> None:
+    """An invite to and a knock from another server carry the spec's
+    recommended stripped state (the invite also the inviter's member event),
+    the same list our /sync shows: not history visibility or guest access,
+    which the federation side used to add."""
+    alice, room = await public_room(pair)
+    await alice.put_state(room, "m.room.topic", {"topic": "t"})
+    await alice.put_state(room, "m.room.guest_access", {"guest_access": "can_join"})
+    state = state_map(await alice.state(room))
+    assert ("m.room.history_visibility", "") in state and ("m.room.guest_access", "") in state
+    present = {t for t in SPEC_STRIPPED_TYPES if (t, "") in state}
+    invitee = fake_user(fake, "stripped")
+    await alice.membership(room, "invite", user_id=invitee)
+    sent = [i for i in fake.invites if i["event"]["state_key"] == invitee]
+    assert len(sent) == 1
+    types = [(e["type"], e["state_key"]) for e in sent[0]["invite_room_state"]]
+    assert sorted(types) == sorted([(t, "") for t in present] + [("m.room.member", alice.user_id)])
+
+    await alice.put_state(room, "m.room.join_rules", {"join_rule": "knock"})
+    knocker = fake_user(fake, "knocker")
+    got = await make(fake, pair.a, "knock", room, knocker, ["12"])
+    assert got.status == 200, got
+    t = got.body["event"]
+    r = await send(
+        fake, pair.a, "v1", "knock", signed_from(fake, t, content={"membership": "knock"})
+    )
+    assert r.status == 200, r
+    assert sorted(e["type"] for e in r.body["knock_room_state"]) == sorted(present)
+
+
 # -------------------------------------------------- dead first resident
 async def test_join_skips_resident_servers_that_fail(pair: Pair, fake: FakeOrigin) -> None:
     """The first server named is down (nobody listens on its port), the
