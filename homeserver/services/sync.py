@@ -264,7 +264,13 @@ class SyncService:
                 flt,
                 pre,
             )
-        await self._fill_events(joined_out, user_id, device_id, pre)
+        await self._fill_events(
+            joined_out,
+            user_id,
+            device_id,
+            pre,
+            relations_cover=pre.redactions_cover - pre.related,
+        )
         for r, pos in left_at.items():
             if flt.allows_room(r):
                 leave_out[r] = await self._left_entry(r, user_id, device_id, since, pos, flt)
@@ -447,6 +453,7 @@ class SyncService:
             redactions_cover={
                 eid for r in rooms if r not in reread for eid, _pos in snap.timeline.get(r, ())
             },
+            related=snap.related,
         )
 
     async def _fill_filtered(
@@ -730,6 +737,8 @@ class _Prefetch:
     stats: dict[str, dict[str, Any]]
     redactions: dict[str, list[str]]
     redactions_cover: set[str]
+    # of the events in ``redactions_cover``, those something relates to
+    related: set[str] = field(default_factory=set)
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,8 @@ A long-poll woken by a new message has to answer fast, and on loopback each
 round trip to PostgreSQL costs more than the query behind it. So the stream
 position, the user's memberships and membership changes, the account data,
 receipts and typing changes, the newest timeline entries of every joined
-room (ids only: bodies come from the event cache), their redactions, and the
+room (ids only: bodies come from the event cache), their redactions and
+which of them anything relates to, and the
 summary and counts of the rooms where something happened
 are read together. One statement also means one snapshot: everything read
 is consistent with the position it reports.
@@ -75,6 +76,8 @@ SELECT
                    ORDER BY room_id, stream_ordering DESC) FROM tl) AS timeline,
   (SELECT json_agg(json_build_array(r.redacted_id, r.redaction_id)) FROM event_redactions r
     WHERE r.redacted_id IN (SELECT event_id FROM tl)) AS redactions,
+  (SELECT array_agg(DISTINCT x.relates_to_id) FROM event_relations x
+    WHERE x.relates_to_id IN (SELECT event_id FROM tl)) AS related,
   (SELECT json_agg(rc) FROM rc) AS receipts,
   (SELECT array_agg(room_id) FROM ty) AS typing,
   (SELECT json_object_agg(room_id, users) FROM typers) AS typers,
@@ -107,6 +110,9 @@ class SyncSnapshot:
     # room → [(event id, position)], newest first, at most ``limit`` each
     timeline: dict[str, list[tuple[str, int]]]
     redactions: dict[str, list[str]]
+    # the timeline events something relates to (the others have no
+    # aggregations to look up)
+    related: set[str]
     receipts: dict[str, list[dict[str, Any]]]
     typing: set[str]
     # room → who is typing now, for the rooms in ``typing`` (every joined
@@ -146,6 +152,7 @@ class SyncSnapshots:
             changes=[(r, int(p), m, e) for r, p, m, e in row["changes"] or ()],
             timeline=timeline,
             redactions=redactions,
+            related=set(row["related"] or ()),
             receipts=receipts,
             typing=set(row["typing"] or ()),
             typers=dict(row["typers"] or {}),
