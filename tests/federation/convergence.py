@@ -522,6 +522,9 @@ async def play(
     snaps, diff = await quiesce(run, nodes, quiesce_s)
     run.seconds["quiesce"] = time.monotonic() - t2
     diff += await explain_missing(run, nodes, snaps)
+    if diff and snaps:
+        diff += await explain_split(nodes, snaps, run.room_id)
+        diff += await heal_probe(run, nodes)
     for n in nodes:
         if n.ours:
             drift, run.alarms[n.label] = await n.verify(run.room_id)
@@ -566,6 +569,56 @@ async def explain_missing(run: Run, nodes: Sequence[Node], snaps: Sequence[Snaps
             if n.ours and m.event_id not in snap.messages:
                 out.append(f"{m.event_id} on {n.label}: {await n.event_status(m.event_id)}")
     return out
+
+
+async def explain_split(
+    nodes: Sequence[Node], snaps: Sequence[Snapshot], room_id: str
+) -> list[str]:
+    """For state the servers disagree on: how each server of ours holds each
+    of the competing events, and each one's forward extremities — a split
+    left by different soft-fail decisions shows here (an event that is an
+    extremity on one server and soft-failed on another)."""
+    keys = [
+        k
+        for k in set().union(*(s.state for s in snaps))
+        if len({s.state.get(k) for s in snaps}) > 1
+    ]
+    ids = sorted({s.state[k] for s in snaps for k in keys if k in s.state})
+    out: list[str] = []
+    for n in nodes:
+        if not n.ours:
+            continue
+        for eid in ids:
+            out.append(f"  {eid} on {n.label}: {await n.event_status(eid)}")
+        async with n.db() as conn:
+            ext = await conn.fetch(
+                "SELECT f.event_id, e.type, e.state_key, e.sender FROM forward_extremities f "
+                "JOIN events e USING (event_id) WHERE f.room_id = $1 ORDER BY f.event_id",
+                room_id,
+            )
+        shown = [
+            f"{r['event_id']} ({r['type']} {r['state_key'] or ''} by {r['sender']})" for r in ext
+        ]
+        out.append(f"  forward extremities on {n.label}: {shown}")
+    return out
+
+
+async def heal_probe(run: Run, nodes: Sequence[Node]) -> list[str]:
+    """After a failed quiesce: one message from every server's observer in
+    turn (each citing what its server holds), then whether that brought the
+    servers together. Said in the report; the run has failed regardless."""
+    for n in nodes:
+        if n.up:
+            try:
+                await n.observer.send(run.room_id, "heal probe")
+            except (MatrixError, aiohttp.ClientError) as e:
+                return [f"heal probe: {n.label} could not send: {e}"]
+            await asyncio.sleep(2.0)
+    _, after = await quiesce(run, nodes, 30.0)
+    after = [d for d in after if "heal probe" not in d]
+    if not after:
+        return ["after one message from every server: converged (a split no event had merged)"]
+    return [f"after one message from every server: still {len(after)} differences"]
 
 
 def report(run: Run, diff: Sequence[str]) -> str:
