@@ -1,6 +1,9 @@
 """Soak: two server processes (each with its embedded PostgreSQL) federating,
 under a bounded mixed load for a given time, sampled every interval.
 
+Also per interval: what each server still has queued for the other
+(federation PDUs and EDUs, and the age of the oldest), from its metrics.
+
 Load (all loopback): long-polls (/sync with a timeout) by the users of A,
 sends into a shared room through A and through B (so every message crosses
 federation), and join/leave churn (new local users join and leave; B users
@@ -82,7 +85,7 @@ def cluster_pss_kb(pgdata: Path) -> tuple[int, int]:
 class Server:
     def __init__(self, root: Path, name: str) -> None:
         self.data = root / name
-        self.port, self.fed = free_port(), free_port()
+        self.port, self.fed, self.metrics = free_port(), free_port(), free_port()
         self.server_name = f"localhost:{self.fed}"
         self.base = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -98,6 +101,7 @@ class Server:
             HOMESERVER_REGISTRATION_ENABLED="true",
             # Lifted, as the Synapse peer's are: this measures the server.
             HOMESERVER_RATE_LIMITS_ENABLED="false",
+            HOMESERVER_LISTEN_METRICS_PORT=str(self.metrics),
         )
         self.proc = subprocess.Popen(
             [
@@ -118,6 +122,20 @@ class Server:
             stdout=subprocess.DEVNULL,
             stderr=open(self.log, "ab"),  # noqa: SIM115 - the child keeps it
         )
+
+    async def federation_queue(self, s: aiohttp.ClientSession) -> tuple[int, float]:
+        """(PDUs and EDUs queued for other servers, age of the oldest in
+        seconds) from the server's Prometheus metrics: whether federation
+        keeps up with the load."""
+        async with s.get(f"http://127.0.0.1:{self.metrics}/metrics") as r:
+            text = await r.text()
+        items, age = 0, 0.0
+        for line in text.splitlines():
+            if line.startswith("homeserver_federation_queue_items{"):
+                items += int(float(line.rsplit(" ", 1)[1]))
+            elif line.startswith("homeserver_federation_queue_oldest_age_seconds{"):
+                age = max(age, float(line.rsplit(" ", 1)[1]))
+        return items, round(age, 1)
 
     async def ready(self, s: aiohttp.ClientSession) -> None:
         for _ in range(1200):
@@ -294,6 +312,10 @@ async def main() -> int:
                 await asyncio.sleep(min(args.interval, max(0.0, end - time.monotonic())))
                 n += 1
                 row = soak.sample(n)
+                for srv in (a, b):
+                    items, age = await srv.federation_queue(s)
+                    row[f"fed_queue_{srv.data.name}"] = items
+                    row[f"fed_oldest_{srv.data.name}_s"] = age
                 rows.append(row)
                 print(json.dumps(row), flush=True)
                 if out:
@@ -301,8 +323,8 @@ async def main() -> int:
                     out.flush()
             soak.stop.set()
             await asyncio.wait(tasks, timeout=15)
-            for t in tasks:
-                t.cancel()
+            for task in tasks:
+                task.cancel()
     finally:
         codes = (a.stop(), b.stop())
         if out:
