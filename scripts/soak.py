@@ -1,8 +1,9 @@
 """Soak: two server processes (each with its embedded PostgreSQL) federating,
 under a bounded mixed load for a given time, sampled every interval.
 
-Also per interval: what each server still has queued for the other
-(federation PDUs and EDUs, and the age of the oldest), from its metrics.
+Also per interval, from each server's metrics: what it still has queued
+for the other (federation PDUs and EDUs, and the age of the oldest), and its
+live memory (C heap bytes in use, Python's allocated blocks).
 
 Load (all loopback): long-polls (/sync with a timeout) by the users of A,
 sends into a shared room through A and through B (so every message crosses
@@ -123,19 +124,33 @@ class Server:
             stderr=open(self.log, "ab"),  # noqa: SIM115 - the child keeps it
         )
 
-    async def federation_queue(self, s: aiohttp.ClientSession) -> tuple[int, float]:
-        """(PDUs and EDUs queued for other servers, age of the oldest in
-        seconds) from the server's Prometheus metrics: whether federation
-        keeps up with the load."""
+    async def scrape(self, s: aiohttp.ClientSession) -> dict[str, Any]:
+        """From the server's Prometheus metrics: what it has queued for
+        other servers (PDUs and EDUs, and the age of the oldest: whether
+        federation keeps up), and its live memory (C heap in use, Python's
+        allocated blocks: RSS that grows while these stay flat is the
+        allocators' fragmentation, not a leak)."""
         async with s.get(f"http://127.0.0.1:{self.metrics}/metrics") as r:
             text = await r.text()
         items, age = 0, 0.0
+        heap: dict[str, float] = {}
         for line in text.splitlines():
             if line.startswith("homeserver_federation_queue_items{"):
                 items += int(float(line.rsplit(" ", 1)[1]))
             elif line.startswith("homeserver_federation_queue_oldest_age_seconds{"):
                 age = max(age, float(line.rsplit(" ", 1)[1]))
-        return items, round(age, 1)
+            elif line.startswith(("homeserver_malloc_in_use_bytes ", "homeserver_python_")):
+                name, value = line.split(" ", 1)
+                heap[name] = float(value)
+        n = self.data.name
+        return {
+            f"fed_queue_{n}": items,
+            f"fed_oldest_{n}_s": round(age, 1),
+            f"malloc_in_use_{n}_mb": round(
+                heap.get("homeserver_malloc_in_use_bytes", 0) / 2**20, 1
+            ),
+            f"py_blocks_{n}_k": round(heap.get("homeserver_python_allocated_blocks", 0) / 1000),
+        }
 
     async def ready(self, s: aiohttp.ClientSession) -> None:
         for _ in range(1200):
@@ -313,9 +328,7 @@ async def main() -> int:
                 n += 1
                 row = soak.sample(n)
                 for srv in (a, b):
-                    items, age = await srv.federation_queue(s)
-                    row[f"fed_queue_{srv.data.name}"] = items
-                    row[f"fed_oldest_{srv.data.name}_s"] = age
+                    row.update(await srv.scrape(s))
                 rows.append(row)
                 print(json.dumps(row), flush=True)
                 if out:

@@ -50,7 +50,7 @@ class Requester:
 SYSTEM_LOCALPART = "_homeserver"
 
 TOKEN_CACHE_TTL = 60.0
-TOKEN_CACHE_SIZE = 100_000
+TOKEN_CACHE_SIZE = 20_000
 
 
 def hash_token(token: str) -> bytes:

@@ -14,6 +14,11 @@ and RSS grew by 25 MB a minute with the event cache already full;
 page anywhere in the heap, not only at its top) once a minute, in a worker
 thread so the event loop does not wait for it. On a C library without it
 (musl, macOS) there is nothing to do and the task does not start.
+
+``heap_figures`` tells RSS apart from what is live, for the metrics: the C
+heap's bytes in use and held from the system (glibc's ``mallinfo2``) and
+the Python objects' allocated blocks. A process whose RSS grows while
+these stay flat is fragmenting, not leaking.
 """
 
 from __future__ import annotations
@@ -23,21 +28,75 @@ import contextlib
 import ctypes
 import ctypes.util
 import logging
+import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
 TRIM_INTERVAL_S = 60.0
 
 
-def _find_malloc_trim() -> Callable[[int], int] | None:
+def _libc() -> ctypes.CDLL | None:
     name = ctypes.util.find_library("c")
     if name is None:
         return None
     try:
-        libc = ctypes.CDLL(name)
+        return ctypes.CDLL(name)
     except OSError:
+        return None
+
+
+class _MallInfo2(ctypes.Structure):
+    # glibc 2.33+: struct mallinfo2, every field a size_t
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class HeapFigures:
+    malloc_in_use: int | None  # bytes in use (heap chunks and mmapped blocks)
+    malloc_system: int | None  # bytes the C heap holds from the system
+    python_blocks: int  # blocks allocated by Python's object allocator
+
+
+def _find_mallinfo2() -> Callable[[], _MallInfo2] | None:
+    libc = _libc()
+    fn = getattr(libc, "mallinfo2", None) if libc is not None else None
+    if fn is None:
+        return None
+    fn.argtypes = []
+    fn.restype = _MallInfo2
+    return fn  # type: ignore[no-any-return]
+
+
+_MALLINFO2 = _find_mallinfo2()
+
+
+def heap_figures() -> HeapFigures:
+    if _MALLINFO2 is None:
+        return HeapFigures(None, None, sys.getallocatedblocks())
+    m = _MALLINFO2()
+    return HeapFigures(m.uordblks + m.hblkhd, m.arena + m.hblkhd, sys.getallocatedblocks())
+
+
+def _find_malloc_trim() -> Callable[[int], int] | None:
+    libc = _libc()
+    if libc is None:
         return None
     trim = getattr(libc, "malloc_trim", None)
     if trim is None:

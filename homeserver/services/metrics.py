@@ -19,6 +19,9 @@ Families (all prefixed ``homeserver_``):
   destination; ``federation_transactions_total`` by direction and result;
 - ``db_pool_connections`` by state (in use, idle), ``db_pool_max``;
 - ``rate_limited_total``: requests refused by a rate limit (429), by route;
+- ``malloc_in_use_bytes`` / ``malloc_system_bytes`` (glibc) and
+  ``python_allocated_blocks``: live memory, to tell from RSS (see
+  ``services/memory.py``);
 - the process collector's ``process_*`` (RSS, CPU, open files).
 """
 
@@ -31,6 +34,8 @@ from dataclasses import dataclass, field
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from homeserver.services.memory import heap_figures
 
 
 @dataclass
@@ -107,6 +112,21 @@ class _FromServices(Collector):
         pool.add_metric(["idle"], idle)
         yield pool
         yield GaugeMetricFamily("homeserver_db_pool_max", "Database pool size limit", value=top)
+        heap = heap_figures()
+        if heap.malloc_in_use is not None and heap.malloc_system is not None:
+            yield GaugeMetricFamily(
+                "homeserver_malloc_in_use_bytes", "C heap bytes in use", value=heap.malloc_in_use
+            )
+            yield GaugeMetricFamily(
+                "homeserver_malloc_system_bytes",
+                "C heap bytes held from the system (freed pages included until trimmed)",
+                value=heap.malloc_system,
+            )
+        yield GaugeMetricFamily(
+            "homeserver_python_allocated_blocks",
+            "Blocks allocated by Python's object allocator",
+            value=heap.python_blocks,
+        )
 
 
 class Metrics:

@@ -41,9 +41,9 @@ from homeserver.storage.projections import Projections
 from homeserver.storage.push import Counts, Found, Pusher, PushStore
 
 PAGE = 1000  # events evaluated per room and round
-MAX_USERS = 50_000  # compiled rule sets kept
-MAX_GROUPS = 20_000  # room contexts (per state group) kept
-MAX_MEMOS = 20_000  # per-event condition results shared by members (pr.Memo)
+MAX_USERS = 5_000  # compiled rule sets kept (active users; a miss costs one read)
+MAX_GROUPS = 5_000  # room contexts (per state group) kept
+MAX_MEMOS = 10_000  # per-event condition results shared by members (pr.Memo)
 MAIN = "main"
 THREAD_HOPS = 3  # relations followed to find an event's thread (spec advice)
 # Size caps on what a user may store (every evaluation runs their rules).

@@ -32,7 +32,7 @@ from homeserver.storage.push import Counts
 from homeserver.storage.rooms import RoomStore
 from homeserver.storage.sync_snapshot import SyncSnapshot, SyncSnapshots
 
-MAX_VIEWS = 200_000
+MAX_VIEWS = 50_000
 PUSH_RULES = "m.push_rules"
 
 

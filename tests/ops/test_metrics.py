@@ -53,6 +53,9 @@ async def test_metrics_move_with_the_server(
         "homeserver_db_pool_connections",
         "homeserver_db_pool_max",
         "homeserver_rate_limited",
+        "homeserver_malloc_in_use_bytes",
+        "homeserver_malloc_system_bytes",
+        "homeserver_python_allocated_blocks",
         "process_resident_memory_bytes",
         "process_open_fds",
     ):
@@ -76,6 +79,9 @@ async def test_metrics_move_with_the_server(
         == 1
     )
     assert sample(after, "homeserver_db_pool_max") > 0
+    in_use = sample(after, "homeserver_malloc_in_use_bytes")
+    assert 0 < in_use <= sample(after, "homeserver_malloc_system_bytes")
+    assert sample(after, "homeserver_python_allocated_blocks") > 0
     # A 429 from a rate limit is counted by route.
     app[METRICS].observe("client", "POST", "/limited", 429, 0.001)
     limited = await scrape(aiohttp_client, app)
