@@ -181,10 +181,7 @@ async def test_no_alarm_where_no_rollback_is_legitimate(trio: list[OurServer]) -
         print(report(run, diff), flush=True)
     assert not diff, f"seed {seed} did not converge"
     assert run.alarms  # verify ran on every server of ours (and found no drift)
-    if any(run.alarms.values()):
-        # Known open point of issue 15: a member key can still move back to
-        # an older event after the partition (seen on the restarted server).
-        pytest.xfail(f"state reset alarms without power contention: {run.alarms}")
+    assert not any(run.alarms.values()), f"state reset alarms: {run.alarms}"
 
 
 @pytest.mark.interop
