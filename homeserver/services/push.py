@@ -253,10 +253,7 @@ class PushService:
         trip less)."""
         if not room_ids:
             return {}
-        counted = await self._catch_up(user_id, room_ids, upto, count=True)
-        if counted is not None:
-            return counted
-        return await self._store.counts(user_id, room_ids, upto)
+        return await self._catch_up(user_id, room_ids, upto, count=True) or {}
 
     async def catch_up(self, user_id: str, room_ids: Sequence[str], upto: int) -> None:
         """Evaluate the user's rules on every event from others in
@@ -266,15 +263,21 @@ class PushService:
     async def _catch_up(
         self, user_id: str, room_ids: Sequence[str], upto: int, *, count: bool
     ) -> dict[str, dict[str, Counts]] | None:
-        """``catch_up``; with ``count``, the counts of ``room_ids`` when the
-        last write gave them (None when nothing was left to write)."""
+        """``catch_up``; with ``count``, the counts of ``room_ids``: from the
+        first read when nothing was pending, else from the last write."""
         rooms = list(room_ids)
+        first = True
         while rooms:
-            version, pending = await self._store.pending(user_id, rooms, upto, PAGE)
+            version, pending, now = await self._store.pending(
+                user_id, rooms, upto, PAGE, counts=count and first
+            )
+            first = False
             # (kept current even when nothing is pending: evaluate_cached uses it)
             ruleset = await self._ruleset(user_id, version)
             if not pending:
-                return None
+                if count and now is None:  # (a later round found nothing left)
+                    return await self._store.counts(user_id, room_ids, upto)
+                return now
             ids = [eid for p in pending for eid, _pos in p.events]
             evs = await self._events.get_events(ids) if ids else {}
             found: list[Found] = []

@@ -136,13 +136,20 @@ class PushStore:
 
     # ------------------------------------------------------ evaluation
     async def pending(
-        self, user_id: str, room_ids: Sequence[str], upto: int, limit: int
-    ) -> tuple[int, list[Pending]]:
+        self, user_id: str, room_ids: Sequence[str], upto: int, limit: int, *, counts: bool = False
+    ) -> tuple[int, list[Pending], dict[str, dict[str, Counts]] | None]:
         """The user's rules version, and per room the events from others
         after what was evaluated (or after the user's membership event, the
-        first time) up to ``upto``: at most ``limit`` per room."""
+        first time) up to ``upto``: at most ``limit`` per room. With
+        ``counts``, also the counts of ``counts()`` as they stand (final
+        when nothing is pending: one round trip for a /sync whose rooms are
+        evaluated already)."""
+        extra_ctes = f", {_counts_ctes('$2::text[]', '$3')}, cnt AS ({_COUNT_SELECT})"
+        extra_select = (
+            ", (SELECT json_agg(json_build_array(room_id, thread_id, n, h)) FROM cnt) AS counts"
+        )
         row = await self._db.fetchrow(
-            """
+            f"""
             WITH p AS (
                 SELECT q.room_id, b.lower, x.event_id, x.stream_ordering
                 FROM unnest($2::text[]) AS q(room_id)
@@ -159,10 +166,11 @@ class PushStore:
                     ORDER BY e.stream_ordering LIMIT $4
                 ) x ON true
                 WHERE b.lower < $3
-            )
+            ){extra_ctes if counts else ""}
             SELECT COALESCE((SELECT version FROM push_rules WHERE user_id = $1), 0) AS version,
                    (SELECT json_agg(json_build_array(room_id, lower, event_id, stream_ordering)
                                     ORDER BY room_id, stream_ordering) FROM p) AS rows
+                   {extra_select if counts else ""}
             """,
             user_id,
             list(room_ids),
@@ -175,10 +183,16 @@ class PushStore:
             _lower, evs = by_room.setdefault(room_id, (int(lower), []))
             if event_id is not None:
                 evs.append((event_id, int(pos)))
-        return int(row["version"]), [
+        now: dict[str, dict[str, Counts]] | None = None
+        if counts:
+            now = {}
+            for room_id, thread_id, n, h in row["counts"] or ():
+                now.setdefault(room_id, {})[thread_id] = Counts(int(n), int(h))
+        pending = [
             Pending(room, lower, tuple(evs), len(evs) >= limit)
             for room, (lower, evs) in by_room.items()
         ]
+        return int(row["version"]), pending, now
 
     async def record(
         self,
