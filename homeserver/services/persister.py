@@ -201,11 +201,20 @@ class Persister:
                         if p.event.type == "m.room.member" and p.event.state_key
                     }
                 )
+                accepted = [Accepted(p.event, p.stream_ordering) for p in entries if p.accepted]
+                head = (
+                    None
+                    if backfill
+                    else head_args(
+                        room_id, accepted, change.extremities_removed, change.extremities_added
+                    )
+                )
                 await self._store.insert_events(
                     conn,
                     _new_events(entries, now),
                     # Release the positions and queue the notification with
-                    # the events (both happen at commit).
+                    # the events (both happen at commit), and move the head
+                    # the planner decided under the room lock.
                     release=None
                     if backfill
                     else (
@@ -213,14 +222,17 @@ class Persister:
                         self._notifier.channel,
                         payload(positions[-1], room_id, users),
                     ),
+                    head=head,
+                    head_locked=True,
                 )
                 await self._proj.apply(
                     conn,
                     room_id,
-                    [Accepted(p.event, p.stream_ordering) for p in entries if p.accepted],
+                    accepted,
                     change.state_delta,
                     change.extremities_removed,
                     change.extremities_added,
+                    head_moved=head is not None,
                 )
                 for hook in self.in_transaction:
                     await hook(conn, room_id, entries)

@@ -135,19 +135,24 @@ class Projections:
         state_delta: Mapping[StateKey, Event | None],
         extremities_removed: Iterable[str],
         extremities_added: Iterable[str],
+        *,
+        head_moved: bool = False,
     ) -> None:
         """Bring every projection of ``room_id`` up to date with an append.
 
         ``accepted`` are the new events that became part of the room's
         history; ``state_delta`` the keys of the current state that changed
-        (None: key removed) with their new event.
+        (None: key removed) with their new event. ``head_moved``: the
+        events' own statement moved the extremities and head already
+        (``EventStore.insert_events`` with ``head``).
         """
-        # Forward extremities, the room head and its last activity, in one
-        # statement (this runs for every append).
-        await conn.execute(
-            f"WITH {head_ctes(1)} SELECT 1",
-            *head_args(room_id, accepted, extremities_removed, extremities_added),
-        )
+        if not head_moved:
+            # Forward extremities, the room head and its last activity, in
+            # one statement (this runs for every append).
+            await conn.execute(
+                f"WITH {head_ctes(1)} SELECT 1",
+                *head_args(room_id, accepted, extremities_removed, extremities_added),
+            )
         # Per-user membership stream and redactions: every accepted event.
         ums = [
             (
