@@ -24,7 +24,6 @@ stored and listed.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +31,7 @@ from typing import Any
 from homeserver.core import push_rules as pr
 from homeserver.core.auth import creators
 from homeserver.core.ids import InvalidID, RoomID, UserID
+from homeserver.core.lru import LRU
 from homeserver.services.account_data import AccountDataService
 from homeserver.services.clock import now_ms
 from homeserver.services.errors import MatrixError, not_found
@@ -42,7 +42,7 @@ from homeserver.storage.push import Counts, Found, Pusher, PushStore
 
 PAGE = 1000  # events evaluated per room and round
 MAX_USERS = 5_000  # compiled rule sets kept (active users; a miss costs one read)
-MAX_GROUPS = 5_000  # room contexts (per state group) kept
+MAX_GROUP_NAMES = 200_000  # room contexts (per state group) kept, by display names
 MAX_MEMOS = 10_000  # per-event condition results shared by members (pr.Memo)
 MAIN = "main"
 THREAD_HOPS = 3  # relations followed to find an event's thread (spec advice)
@@ -84,18 +84,6 @@ class _RuleSet:
     evaluator: pr.Evaluator
 
 
-class _Bounded(OrderedDict[Any, Any]):
-    def __init__(self, size: int) -> None:
-        super().__init__()
-        self._size = size
-
-    def keep(self, key: Any, value: Any) -> None:
-        self[key] = value
-        self.move_to_end(key)
-        while len(self) > self._size:
-            self.popitem(last=False)
-
-
 class PushService:
     def __init__(
         self,
@@ -110,9 +98,10 @@ class PushService:
         self._projections = projections
         self._serializer = serializer
         self._account_data = account_data
-        self._rulesets: _Bounded = _Bounded(MAX_USERS)
-        self._groups: _Bounded = _Bounded(MAX_GROUPS)
-        self._memos: _Bounded = _Bounded(MAX_MEMOS)
+        self._rulesets = LRU(MAX_USERS)
+        # weighed by their display names: a big room's contexts are big
+        self._groups = LRU(MAX_GROUP_NAMES, weigh=lambda g: len(g.names) + 1)
+        self._memos = LRU(MAX_MEMOS)
 
     # =============================================================== rules
     async def rules(self, user_id: str) -> tuple[pr.PushRule, ...]:
@@ -233,7 +222,7 @@ class PushService:
 
     async def _change(self, user_id: str, change: Any) -> None:
         doc = await self._store.update_rules(user_id, change)
-        self._rulesets.pop(user_id, None)
+        self._rulesets.drop(user_id)
         await self._account_data.put(
             user_id,
             user_id,
@@ -326,7 +315,7 @@ class PushService:
         caller then reads the database). Room contexts come from immutable
         state groups, normally cached too. For long-polls answered from
         memory."""
-        ruleset = self._rulesets.get(user_id)
+        ruleset = self._rulesets.get_(user_id)
         if ruleset is None:
             return None
         out: dict[str, dict[str, Counts]] = {}
@@ -349,24 +338,24 @@ class PushService:
 
     def _memo(self, se: StoredEvent) -> pr.Memo:
         """The event's condition results, shared by every member's rules."""
-        memo: pr.Memo | None = self._memos.get(se.event.event_id)
+        memo: pr.Memo | None = self._memos.get_(se.event.event_id)
         if memo is None:
             memo = {}
-            self._memos.keep(se.event.event_id, memo)
+            self._memos.put(se.event.event_id, memo)
         return memo
 
     async def _ruleset(self, user_id: str, version: int) -> _RuleSet:
-        cached = self._rulesets.get(user_id)
+        cached = self._rulesets.get_(user_id)
         if cached is not None and cached.version == version:
             return cached  # type: ignore[no-any-return]
         doc, version = await self._store.rules(user_id)
         rules = _rules_of(user_id, doc)
         ruleset = _RuleSet(version, rules, pr.Evaluator(rules))
-        self._rulesets.keep(user_id, ruleset)
+        self._rulesets.put(user_id, ruleset)
         return ruleset
 
     async def _group(self, state_group: int | None) -> _Group:
-        cached = self._groups.get(state_group)
+        cached = self._groups.get_(state_group)
         if cached is not None:
             return cached  # type: ignore[no-any-return]
         state = await self._events.state_at_group(state_group)
@@ -393,7 +382,7 @@ class PushService:
             bool(create and create.event.room_version.privileged_creators),
             names,
         )
-        self._groups.keep(state_group, group)
+        self._groups.put(state_group, group)
         return group
 
     async def _thread_of(self, se: StoredEvent) -> str:

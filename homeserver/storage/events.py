@@ -9,7 +9,6 @@ in ``projections.py``; the write path that ties them together is
 from __future__ import annotations
 
 import json
-from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import asyncpg
 
 from homeserver.core.events import Event, StateKey
+from homeserver.core.lru import LRU
 from homeserver.core.room_versions import RoomVersion, get_room_version
 from homeserver.storage.database import Database
 from homeserver.storage.projections import head_ctes
@@ -79,22 +79,9 @@ class NewEvent:
     redacted_pdu: Mapping[str, Any] | None = None
 
 
-class _LRU(OrderedDict[Any, Any]):
-    def __init__(self, size: int) -> None:
-        super().__init__()
-        self._size = size
-
-    def get_(self, key: Any) -> Any:
-        v = self.get(key)
-        if v is not None:
-            self.move_to_end(key)
-        return v
-
-    def put(self, key: Any, value: Any) -> None:
-        self[key] = value
-        self.move_to_end(key)
-        while len(self) > self._size:
-            self.popitem(last=False)
+# State entries kept across all cached state groups (a few hundred bytes
+# each with their keys and ids: some 50 MB).
+STATE_CACHE_ENTRIES = 200_000
 
 
 # A state group and its entries in one statement (see create_state_group).
@@ -219,9 +206,9 @@ class EventStore:
 
     def __init__(self, db: Database, *, cache_size: int = 10_000) -> None:
         self._db = db
-        self._events: _LRU = _LRU(cache_size)
-        self._groups: _LRU = _LRU(2_000)
-        self._chains: _LRU = _LRU(20_000)  # group id → chain length (never changes)
+        self._events = LRU(cache_size)
+        self._groups = LRU(STATE_CACHE_ENTRIES, weigh=len)
+        self._chains = LRU(20_000)  # group id → chain length (never changes)
         self._room_versions: dict[str, RoomVersion] = {}
 
     @property
