@@ -114,6 +114,58 @@ async def test_fork_then_rename_two_of_ours(duo: list[OurServer]) -> None:
         await fork_then_rename(alice, bob, room, seen_on=b)
 
 
+async def test_a_merged_state_is_stored_as_a_delta(duo: list[OurServer]) -> None:
+    """Two state changes at the same moment on two servers, then an event
+    citing both: on the receiving side its state before is a resolution
+    (no prev event's state group holds it), stored as the difference from a
+    prev event's group — a couple of entries, not the room's whole state
+    (DESIGN rule 9: the cost of an append is independent of room size)."""
+    a, b = duo
+    async with aiohttp.ClientSession() as s:
+        alice = await Client(s, a.base, a.server_name).register(uniq("alice"))
+        bob = await Client(s, b.base, b.server_name).register(uniq("bob"))
+        room = await alice.create_room(preset="public_chat", name="n0")
+        await bob.join(room, [a.server_name])
+        pl = await alice.state_event(room, "m.room.power_levels")
+        pl["users"][bob.user_id] = 50
+        await alice.put_state(room, "m.room.power_levels", pl)
+        for i in range(12):  # a room state of some size
+            await alice.put_state(room, "org.example.filler", {"i": i}, state_key=f"k{i}")
+        await eventually(lambda: bob.state(room), lambda st: len(st) >= 18)
+        for attempt in range(8):
+            en, et = await asyncio.gather(
+                alice.put_state(room, "m.room.name", {"name": f"n{attempt + 1}"}),
+                bob.put_state(room, "m.room.topic", {"topic": f"t{attempt}"}),
+            )
+            await eventually(lambda: alice.state(room), lambda st: et in state_map(st).values())  # noqa: B023
+            if (
+                et not in (await event_json(a, en))["prev_events"]
+                and en not in (await event_json(b, et))["prev_events"]
+            ):
+                break
+        else:
+            raise AssertionError("the two state changes never forked the DAG")
+        merge = await alice.send(room, "cites both")
+        assert set((await event_json(a, merge))["prev_events"]) == {en, et}
+        await eventually(lambda: bob.bodies(room), lambda bs: "cites both" in bs, timeout=30)
+        conn = await asyncpg.connect(b.db_url)
+        try:
+            row = await conn.fetchrow(
+                "SELECT g.prev_group, (SELECT count(*) FROM state_group_entries x "
+                "WHERE x.group_id = g.group_id) AS n FROM federation_state_before f "
+                "JOIN state_groups g ON g.group_id = f.state_group WHERE f.event_id = $1",
+                merge,
+            )
+            whole = await conn.fetchval(
+                "SELECT count(*) FROM current_state WHERE room_id = $1", room
+            )
+        finally:
+            await conn.close()
+        assert row is not None, "the merge's state before was not stored as its own group"
+        assert row["prev_group"] is not None and row["n"] <= 2, dict(row)
+        assert whole >= 18
+
+
 @pytest.mark.interop
 async def test_fork_then_rename_synapse_sends(
     duo: list[OurServer], converge_synapse: SynapseServer

@@ -222,12 +222,13 @@ class Ingest:
         except (AuthError, LookupError) as e:
             rejected = f"auth events: {e}"
         # 5. Against the state before it.
+        base: int | None = None
         if known_before is not None:
             before, group = known_before, None
         else:
             if fetch_missing:
                 await self._fetch_missing_prevs(origin, ev)
-            before, group = await self.state_before(
+            before, group, base = await self.state_before(
                 origin, ev, backfill=backfill_position is not None
             )
         if rejected is None:
@@ -236,7 +237,7 @@ class Ingest:
             except (AuthError, LookupError) as e:
                 rejected = f"state before: {e}"
         return await self._commit(
-            checked, before, group, rejected, rv, backfill_position=backfill_position
+            checked, before, group, rejected, rv, base=base, backfill_position=backfill_position
         )
 
     def auth_map_from_auth_events(
@@ -483,10 +484,12 @@ class Ingest:
 
     async def state_before(
         self, origin: str, ev: Event, *, backfill: bool = False
-    ) -> tuple[dict[StateKey, str], int | None]:
-        """The state before ``ev``: after its prev events, merged."""
+    ) -> tuple[dict[StateKey, str], int | None, int | None]:
+        """The state before ``ev`` (after its prev events, merged), the
+        state group that holds it exactly if there is one, and else a group
+        of one of its prev events to store it as a delta against."""
         if not ev.prev_events:
-            return {}, None
+            return {}, None, None
         prevs = await self._store.get_events(ev.prev_events)
         states: list[dict[StateKey, str]] = []
         groups: list[int | None] = []
@@ -502,10 +505,10 @@ class Ingest:
                     )
                 )
                 groups.append(None)
+        known = next((g for g in groups if g is not None), None)
         if all(s == states[0] for s in states[1:]):
-            group = next((g for g in groups if g is not None), None)
-            return states[0], group
-        return await self.resolve(ev.room_version, ev.room_id, states), None
+            return states[0], known, None
+        return await self.resolve(ev.room_version, ev.room_id, states), None, known
 
     async def remote_state_after(
         self, origin: str, room_id: str, rv: RoomVersion, event_id: str, *, backfill: bool = False
@@ -619,6 +622,7 @@ class Ingest:
         rejected: str | None,
         rv: RoomVersion,
         *,
+        base: int | None = None,
         backfill_position: int | None = None,
     ) -> Outcome:
         ev = checked.event
@@ -632,7 +636,7 @@ class Ingest:
                 if rejected is None and backfill_position is None:
                     soft = await self._soft_failed(conn, ev, before)
                 if group is None:
-                    group = await self.snapshot_state_before(conn, ev, before)
+                    group = await self.snapshot_state_before(conn, ev, before, base)
                 entry = Pending(
                     event=ev,
                     state_before=before,
@@ -654,11 +658,19 @@ class Ingest:
         return Outcome(ev.event_id, rejected, soft)
 
     async def snapshot_state_before(
-        self, conn: Any, ev: Event, before: Mapping[StateKey, str]
+        self, conn: Any, ev: Event, before: Mapping[StateKey, str], base: int | None = None
     ) -> int:
         """A state group for a state before that is not the state after one
-        local event, remembered for /state_ids at ``ev``."""
-        group = await self._store.create_state_group(conn, ev.room_id, None, {}, before)
+        event (a merge of branches, a state fetched at a gap), remembered for
+        /state_ids at ``ev``: a delta against ``base`` (a prev event's group)
+        when given, so the cost is that of the difference, not of the room's
+        whole state."""
+        delta: dict[StateKey, str | None] = {}
+        if base is not None:
+            base_state = await self._store.state_at_group(base, conn)
+            delta = {k: v for k, v in before.items() if base_state.get(k) != v}
+            delta.update({k: None for k in base_state if k not in before})
+        group = await self._store.create_state_group(conn, ev.room_id, base, delta, before)
         await self._fstore.record_state_before(conn, ev.event_id, group)
         return group
 
