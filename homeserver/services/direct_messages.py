@@ -148,7 +148,9 @@ class DirectMessageService:
 
     async def _copy_history(self, user_id: str, old: str, new: str, n: int) -> int:
         store = self._state.store
-        events = await store.paginate(old, before=None, after=None, limit=n * 3, backwards=True)
+        events = (
+            await store.timeline_page(old, before=None, after=None, limit=n * 3, backwards=True)
+        ).events
         msgs = [e for e in events if e.event.type == "m.room.message"][:n]
         msgs.reverse()
         count = 0

@@ -168,12 +168,16 @@ class SearchService:
         after_n = _int_in(raw, "after_limit", 5, MAX_CONTEXT)
         room = se.event.room_id
         pos = se.stream_ordering
-        older = await self._events.paginate(
-            room, before=pos, after=None, limit=before_n, backwards=True
-        )
-        newer = await self._events.paginate(
-            room, before=None, after=pos, limit=after_n, backwards=False
-        )
+        older = (
+            await self._events.timeline_page(
+                room, before=pos, after=None, limit=before_n, backwards=True
+            )
+        ).events
+        newer = (
+            await self._events.timeline_page(
+                room, before=None, after=pos, limit=after_n, backwards=False
+            )
+        ).events
         older = await self._vis.filter(user_id, older, True)
         newer = await self._vis.filter(user_id, newer, True)
         viewer = (user_id, device_id)

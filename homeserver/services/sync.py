@@ -390,9 +390,11 @@ class SyncService:
         return await self._store.get_event(m[1]) if m else None
 
     async def _state_at_position(self, room_id: str, pos: int) -> Mapping[StateKey, str]:
-        evs = await self._store.paginate(
-            room_id, before=pos + 1, after=None, limit=1, backwards=True
-        )
+        evs = (
+            await self._store.timeline_page(
+                room_id, before=pos + 1, after=None, limit=1, backwards=True
+            )
+        ).events
         return await self._store.state_at_group(evs[0].state_group) if evs else {}
 
     async def _timeline(

@@ -170,9 +170,11 @@ class TimelineService:
         if at is not None or m in ("leave", "ban"):
             if at is not None:
                 pos = parse_token(at)
-                evs = await self._store.paginate(
-                    room_id, before=pos + 1, after=None, limit=1, backwards=True
-                )
+                evs = (
+                    await self._store.timeline_page(
+                        room_id, before=pos + 1, after=None, limit=1, backwards=True
+                    )
+                ).events
                 state = await self._store.state_at_group(evs[0].state_group) if evs else {}
             else:
                 state = await self._state_when_left(room_id, user_id)
@@ -232,7 +234,12 @@ class TimelineService:
             want = max(limit * 2, 20)
             if backwards:
                 page = await self._store.timeline_page(
-                    room_id, before=cursor + 1, after=end_bound, limit=want, backwards=True
+                    room_id,
+                    before=cursor + 1,
+                    after=end_bound,
+                    limit=want,
+                    backwards=True,
+                    annotated=True,
                 )
                 if len(page.events) < want and self.backfill is not None and not backfilled:
                     backfilled = True
@@ -243,7 +250,7 @@ class TimelineService:
                 if upper_limit is not None:
                     hi = min(hi or upper_limit + 1, upper_limit + 1)
                 page = await self._store.timeline_page(
-                    room_id, before=hi, after=cursor, limit=want, backwards=False
+                    room_id, before=hi, after=cursor, limit=want, backwards=False, annotated=True
                 )
             batch = page.events
             redactions.update(page.redactions)

@@ -622,22 +622,6 @@ class EventStore:
         )
         return {r["room_id"] for r in rows}
 
-    async def paginate(
-        self,
-        room_id: str,
-        *,
-        before: int | None,
-        after: int | None,
-        limit: int,
-        backwards: bool,
-    ) -> list[StoredEvent]:
-        """Timeline in stream order (which, within a room, follows the DAG's
-        topological order for events we appended), for /messages."""
-        page = await self.timeline_page(
-            room_id, before=before, after=after, limit=limit, backwards=backwards
-        )
-        return page.events
-
     async def timeline_page(
         self,
         room_id: str,
@@ -646,19 +630,26 @@ class EventStore:
         after: int | None,
         limit: int,
         backwards: bool,
+        annotated: bool = False,
     ) -> TimelinePage:
-        """``paginate`` with each event's redactions and whether anything
-        relates to it, in the same statement (a /messages page is one round
+        """A page of the timeline in stream order (which, within a room,
+        follows the DAG's topological order for events we appended). With
+        ``annotated``, each event's redactions and whether anything relates
+        to it come in the same statement (a /messages page is one round
         trip, bundled aggregations or not)."""
         lo = after if after is not None else -(2**62)  # backfilled history is negative
         hi = before if before is not None else 2**62
         order = "DESC" if backwards else "ASC"
-        rows = await self._db.fetch(
-            f"SELECT {_EVENT_COLS}, "
-            "  (SELECT array_agg(x.redaction_id) FROM event_redactions x "
+        extra = (
+            ", (SELECT array_agg(x.redaction_id) FROM event_redactions x "
             "   WHERE x.redacted_id = e.event_id) AS redaction_ids, "
             "  EXISTS (SELECT 1 FROM event_relations x WHERE x.relates_to_id = e.event_id) "
             "   AS related "
+            if annotated
+            else ", NULL::text[] AS redaction_ids, false AS related "
+        )
+        rows = await self._db.fetch(
+            f"SELECT {_EVENT_COLS}{extra}"
             "FROM events e JOIN rooms r USING (room_id) "
             "WHERE e.room_id = $1 AND e.stream_ordering > $2 AND e.stream_ordering < $3 "
             "AND NOT e.outlier AND NOT e.soft_failed AND e.rejected_reason IS NULL "
