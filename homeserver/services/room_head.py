@@ -94,7 +94,7 @@ class StateResolver:
             return dict(states[0])
         new = new or {}
         events: dict[str, Event] = dict(new)
-        chains = [await self._auth_chain(set(s.values()), new) for s in states]
+        chains = [await self._auth_chain(set(s.values()), new, conn) for s in states]
         wanted = set().union(*chains)
         if rv.room_id_is_create_event_hash:
             wanted.add("$" + room_id[1:])  # v12: named by the room id, not cited
@@ -106,9 +106,12 @@ class StateResolver:
             self.resolutions += 1
             self.resolution_seconds += time.perf_counter() - started
 
-    async def _auth_chain(self, ids: set[str], new: Mapping[str, Event]) -> set[str]:
+    async def _auth_chain(
+        self, ids: set[str], new: Mapping[str, Event], conn: asyncpg.Connection | None = None
+    ) -> set[str]:
         """``ids`` and every event reachable from them through auth events,
-        walking unstored events in memory and stored ones in the store."""
+        walking unstored events in memory and stored ones in the store (each
+        stored event's chain read once per process: ``EventStore.auth_chains``)."""
         chain = set(ids)
         stored: set[str] = set()
         stack = list(ids)
@@ -123,7 +126,8 @@ class StateResolver:
                     chain.add(a)
                     stack.append(a)
         if stored:
-            chain |= await self._store.auth_chain_ids(stored)
+            for c in (await self._store.auth_chains(stored, conn)).values():
+                chain |= c
         return chain
 
 

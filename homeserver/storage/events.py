@@ -82,6 +82,8 @@ class NewEvent:
 # State entries kept across all cached state groups (a few hundred bytes
 # each with their keys and ids: some 50 MB).
 STATE_CACHE_ENTRIES = 200_000
+# Event ids kept across all cached auth chains (some 40 MB).
+AUTH_CHAIN_ENTRIES = 500_000
 
 
 # A state group and its entries in one statement (see create_state_group).
@@ -208,7 +210,11 @@ class EventStore:
         self._db = db
         self._events = LRU(cache_size)
         self._groups = LRU(STATE_CACHE_ENTRIES, weigh=len)
-        self._chains = LRU(20_000)  # group id → chain length (never changes)
+        self._chains = LRU(20_000)
+        # event id → its auth chain (never changes), 500,000 ids in all
+        self._auth_chains = LRU(
+            AUTH_CHAIN_ENTRIES, weigh=lambda c: len(c) + 1
+        )  # group id → chain length (never changes)
         self._room_versions: dict[str, RoomVersion] = {}
 
     @property
@@ -710,15 +716,47 @@ class EventStore:
     async def auth_chain_ids(self, event_ids: Iterable[str]) -> set[str]:
         """Every event reachable through auth_events from ``event_ids``
         (excluding the starting events themselves unless reachable)."""
-        rows = await self._db.fetch(
-            "WITH RECURSIVE chain(event_id) AS ("
-            "  SELECT auth_id FROM event_auth WHERE event_id = ANY($1::text[])"
+        chains = await self.auth_chains(event_ids)
+        return set().union(*chains.values()) if chains else set()
+
+    async def auth_chains(
+        self, event_ids: Iterable[str], conn: asyncpg.Connection | None = None
+    ) -> dict[str, frozenset[str]]:
+        """Each event's auth chain (what it reaches through auth_events).
+        A stored event's chain never changes, so chains are cached, weighed
+        by their length; a state resolution, which needs the chains of every
+        event of several whole states, reads only those it has not seen.
+        An event this server does not hold has no entry."""
+        out: dict[str, frozenset[str]] = {}
+        missing: list[str] = []
+        for e in dict.fromkeys(event_ids):
+            c = self._auth_chains.get_(e)
+            if c is not None:
+                out[e] = c
+            else:
+                missing.append(e)
+        if not missing:
+            return out
+        rows = await self._q(conn).fetch(
+            "WITH RECURSIVE chain(start, event_id) AS ("
+            "  SELECT event_id, auth_id FROM event_auth WHERE event_id = ANY($1::text[])"
             "  UNION"
-            "  SELECT a.auth_id FROM event_auth a JOIN chain c ON a.event_id = c.event_id) "
-            "SELECT event_id FROM chain",
-            list(event_ids),
+            "  SELECT c.start, a.auth_id FROM event_auth a JOIN chain c ON a.event_id = c.event_id) "
+            "SELECT start, array_agg(event_id) AS chain FROM chain GROUP BY start",
+            missing,
         )
-        return {r["event_id"] for r in rows}
+        for r in rows:
+            chain = frozenset(r["chain"])
+            out[r["start"]] = chain
+            self._auth_chains.put(r["start"], chain)
+        # Events without auth events (a create event) have no rows: their
+        # chain is empty when the event is known to be stored.
+        bare = [e for e in missing if e not in out]
+        if bare:
+            for e in await self.have_events(bare):
+                out[e] = frozenset()
+                self._auth_chains.put(e, out[e])
+        return out
 
     async def current_state_ids(
         self, room_id: str, conn: asyncpg.Connection | None = None

@@ -317,3 +317,47 @@ async def test_messages_on_a_known_head_take_one_statement(
     assert await a.store.forward_extremities(room) == [e5.event_id]
     drift = await ProjectionRebuilder(a.db, a.store, a.projections).verify_room(room)
     assert drift.clean, drift.tables
+
+
+async def test_auth_chains_are_read_once_and_agree_with_the_log(
+    writers: tuple[Writer, Writer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each event's auth chain, read for state resolution, is the closure
+    of its auth events in the log; read again, it costs no query."""
+    a, _ = writers
+    room = await new_room(a)
+    user = "@bob:hs.test"
+    for m in ("join", "leave", "join"):
+        await a.creator.send(
+            room, [Draft("m.room.member", user, {"membership": m}, state_key=user)]
+        )
+    state = await a.store.current_state_ids(room)
+    store = EventStore(a.db)  # a process with cold caches
+    chains = await store.auth_chains(state.values())
+    assert set(chains) == set(state.values())
+    for eid, chain in chains.items():
+        want: set[str] = set()
+        todo = [eid]
+        while todo:
+            ev = await a.store.get_event_objs([todo.pop()])
+            for e in ev.values():
+                for aid in e.auth_events:
+                    if aid not in want:
+                        want.add(aid)
+                        todo.append(aid)
+        assert chain == want, eid
+    create = state[("m.room.create", "")]
+    assert chains[create] == frozenset()
+    member = chains[state[("m.room.member", user)]]
+    assert len(member) >= 4  # PL, join rules, the earlier memberships (v12 cites no create)
+    calls = 0
+    real = a.db.fetch
+
+    async def counting(*args: object, **kw: object) -> object:
+        nonlocal calls
+        calls += 1
+        return await real(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(a.db, "fetch", counting)
+    assert await store.auth_chains(state.values()) == chains
+    assert calls == 0
