@@ -180,10 +180,15 @@ class Notifier:
             await asyncio.sleep(CHECK_OTHERS_S)
             try:
                 await self.check_others()
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as e:
+            except Exception as e:
                 # A connection that died without telling us (a dropped
-                # network): reopen it.
-                log.warning("could not look for other server processes (%s): reconnecting", e)
+                # network, a protocol asyncpg left mid-operation): reopen
+                # it. Whatever it raised, this loop must not end.
+                log.warning(
+                    "could not look for other server processes (%s: %s): reconnecting",
+                    type(e).__name__,
+                    e,
+                )
                 self._lost.set()
 
     async def check_others(self) -> bool:

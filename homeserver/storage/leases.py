@@ -56,9 +56,18 @@ class Lease:
                         log.info("this process now runs the %s duty", self.duty)
                         self._on_gain()
                     await self._wait(stop)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as e:
+            except Exception as e:
+                # Whatever the connection raised (a reset, a terminated
+                # backend, asyncpg's InternalClientError for a protocol left
+                # mid-operation by a broken socket): the session, and with it
+                # the lock, is gone or unusable; try again with a new one.
                 if self.held:
-                    log.warning("lost the %s lease with its connection (%s)", self.duty, e)
+                    log.warning(
+                        "lost the %s lease with its connection (%s: %s)",
+                        self.duty,
+                        type(e).__name__,
+                        e,
+                    )
                 await self._wait(stop)
             finally:
                 self._drop()
