@@ -98,7 +98,9 @@ async def main() -> None:
             "per_event_member_us": round(batch / a.events / len(users) * 1e6, 2),
         }
         counts = await push.counts(users[1], [room], upto)
-        out["check_u1_counts"] = {t: [c.notifications, c.highlights] for t, c in counts[room].items()}
+        out["check_u1_counts"] = {
+            t: [c.notifications, c.highlights] for t, c in counts[room].items()
+        }
 
         # evaluate_cpu: the compiled evaluator alone
         last = (await store.events_by_stream([room], upto - 1, upto))[-1]

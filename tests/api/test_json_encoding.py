@@ -20,7 +20,7 @@ def test_same_bytes_as_the_standard_library() -> None:
         "end": None,
         "ok": True,
         "nested": [[], {}, [1, [2, [3]]]],
-        "escapes": "quote \" backslash \\ newline \n tab \t nul \x00 \u2028",
+        "escapes": 'quote " backslash \\ newline \n tab \t nul \x00 \u2028',
     }
     assert encode_json(body) == stdlib(body)
 
