@@ -16,13 +16,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from tests.ports import free_port
+
 CS = "/_matrix/client/v3"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -16,13 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.ports import free_port
+
 HS = [sys.executable, "-m", "homeserver.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _insecure_tls() -> ssl.SSLContext:

@@ -7,7 +7,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,15 +17,10 @@ from typing import Any
 import aiohttp
 
 from homeserver.storage.embedded import Postmaster
+from tests.ports import free_port
 
 CS = "/_matrix/client/v3"
 HS = [sys.executable, "-m", "homeserver.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import tempfile
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -18,14 +17,7 @@ import pytest
 from tests.conftest import create_test_database, drop_test_database
 from tests.federation.fake import FakeOrigin
 from tests.federation.harness import REPO, Client, OurServer, SynapseServer
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on now: each run picks its own, so
-    concurrent runs (CI, a developer, helpers) do not meet each other."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.ports import free_port
 
 
 class Pair:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import socket
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from homeserver.api.appkeys import METRICS
 from homeserver.api.metrics import metrics_app
 from tests.helpers import CS, MatrixClient
+from tests.ports import free_port
 
 
 def sample(text: str, name: str, **labels: str) -> float:
@@ -86,12 +86,6 @@ async def test_metrics_move_with_the_server(
     app[METRICS].observe("client", "POST", "/limited", 429, 0.001)
     limited = await scrape(aiohttp_client, app)
     assert sample(limited, "homeserver_rate_limited_total", route="/limited") == 1
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def test_metrics_listener_is_separate() -> None:
