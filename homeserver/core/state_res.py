@@ -127,19 +127,37 @@ def _auth_closure(start: Set[str], events: Mapping[str, Event]) -> set[str]:
 
 
 def _conflicted_subgraph(conflicted: set[str], events: Mapping[str, Event]) -> set[str]:
-    """v2.1: events both descended from and ancestors of conflicted events."""
+    """v2.1: events both descended from and ancestors of conflicted events.
+
+    Whether an event's auth chain reaches a conflicted event is computed by
+    an explicit depth-first walk, not by recursion: auth chains are as deep
+    as a room's history of one user's memberships (each cites the one
+    before), and a user who left and joined a thousand times exceeded
+    Python's recursion limit (seen in the soak: every PDU of the room then
+    failed)."""
     ancestors = _auth_closure(conflicted, events) | conflicted
-    memo: dict[str, bool] = {}
-
-    def reaches(e: str) -> bool:  # does e's auth chain contain a conflicted event?
-        if e in memo:
-            return memo[e]
-        memo[e] = False
-        found = any(a in conflicted or reaches(a) for a in events[e].auth_events)
-        memo[e] = found
-        return found
-
-    return {e for e in ancestors if e in conflicted or reaches(e)}
+    reaches: dict[str, bool] = {}  # does the event's auth chain hold a conflicted one?
+    for root in ancestors:
+        if root in reaches:
+            continue
+        reaches[root] = False
+        stack = [(root, iter(events[root].auth_events))]
+        while stack:
+            node, auth = stack[-1]
+            a = next(auth, None)
+            if a is None:
+                stack.pop()
+                if stack and reaches[node]:
+                    reaches[stack[-1][0]] = True
+                continue
+            if a in conflicted:
+                reaches[node] = True
+            elif a in reaches:  # done (or on the stack: no cycles in an auth DAG)
+                reaches[node] = reaches[node] or reaches[a]
+            else:
+                reaches[a] = False
+                stack.append((a, iter(events[a].auth_events)))
+    return {e for e in ancestors if e in conflicted or reaches[e]}
 
 
 def _create_of(ev: Event, events: Mapping[str, Event]) -> Event:
