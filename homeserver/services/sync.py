@@ -390,12 +390,7 @@ class SyncService:
         return await self._store.get_event(m[1]) if m else None
 
     async def _state_at_position(self, room_id: str, pos: int) -> Mapping[StateKey, str]:
-        evs = (
-            await self._store.timeline_page(
-                room_id, before=pos + 1, after=None, limit=1, backwards=True
-            )
-        ).events
-        return await self._store.state_at_group(evs[0].state_group) if evs else {}
+        return await self._store.state_at_position(room_id, pos)
 
     async def _timeline(
         self, room_id: str, user_id: str, device_id: str, lower: int, upper: int, flt: SyncFilter

@@ -169,13 +169,7 @@ class TimelineService:
         m = await self.require_can_read(room_id, user_id)
         if at is not None or m in ("leave", "ban"):
             if at is not None:
-                pos = parse_token(at)
-                evs = (
-                    await self._store.timeline_page(
-                        room_id, before=pos + 1, after=None, limit=1, backwards=True
-                    )
-                ).events
-                state = await self._store.state_at_group(evs[0].state_group) if evs else {}
+                state = await self._store.state_at_position(room_id, parse_token(at))
             else:
                 state = await self._state_when_left(room_id, user_id)
             ids = [v for (t, _), v in state.items() if t == "m.room.member"]

@@ -671,6 +671,14 @@ class EventStore:
             frozenset(r["event_id"] for r in rows if r["related"]),
         )
 
+    async def state_at_position(self, room_id: str, pos: int) -> Mapping[StateKey, str]:
+        """The room's state after its last timeline event at or before
+        stream position ``pos`` (empty before the room began)."""
+        evs = (
+            await self.timeline_page(room_id, before=pos + 1, after=None, limit=1, backwards=True)
+        ).events
+        return await self.state_at_group(evs[0].state_group) if evs else {}
+
     async def event_by_txn(
         self, user_id: str, device_id: str, txn_id: str, conn: asyncpg.Connection | None = None
     ) -> str | None:
