@@ -203,6 +203,17 @@ class FederationStore:
         )
         return row is not None
 
+    async def take_over_leases(self, owner: str) -> int:
+        """Free every destination lease held by another owner (the process
+        that gains the sending duty: whoever held them lost the duty, most
+        likely by dying mid-queue). Returns how many were freed."""
+        rows = await self._db.fetch(
+            "UPDATE federation_destinations SET lease_owner = NULL, lease_until_ts = 0 "
+            "WHERE lease_owner IS NOT NULL AND lease_owner <> $1 RETURNING destination",
+            owner,
+        )
+        return len(rows)
+
     async def release_lease(self, destination: str, owner: str) -> None:
         await self._db.execute(
             "UPDATE federation_destinations SET lease_owner = NULL, lease_until_ts = 0 "

@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from homeserver.services.federation.sender import FederationSender
+from homeserver.services.clock import now_ms
+from homeserver.services.federation.sender import LEASE_MS, FederationSender
 from homeserver.storage.database import Database
 from homeserver.storage.events import EventStore
 from homeserver.storage.federation import FederationStore
@@ -51,3 +52,38 @@ async def test_stop_does_not_wait_beyond_the_drain(db: Database) -> None:
     await asyncio.wait_for(sender.stop(drain_s=0.1), 2)
     assert not peer.finished
     assert await store.queue_length("peer.test") == 1  # sent again later, not lost
+
+
+class QuickPeer:
+    def __init__(self) -> None:
+        self.got = asyncio.Event()
+
+    async def put_json(self, destination: str, path: str, body: Any) -> dict[str, Any]:
+        self.got.set()
+        return {"pdus": {}}
+
+
+async def test_the_new_sender_takes_over_the_dead_senders_destination_leases(
+    db: Database,
+) -> None:
+    """A process killed while its worker held a destination's lease (the CI
+    failure of tests/ops/test_cluster.py): the process that gains the duty
+    sends that destination's queue now, not when the lease runs out."""
+    store = FederationStore(db)
+    peer = QuickPeer()
+    sender = FederationSender(store, EventStore(db), peer, "hs.test")  # type: ignore[arg-type]
+    sender.active = False  # standing by, as every process starts
+    await sender.start()
+    now = now_ms()
+    assert await store.acquire_lease("peer.test", "dead-process", now, now + LEASE_MS)
+    await store.enqueue(None, [("peer.test", None, {"edu_type": "m.receipt", "content": {}})], now)
+    sender.set_active(True)
+    try:
+        await asyncio.wait_for(peer.got.wait(), 10)  # the lease would have held 120 s
+        for _ in range(50):
+            if await store.queue_length("peer.test") == 0:
+                break
+            await asyncio.sleep(0.1)
+        assert await store.queue_length("peer.test") == 0
+    finally:
+        await sender.stop(drain_s=1.0)

@@ -124,10 +124,24 @@ class FederationSender:
         workers end after the transaction in hand."""
         self.active = active
         if active and not self._stopping:
-            asyncio.get_running_loop().create_task(self.sweep_now())
+            asyncio.get_running_loop().create_task(self._take_over())
         else:
             for ev in self._wake.values():
                 ev.set()
+
+    async def _take_over(self) -> None:
+        """Gaining the duty: the destination leases the previous holder left
+        are ours now, not in ``LEASE_MS`` (a process killed while a worker
+        held one would otherwise stall that destination for minutes). Should
+        the previous holder still finish a transaction in hand, the peer sees
+        some PDUs twice, which receiving servers ignore."""
+        try:
+            freed = await self._store.take_over_leases(self._owner)
+            if freed:
+                log.info("took over %d destination lease(s) from the previous sender", freed)
+        except Exception as e:
+            log_background_failure(log, "federation sender could not take over leases", e)
+        await self.sweep_now()
 
     async def sweep_now(self) -> None:
         """Wake the worker of every destination with a queue: wake-ups from
