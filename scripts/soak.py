@@ -14,7 +14,7 @@ backends; shared buffers counted once) and its process count, and p50/p99
 latency of sends, joins and immediate syncs. The summary at the end
 compares memory after warm-up (the first interval) with the last interval.
 
-usage: scripts/soak [--minutes 3] [--interval 60] [--out FILE]
+usage: scripts/soak [--minutes 3] [--interval 60] [--rate 5] [--churn-pool 0] [--out FILE]
 """
 
 from __future__ import annotations
@@ -236,13 +236,20 @@ class Soak:
             )
             await asyncio.sleep(1 / rate)
 
-    async def churn(self, room: str, b_tokens: list[str]) -> None:
-        """A new local user joins and leaves; a B user leaves and re-joins
-        over federation; an immediate sync in between."""
+    async def churn(self, room: str, b_tokens: list[str], pool: int) -> None:
+        """A local user joins and leaves; a B user leaves and re-joins over
+        federation; an immediate sync in between. With ``pool`` 0 each local
+        user is a new account (the room's state and the user count grow for
+        the whole run); otherwise ``pool`` accounts take turns (a steady
+        population: what memory after warm-up is measured against)."""
         n = 0
+        tokens: dict[int, str] = {}
         while not self.stop.is_set():
             n += 1
-            t = await self.register(self.a, f"churn{n}")
+            k = n if pool == 0 else n % pool
+            t = tokens.get(k) or await self.register(self.a, f"churn{k}")
+            if pool:
+                tokens[k] = t
             await self.call("join", "POST", f"{self.a.base}{CS}/join/{room}", t, {})
             await self.call("sync0", "GET", f"{self.a.base}{CS}/sync?timeout=0", t)
             await self.call(None, "POST", f"{self.a.base}{CS}/rooms/{room}/leave", t, {})
@@ -281,6 +288,12 @@ async def main() -> int:
     ap.add_argument("--pollers", type=int, default=10)
     ap.add_argument("--senders", type=int, default=4, help="per server")
     ap.add_argument("--rate", type=float, default=5.0, help="messages/s per sender")
+    ap.add_argument(
+        "--churn-pool",
+        type=int,
+        default=0,
+        help="local users taking turns in the join churn (0: a new account each time)",
+    )
     ap.add_argument("--out", help="also write the JSON lines here")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="hs-soak-"))
@@ -320,7 +333,9 @@ async def main() -> int:
                 asyncio.create_task(soak.sender(b, b_tokens[k], room, 100 + k, args.rate))
                 for k in range(args.senders)
             ]
-            tasks.append(asyncio.create_task(soak.churn(room, b_tokens[args.senders :])))
+            tasks.append(
+                asyncio.create_task(soak.churn(room, b_tokens[args.senders :], args.churn_pool))
+            )
             end = time.monotonic() + args.minutes * 60
             n = 0
             while time.monotonic() < end:

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import json
 import re
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Any
 
 from homeserver.core.events import Event
@@ -371,11 +372,21 @@ class Glob:
         self._lengths = [len(seg) for seg in pattern.split("*")]
         self._segments = [re.compile(p, _FLAGS) for p in parts]
         self._whole = re.compile(parts[0], _FLAGS) if len(parts) == 1 else None
-        # (content.body) the first segment after a word boundary, the last
-        # before one, and a lone segment between two
-        self._first_bounded = re.compile(_NOT_AFTER_WORD + parts[0], _FLAGS)
-        self._last_bounded = re.compile(parts[-1] + _NOT_BEFORE_WORD, _FLAGS)
-        self._lone_bounded = re.compile(_NOT_AFTER_WORD + parts[0] + _NOT_BEFORE_WORD, _FLAGS)
+
+    # (content.body) the first segment after a word boundary, the last before
+    # one, and a lone segment between two; compiled when first needed (a
+    # server holds a glob per user for the default mention rules).
+    @cached_property
+    def _first_bounded(self) -> re.Pattern[str]:
+        return re.compile(_NOT_AFTER_WORD + self._parts[0], _FLAGS)
+
+    @cached_property
+    def _last_bounded(self) -> re.Pattern[str]:
+        return re.compile(self._parts[-1] + _NOT_BEFORE_WORD, _FLAGS)
+
+    @cached_property
+    def _lone_bounded(self) -> re.Pattern[str]:
+        return re.compile(_NOT_AFTER_WORD + self._parts[0] + _NOT_BEFORE_WORD, _FLAGS)
 
     def matches(self, text: str) -> bool:
         """The whole of ``text`` matches."""
@@ -461,8 +472,8 @@ def compile_condition(cond: Mapping[str, Any]) -> Predicate | None:
         if not isinstance(key, str) or not isinstance(pattern, str):
             return None
         path = split_path(key)
-        glob_ = Glob(pattern)
         if path == ("content", "body"):
+            glob_ = Glob(pattern)
 
             def body_match(ev: Event, ctx: RoomContext) -> bool:
                 value = _lookup(ev, path)
@@ -477,6 +488,7 @@ def compile_condition(cond: Mapping[str, Any]) -> Predicate | None:
                 return isinstance(value, str) and value.casefold() == folded
 
             return exact
+        glob_ = Glob(pattern)
 
         def glob(ev: Event, ctx: RoomContext) -> bool:
             value = _lookup(ev, path)
@@ -548,28 +560,45 @@ class _Compiled:
     key: str | None
 
 
+# Compiled rules shared by every rule set holding the same rule: most of a
+# user's rules are the server defaults, identical for everyone, and a
+# compiled rule set of its own per user cost some 22 KB (a busy server keeps
+# thousands). Weak: a rule lives as long as some evaluator uses it.
+_SHARED: weakref.WeakValueDictionary[str, _Compiled] = weakref.WeakValueDictionary()
+
+
+def _compile_rule(rule: PushRule) -> _Compiled | None:
+    """``rule`` compiled, or None when a condition is not recognised (then
+    the rule never matches)."""
+    conditions = rule.effective_conditions()
+    ident = json.dumps(
+        [rule.kind, rule.rule_id, rule.actions, rule.default, conditions],
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    shared = _SHARED.get(ident)
+    if shared is not None:
+        return shared
+    checks: list[tuple[str | None, Predicate]] = []
+    for cond in conditions:
+        key = json.dumps(cond, sort_keys=True, separators=(",", ":"))
+        pred = _compiled_condition(key)
+        if pred is None:
+            return None
+        checks.append((None if cond.get("kind") in PER_USER_KINDS else key, pred))
+    keys = [k for k, _ in checks]
+    whole = "&".join(k for k in keys if k) if all(keys) else None
+    compiled = _Compiled(rule, tuple(checks), rule.rule_id in LEGACY_MENTION_RULES, whole)
+    _SHARED[ident] = compiled
+    return compiled
+
+
 class Evaluator:
     """A user's rule set compiled once; ``actions`` runs it on an event."""
 
     def __init__(self, rules: Sequence[PushRule]) -> None:
-        compiled = []
-        for rule in rules:
-            if not rule.enabled:
-                continue
-            checks: list[tuple[str | None, Predicate]] = []
-            for cond in rule.effective_conditions():
-                key = json.dumps(cond, sort_keys=True, separators=(",", ":"))
-                pred = _compiled_condition(key)
-                if pred is None:
-                    break  # an unrecognised condition: the rule never matches
-                checks.append((None if cond.get("kind") in PER_USER_KINDS else key, pred))
-            else:
-                keys = [k for k, _ in checks]
-                whole = "&".join(k for k in keys if k) if all(keys) else None
-                compiled.append(
-                    _Compiled(rule, tuple(checks), rule.rule_id in LEGACY_MENTION_RULES, whole)
-                )
-        self._rules = tuple(compiled)
+        compiled = (_compile_rule(rule) for rule in rules if rule.enabled)
+        self._rules = tuple(c for c in compiled if c is not None)
 
     def match(self, ev: Event, ctx: RoomContext, memo: Memo | None = None) -> PushRule | None:
         """The first rule that matches ``ev`` (None: no notification);

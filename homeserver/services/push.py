@@ -80,7 +80,6 @@ class _Group:
 @dataclass(frozen=True)
 class _RuleSet:
     version: int
-    rules: tuple[pr.PushRule, ...]
     evaluator: pr.Evaluator
 
 
@@ -350,7 +349,7 @@ class PushService:
             return cached  # type: ignore[no-any-return]
         doc, version = await self._store.rules(user_id)
         rules = _rules_of(user_id, doc)
-        ruleset = _RuleSet(version, rules, pr.Evaluator(rules))
+        ruleset = _RuleSet(version, pr.Evaluator(rules))
         self._rulesets.put(user_id, ruleset)
         return ruleset
 

@@ -417,3 +417,25 @@ def test_glob_is_not_a_backtracking_trap() -> None:
         assert not pr.Glob(pattern).search_words(text)
         assert not pr.Glob(pattern).matches(text)
     assert time.perf_counter() - start < 2.0
+
+
+def test_compiled_default_rules_are_shared_between_users() -> None:
+    """Every user's rule set is compiled and kept (one per active user): the
+    default rules that do not name the user are compiled once for all, so a
+    server with thousands of users does not hold thousands of copies."""
+    alice = pr.Evaluator(pr.ruleset(ME, [], {}))
+    bob = pr.Evaluator(pr.ruleset(OTHER, [], {}))
+    by_id = {c.rule.rule_id: c for c in bob._rules}
+    shared = [c.rule.rule_id for c in alice._rules if by_id[c.rule.rule_id] is c]
+    personal = sorted(c.rule.rule_id for c in alice._rules if by_id[c.rule.rule_id] is not c)
+    assert personal == [
+        ".m.rule.contains_user_name",
+        ".m.rule.invite_for_me",
+        ".m.rule.is_user_mention",
+    ]
+    assert ".m.rule.suppress_notices" in shared and ".m.rule.message" in shared
+    # The personal rules still answer for their own user only.
+    invite = ev("m.room.member", {"membership": "invite"}, state_key="@bob:hs.test")
+    assert bob.match(invite, ctx()) is by_id[".m.rule.invite_for_me"].rule
+    assert alice.match(invite, ctx()) is not None
+    assert alice.match(invite, ctx()).rule_id == ".m.rule.member_event"  # type: ignore[union-attr]
