@@ -616,6 +616,19 @@ CREATE TABLE IF NOT EXISTS push_evaluated (
     upto     bigint NOT NULL,
     PRIMARY KEY (user_id, room_id)
 );
+-- Unread counts materialised at a position (derived; storage/push.py): a
+-- user who never reads a busy room would otherwise have every /sync count
+-- all their notifications since the last receipt. Valid while the user's
+-- receipts in the room are still those of ``sig``; counts are per thread,
+-- {"thread": [notifications, highlights]}.
+CREATE TABLE IF NOT EXISTS push_summary (
+    user_id  text NOT NULL,
+    room_id  text NOT NULL,
+    pos      bigint NOT NULL,
+    sig      text NOT NULL,
+    counts   jsonb NOT NULL,
+    PRIMARY KEY (user_id, room_id)
+);
 -- Pushers (POST /pushers/set); delivery to push gateways comes later.
 CREATE TABLE IF NOT EXISTS pushers (
     user_id              text NOT NULL,

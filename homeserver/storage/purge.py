@@ -24,6 +24,7 @@ _DERIVED = (
     "account_data",
     "push_actions",
     "push_evaluated",
+    "push_summary",
 )
 
 

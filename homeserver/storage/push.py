@@ -146,7 +146,8 @@ class PushStore:
         evaluated already)."""
         extra_ctes = f", {_counts_ctes('$2::text[]', '$3')}, cnt AS ({_COUNT_SELECT})"
         extra_select = (
-            ", (SELECT json_agg(json_build_array(room_id, thread_id, n, h)) FROM cnt) AS counts"
+            ", (SELECT json_agg(json_build_array(room_id, thread_id, n, h, tail)) FROM cnt)"
+            " AS counts"
         )
         row = await self._db.fetchrow(
             f"""
@@ -185,9 +186,7 @@ class PushStore:
                 evs.append((event_id, int(pos)))
         now: dict[str, dict[str, Counts]] | None = None
         if counts:
-            now = {}
-            for room_id, thread_id, n, h in row["counts"] or ():
-                now.setdefault(room_id, {})[thread_id] = Counts(int(n), int(h))
+            now = await self._counted(user_id, row["counts"] or (), upto)
         pending = [
             Pending(room, lower, tuple(evs), len(evs) >= limit)
             for room, (lower, evs) in by_room.items()
@@ -246,7 +245,41 @@ class PushStore:
             list(evaluated.values()),
             *((list(count[0]), count[1]) if count is not None else ()),
         )
-        return _counts_of(rows) if count is not None else {}
+        return await self._counted(user_id, rows, count[1]) if count is not None else {}
+
+    async def _summarise(self, user_id: str, room_ids: Sequence[str], upto: int) -> None:
+        """Materialise the counts of each room at the furthest position that
+        is both within ``upto`` and evaluated (every notification up to it is
+        written): later counts read only what comes after. One statement per
+        room, so the counts and the receipts they hold for are one snapshot."""
+        for room_id in room_ids:
+            await self._db.execute(
+                f"""
+                WITH lim AS (
+                    SELECT LEAST($3::bigint, COALESCE((SELECT upto FROM push_evaluated
+                        WHERE user_id = $1 AND room_id = $2), 0)) AS p
+                ),
+                {_counts_ctes("ARRAY[$2::text]", "(SELECT p FROM lim)")},
+                cnt AS ({_COUNT_SELECT})
+                INSERT INTO push_summary (user_id, room_id, pos, sig, counts)
+                SELECT $1, $2, (SELECT p FROM lim), (SELECT sig FROM sg),
+                       COALESCE((SELECT jsonb_object_agg(thread_id, jsonb_build_array(n, h))
+                                 FROM cnt), '{{}}'::jsonb)
+                ON CONFLICT (user_id, room_id) DO UPDATE SET
+                    pos = EXCLUDED.pos, sig = EXCLUDED.sig, counts = EXCLUDED.counts
+                """,
+                user_id,
+                room_id,
+                upto,
+            )
+
+    async def _counted(
+        self, user_id: str, rows: Sequence[Any], upto: int
+    ) -> dict[str, dict[str, Counts]]:
+        out, due = _counts_of(rows)
+        if due:
+            await self._summarise(user_id, due, upto)
+        return out
 
     async def counts(
         self, user_id: str, room_ids: Sequence[str], upto: int
@@ -263,7 +296,7 @@ class PushStore:
             list(room_ids),
             upto,
         )
-        return _counts_of(rows)
+        return await self._counted(user_id, rows, upto)
 
     async def notifications(
         self, user_id: str, before: int | None, limit: int, only_highlight: bool
@@ -349,34 +382,73 @@ class PushStore:
 
 
 def _counts_ctes(rooms: str, upto: str, also: str | None = None) -> str:
-    """CTEs ``rc`` (receipts) and ``pa`` (the user's notifications in
-    ``rooms`` up to ``upto`` after any unthreaded receipt — plus, with
-    ``also``, the rows of that CTE: ones inserted by the same statement,
-    which its own reads cannot see)."""
+    """CTEs ``rc`` (receipts), ``sg`` (each room's receipts as one string),
+    ``sm`` (the room's push_summary row while its receipts are unchanged
+    and it is not past ``upto``) and ``pa`` (the user's notifications in
+    ``rooms`` up to ``upto`` after any unthreaded receipt and after the
+    summary — plus, with ``also``, the rows of that CTE: ones inserted by
+    the same statement, which its own reads cannot see). The scan of ``pa``
+    starts at the bound in the index, room by room: only the rows since the
+    summary are read, however many the user left unread."""
     extra = (
         f"UNION ALL SELECT room_id, thread_id, stream_ordering, highlight FROM {also}"
         if also
         else ""
     )
     return f"""rc AS ({_receipts_sql(rooms)}),
+    sg AS (
+        SELECT q.room_id, COALESCE((SELECT string_agg(rc.thread_id || '@' || rc.pos, ','
+                                                     ORDER BY rc.thread_id)
+                                    FROM rc WHERE rc.room_id = q.room_id), '') AS sig
+        FROM unnest({rooms}) AS q(room_id)
+    ),
+    sm AS (
+        SELECT s.room_id, s.pos, s.counts FROM push_summary s
+        JOIN sg ON sg.room_id = s.room_id AND sg.sig = s.sig
+        WHERE s.user_id = $1 AND s.room_id = ANY({rooms}) AND s.pos <= {upto}
+    ),
     pa AS (
-        SELECT room_id, thread_id, stream_ordering, highlight FROM push_actions p
-        WHERE p.user_id = $1 AND p.room_id = ANY({rooms}) AND p.stream_ordering <= {upto}
-          AND p.stream_ordering > COALESCE((SELECT pos FROM rc
-                WHERE rc.room_id = p.room_id AND rc.thread_id = ''), 0)
+        SELECT x.room_id, x.thread_id, x.stream_ordering, x.highlight
+        FROM unnest({rooms}) AS q(room_id)
+        CROSS JOIN LATERAL (SELECT GREATEST(
+            COALESCE((SELECT pos FROM rc WHERE rc.room_id = q.room_id AND rc.thread_id = ''), 0),
+            COALESCE((SELECT pos FROM sm WHERE sm.room_id = q.room_id), 0)) AS lower) b
+        -- (OFFSET 0 keeps the scan per room, its bounds in the index: joined
+        -- as a whole, the generic plan reads every row of the user)
+        CROSS JOIN LATERAL (
+            SELECT p.room_id, p.thread_id, p.stream_ordering, p.highlight FROM push_actions p
+            WHERE p.user_id = $1 AND p.room_id = q.room_id
+              AND p.stream_ordering > b.lower AND p.stream_ordering <= {upto}
+            OFFSET 0
+        ) x
         {extra}
     )"""
 
 
-# Counts per room and thread of ``pa`` rows not read (see _counts_ctes).
-_COUNT_SELECT = f"""SELECT pa.room_id, pa.thread_id, count(*) AS n,
-       count(*) FILTER (WHERE pa.highlight) AS h
-FROM pa WHERE pa.stream_ordering > {_READ_BOUND}
-GROUP BY pa.room_id, pa.thread_id"""
+# Counts per room and thread: the summary's plus the ``pa`` rows not read
+# (see _counts_ctes); ``tail`` is how many rows past the summary were counted.
+_COUNT_SELECT = f"""SELECT c.room_id, c.thread_id, sum(c.n)::bigint AS n, sum(c.h)::bigint AS h,
+       sum(c.tail)::bigint AS tail
+FROM (
+    SELECT pa.room_id, pa.thread_id, count(*) AS n, count(*) FILTER (WHERE pa.highlight) AS h,
+           count(*) AS tail
+    FROM pa WHERE pa.stream_ordering > {_READ_BOUND}
+    GROUP BY pa.room_id, pa.thread_id
+    UNION ALL
+    SELECT sm.room_id, j.key, (j.value->>0)::bigint, (j.value->>1)::bigint, 0
+    FROM sm, jsonb_each(sm.counts) AS j
+) c GROUP BY c.room_id, c.thread_id"""
+
+# A room's counts are materialised (push_summary) once this many of its
+# notifications were counted past the summary.
+SUMMARY_AFTER = 200
 
 
-def _counts_of(rows: Sequence[Any]) -> dict[str, dict[str, Counts]]:
+def _counts_of(rows: Sequence[Any]) -> tuple[dict[str, dict[str, Counts]], list[str]]:
+    """The counts, and the rooms whose summary is due."""
     out: dict[str, dict[str, Counts]] = {}
-    for r in rows:
-        out.setdefault(r["room_id"], {})[r["thread_id"]] = Counts(int(r["n"]), int(r["h"]))
-    return out
+    tails: dict[str, int] = {}
+    for room_id, thread_id, n, h, tail in rows:
+        out.setdefault(room_id, {})[thread_id] = Counts(int(n), int(h))
+        tails[room_id] = tails.get(room_id, 0) + int(tail)
+    return out, [r for r, t in tails.items() if t >= SUMMARY_AFTER]

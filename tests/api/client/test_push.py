@@ -4,9 +4,14 @@ receipts (per thread too), /notifications and pushers."""
 from __future__ import annotations
 
 import asyncio
+import random
 from typing import Any
 from urllib.parse import quote
 
+import pytest
+
+from homeserver.storage import push as push_storage
+from homeserver.storage.database import Database
 from tests.api.client.test_sync_features import public_room_with, sync
 from tests.helpers import CS, MatrixClient, User
 
@@ -305,3 +310,74 @@ async def test_pushers_stored_listed_and_removed(client: MatrixClient) -> None:
     ]:
         r = await alice.call("POST", f"{CS}/pushers/set", bad, expect=400)
         assert r["errcode"] == code, (bad, r)
+
+
+async def _recount(db: Database, user_id: str, room: str) -> dict[str, tuple[int, int]]:
+    """The counts by their definition, from every notification row: after
+    the furthest receipt of the row's thread or an unthreaded one."""
+    rows = await db.fetch(
+        """
+        WITH rc AS (
+            SELECT r.thread_id, max(e.stream_ordering) AS pos
+            FROM receipts r JOIN events e ON e.event_id = r.event_id
+            WHERE r.user_id = $1 AND r.room_id = $2 AND r.receipt_type IN ('m.read', 'm.read.private')
+            GROUP BY r.thread_id
+        )
+        SELECT p.thread_id, count(*) AS n, count(*) FILTER (WHERE p.highlight) AS h
+        FROM push_actions p
+        WHERE p.user_id = $1 AND p.room_id = $2
+          AND p.stream_ordering > GREATEST(
+              COALESCE((SELECT pos FROM rc WHERE rc.thread_id = ''), 0),
+              COALESCE((SELECT pos FROM rc WHERE rc.thread_id = p.thread_id), 0))
+        GROUP BY p.thread_id
+        """,
+        user_id,
+        room,
+    )
+    return {r["thread_id"]: (int(r["n"]), int(r["h"])) for r in rows}
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+async def test_counts_from_summaries_agree_with_every_row(
+    client: MatrixClient, db: Database, monkeypatch: pytest.MonkeyPatch, seed: int
+) -> None:
+    """A user who never reads a busy room: counts are materialised every few
+    notifications (push_summary) so a /sync reads only what came since.
+    Random messages (main timeline and two threads, some mentions) and
+    receipts (unthreaded, main, per thread, some pointing back): after each
+    step /sync's counts are the ones recounted from every row."""
+    monkeypatch.setattr(push_storage, "SUMMARY_AFTER", 3)
+    rnd = random.Random(seed)
+    alice = await client.register("alice")
+    bob = await client.register("bob")
+    room = await public_room_with(alice, bob)
+    roots = [await alice.send(room, "root a"), await alice.send(room, "root b")]
+    sent: list[tuple[str, str]] = []  # (event id, thread)
+    threaded = {"room": {"timeline": {"unread_thread_notifications": True}}}
+    for _step in range(50):
+        roll = rnd.random()
+        if roll < 0.75 or not sent:
+            thread = rnd.choice(["main", "main", *roots])
+            content: dict[str, Any] = {"msgtype": "m.text", "body": "x"}
+            if thread != "main":
+                content["m.relates_to"] = {"rel_type": "m.thread", "event_id": thread}
+            if rnd.random() < 0.2:
+                content["m.mentions"] = {"user_ids": [alice.user_id]}
+            sent.append((await bob.send(room, content=content), thread))
+        else:
+            event_id, thread = rnd.choice(sent[-8:])
+            body = {} if rnd.random() < 0.3 else {"thread_id": thread}
+            await alice.call("POST", f"{CS}/rooms/{room}/receipt/m.read/{event_id}", body)
+        entry = (await sync(alice, filter=threaded))["rooms"]["join"][room]
+        got = {
+            "main": entry["unread_notifications"],
+            **entry.get("unread_thread_notifications", {}),
+        }
+        got_pairs = {
+            t: (c["notification_count"], c["highlight_count"])
+            for t, c in got.items()
+            if c["notification_count"] or c["highlight_count"]
+        }
+        want = await _recount(db, alice.user_id, room)
+        assert got_pairs == want, (_step, got_pairs, want)
+    assert await db.fetchval("SELECT count(*) FROM push_summary WHERE user_id = $1", alice.user_id)
