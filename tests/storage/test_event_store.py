@@ -361,3 +361,37 @@ async def test_auth_chains_are_read_once_and_agree_with_the_log(
     monkeypatch.setattr(a.db, "fetch", counting)
     assert await store.auth_chains(state.values()) == chains
     assert calls == 0
+
+
+async def test_cached_chains_and_states_share_their_strings(writers: tuple[Writer, Writer]) -> None:
+    """The caches of auth chains and state maps hold each event id once:
+    chains overlap (each membership's chain holds the one before) and the
+    states of a room repeat most of their entries, so the cache's memory is
+    a slot per entry, not a string per entry (the soak's growth)."""
+    a, _ = writers
+    room = await new_room(a)
+    user = "@bob:hs.test"
+    for m in ("join", "leave", "join"):
+        await a.creator.send(
+            room, [Draft("m.room.member", user, {"membership": m}, state_key=user)]
+        )
+    state = await a.store.current_state_ids(room)
+    store = EventStore(a.db)  # a process with cold caches
+    member = state[("m.room.member", user)]
+    others = [e for e in state.values() if e != member]
+    first = await store.auth_chains([member])
+    rest = await store.auth_chains(others)  # read by another query
+    seen = {id(x): x for c in rest.values() for x in c}
+    common = [x for x in first[member] if x in {y for c in rest.values() for y in c}]
+    assert common and all(id(x) in seen for x in common)
+    # Two state groups of the room: the same keys and ids, the same objects.
+    joined = await a.store.get_event(member)
+    pl = await a.store.get_event(state[("m.room.power_levels", "")])
+    assert joined is not None and pl is not None and joined.state_group != pl.state_group
+    s1 = await store.state_at_group(joined.state_group)
+    s2 = await store.state_at_group(pl.state_group)
+    shared = [key for key, eid in s1.items() if s2.get(key) == eid]
+    assert len(shared) >= 3
+    for key in shared:
+        (k2,) = [k for k in s2 if k == key]
+        assert k2[0] is key[0] and k2[1] is key[1] and s2[key] is s1[key]
