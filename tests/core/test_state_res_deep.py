@@ -50,7 +50,7 @@ def test_agrees_with_the_definition_on_random_dags() -> None:
 
 def test_a_chain_deeper_than_the_recursion_limit() -> None:
     depth = sys.getrecursionlimit() * 5
-    edges = {"create": ()}
+    edges: dict[str, tuple[str, ...]] = {"create": ()}
     prev = "create"
     for i in range(depth):
         edges[f"m{i}"] = ("create", prev)

@@ -332,9 +332,9 @@ async def test_invite_v2(pair: Pair, fake: FakeOrigin) -> None:
         "no event": ({"room_version": "12"}, 400),
         "for another room": (dict(body, event=dict(invite.pdu, room_id="!x:elsewhere")), 400),
     }
-    for name, (bad, status) in malformed.items():
+    for case, (bad, status) in malformed.items():
         got = await fake.request("PUT", a, path, body=bad)
-        assert got.status == status and got.body["errcode"].startswith("M_"), (name, got)
+        assert got.status == status and got.body["errcode"].startswith("M_"), (case, got)
 
     got = await fake.request("PUT", a, path, body=body)
     assert got.status == 200, got
