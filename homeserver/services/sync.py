@@ -389,9 +389,6 @@ class SyncService:
         m = await self._proj.membership(room_id, user_id)
         return await self._store.get_event(m[1]) if m else None
 
-    async def _state_at_position(self, room_id: str, pos: int) -> Mapping[StateKey, str]:
-        return await self._store.state_at_position(room_id, pos)
-
     async def _timeline(
         self, room_id: str, user_id: str, device_id: str, lower: int, upper: int, flt: SyncFilter
     ) -> tuple[list[StoredEvent], bool, int]:
@@ -522,7 +519,7 @@ class SyncService:
         if full_state:
             state_ids = await self._state_before(room_id, window, start, pre)
         elif limited and since is not None:
-            at_since = await self._state_at_position(room_id, since)
+            at_since = await self._store.state_at_position(room_id, since)
             at_start = await self._state_before(room_id, window, start, pre)
             state_ids = {k: v for k, v in at_start.items() if at_since.get(k) != v}
         if flt.state.lazy_load_members:
@@ -641,7 +638,7 @@ class SyncService:
                 return await self._store.state_at_group(prev.state_group)
         if window and not window[0].event.prev_events:
             return {}  # the timeline starts at the create event
-        return await self._state_at_position(room_id, start)
+        return await self._store.state_at_position(room_id, start)
 
     async def _left_entry(
         self,
@@ -657,7 +654,7 @@ class SyncService:
         )
         state_evs: list[StoredEvent] = []
         if since is None or limited:
-            ids = await self._state_at_position(room_id, start)
+            ids = await self._store.state_at_position(room_id, start)
             state_evs = list((await self._store.get_events(ids.values())).values())
         return {
             "timeline": {

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
 import asyncpg
 import pytest
 
+from homeserver.core.events import StateKey
 from homeserver.core.room_versions import V12
 from homeserver.services.event_creator import Draft, EventCreator
 from homeserver.services.notifier import Notifier
@@ -319,20 +320,25 @@ async def test_messages_on_a_known_head_take_one_statement(
     assert drift.clean, drift.tables
 
 
+async def _rejoined_room(a: Writer, user: str) -> tuple[Mapping[StateKey, str], EventStore]:
+    """A room ``user`` joined, left and joined again (a membership chain),
+    its current state, and an event store with cold caches (another process)."""
+    room = await new_room(a)
+    for m in ("join", "leave", "join"):
+        await a.creator.send(
+            room, [Draft("m.room.member", user, {"membership": m}, state_key=user)]
+        )
+    return await a.store.current_state_ids(room), EventStore(a.db)
+
+
 async def test_auth_chains_are_read_once_and_agree_with_the_log(
     writers: tuple[Writer, Writer], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Each event's auth chain, read for state resolution, is the closure
     of its auth events in the log; read again, it costs no query."""
     a, _ = writers
-    room = await new_room(a)
     user = "@bob:hs.test"
-    for m in ("join", "leave", "join"):
-        await a.creator.send(
-            room, [Draft("m.room.member", user, {"membership": m}, state_key=user)]
-        )
-    state = await a.store.current_state_ids(room)
-    store = EventStore(a.db)  # a process with cold caches
+    state, store = await _rejoined_room(a, user)
     chains = await store.auth_chains(state.values())
     assert set(chains) == set(state.values())
     for eid, chain in chains.items():
@@ -369,14 +375,8 @@ async def test_cached_chains_and_states_share_their_strings(writers: tuple[Write
     states of a room repeat most of their entries, so the cache's memory is
     a slot per entry, not a string per entry (the soak's growth)."""
     a, _ = writers
-    room = await new_room(a)
     user = "@bob:hs.test"
-    for m in ("join", "leave", "join"):
-        await a.creator.send(
-            room, [Draft("m.room.member", user, {"membership": m}, state_key=user)]
-        )
-    state = await a.store.current_state_ids(room)
-    store = EventStore(a.db)  # a process with cold caches
+    state, store = await _rejoined_room(a, user)
     member = state[("m.room.member", user)]
     others = [e for e in state.values() if e != member]
     first = await store.auth_chains([member])
