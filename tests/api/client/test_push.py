@@ -381,3 +381,41 @@ async def test_counts_from_summaries_agree_with_every_row(
         want = await _recount(db, alice.user_id, room)
         assert got_pairs == want, (_step, got_pairs, want)
     assert await db.fetchval("SELECT count(*) FROM push_summary WHERE user_id = $1", alice.user_id)
+
+
+async def test_counts_stay_right_when_devices_sync_while_messages_arrive(
+    client: MatrixClient, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Summaries are written from read paths: two devices of one user sync
+    at the same moment, over and over, while another user sends and the
+    user moves a receipt; no interleaving loses or double-counts a
+    notification."""
+    monkeypatch.setattr(push_storage, "SUMMARY_AFTER", 2)
+    alice = await client.register("alice")
+    bob = await client.register("bob")
+    room = await public_room_with(alice, bob)
+    login = {
+        "type": "m.login.password",
+        "identifier": {"type": "m.id.user", "user": "alice"},
+        "password": "password",
+    }
+    r = await client.call("POST", f"{CS}/login", login)
+    phone = User(alice.user_id, r["access_token"], r["device_id"], client)
+    rnd = random.Random(7)
+    sent: list[str] = []
+
+    async def sender() -> None:
+        for i in range(40):
+            sent.append(await bob.send(room, f"m{i}"))
+            if i % 13 == 12:
+                await alice.call("POST", f"{CS}/rooms/{room}/receipt/m.read/{rnd.choice(sent)}", {})
+
+    async def syncer(u: User) -> None:
+        for _ in range(25):
+            await sync(u)
+
+    await asyncio.gather(sender(), syncer(alice), syncer(phone), syncer(alice))
+    for u in (alice, phone):
+        got = counts(await sync(u), room)
+        assert got == (await _recount(db, alice.user_id, room)).get("main", (0, 0))
+    assert await db.fetchval("SELECT count(*) FROM push_summary WHERE user_id = $1", alice.user_id)
