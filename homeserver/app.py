@@ -312,6 +312,12 @@ def create_app(
             ),
             pool=lambda: (db.pool.get_size(), db.pool.get_idle_size(), db.pool.get_max_size()),
             queues=federation.sender.queue_summary,
+            caches=lambda: {
+                **event_store.caches(),
+                **push.caches(),
+                **sync.caches(),
+                **accounts.caches(),
+            },
         )
     )
     federation.edus.on_presence = presence.receive_edu

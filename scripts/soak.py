@@ -2,8 +2,10 @@
 under a bounded mixed load for a given time, sampled every interval.
 
 Also per interval, from each server's metrics: what it still has queued
-for the other (federation PDUs and EDUs, and the age of the oldest), and its
-live memory (C heap bytes in use, Python's allocated blocks).
+for the other (federation PDUs and EDUs, and the age of the oldest), its
+live memory (C heap bytes in use, Python's allocated blocks) and how full
+each in-memory cache is (weight against bound, in percent): memory that
+grows while a cache is still filling is that cache's, not a leak.
 
 Load (all loopback): long-polls (/sync with a timeout) by the users of A,
 sends into a shared room through A and through B (so every message crosses
@@ -134,7 +136,16 @@ class Server:
             text = await r.text()
         items, age = 0, 0.0
         heap: dict[str, float] = {}
+        weight: dict[str, float] = {}
+        bound: dict[str, float] = {}
         for line in text.splitlines():
+            for prefix, into in (
+                ('homeserver_cache_weight{cache="', weight),
+                ('homeserver_cache_bound{cache="', bound),
+            ):
+                if line.startswith(prefix):
+                    name, value = line[len(prefix) :].split('"}', 1)
+                    into[name] = float(value)
             if line.startswith("homeserver_federation_queue_items{"):
                 items += int(float(line.rsplit(" ", 1)[1]))
             elif line.startswith("homeserver_federation_queue_oldest_age_seconds{"):
@@ -150,6 +161,11 @@ class Server:
                 heap.get("homeserver_malloc_in_use_bytes", 0) / 2**20, 1
             ),
             f"py_blocks_{n}_k": round(heap.get("homeserver_python_allocated_blocks", 0) / 1000),
+            # percent of its bound (entries when unbounded here: bound 0)
+            f"caches_{n}": {
+                k: round(100 * w / bound[k], 1) if bound.get(k) else int(w)
+                for k, w in sorted(weight.items())
+            },
         }
 
     async def ready(self, s: aiohttp.ClientSession) -> None:

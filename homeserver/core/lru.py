@@ -10,7 +10,17 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
+
+
+class CacheFill(NamedTuple):
+    """How full a bounded cache is, for the metrics: an operator (and
+    ``scripts/soak``) tells a cache still filling toward its bound from
+    memory that grows without one."""
+
+    entries: int
+    weight: int  # in the bound's unit (entries, unless the cache weighs them)
+    bound: int
 
 
 class LRU(OrderedDict[Any, Any]):
@@ -19,6 +29,10 @@ class LRU(OrderedDict[Any, Any]):
         self._max = max_weight
         self._weigh = weigh
         self.weight = 0
+
+    @property
+    def fill(self) -> CacheFill:
+        return CacheFill(len(self), self.weight, self._max)
 
     def _w(self, value: Any) -> int:
         return 1 if self._weigh is None else self._weigh(value)

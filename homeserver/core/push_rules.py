@@ -23,6 +23,7 @@ from functools import cached_property, lru_cache
 from typing import Any
 
 from homeserver.core.events import Event
+from homeserver.core.lru import CacheFill
 
 KINDS = ("override", "content", "room", "sender", "underride")
 MASTER = ".m.rule.master"
@@ -591,6 +592,21 @@ def _compile_rule(rule: PushRule) -> _Compiled | None:
     compiled = _Compiled(rule, tuple(checks), rule.rule_id in LEGACY_MENTION_RULES, whole)
     _SHARED[ident] = compiled
     return compiled
+
+
+def cache_fill() -> dict[str, CacheFill]:
+    """The process-wide compiled-rule caches, for the metrics (the shared
+    rules are bounded by the rule sets that use them)."""
+    names = _display_name_regex.cache_info()
+    conditions = _compiled_condition.cache_info()
+    shared = len(_SHARED)
+    return {
+        "push_display_name_regexes": CacheFill(names.currsize, names.currsize, names.maxsize or 0),
+        "push_compiled_conditions": CacheFill(
+            conditions.currsize, conditions.currsize, conditions.maxsize or 0
+        ),
+        "push_shared_rules": CacheFill(shared, shared, 0),
+    }
 
 
 class Evaluator:

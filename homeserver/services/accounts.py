@@ -17,6 +17,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from homeserver.core.ids import InvalidID, UserID
+from homeserver.core.lru import CacheFill
 from homeserver.services.clock import now_ms
 from homeserver.storage.accounts import AccountStore, TokenOwner, UserExists
 
@@ -168,6 +169,10 @@ class AccountService:
         self._tokens[digest] = (requester, now + TOKEN_CACHE_TTL)
         self._tokens_by_user.setdefault(owner.user_id, set()).add(digest)
         return requester
+
+    def caches(self) -> dict[str, CacheFill]:
+        n = len(self._tokens)
+        return {"access_tokens": CacheFill(n, n, TOKEN_CACHE_SIZE)}
 
     async def drop_token_cache(self) -> None:
         """After a gap in cross-process notifications a logout elsewhere may

@@ -14,6 +14,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 
 from homeserver.core.events import StateKey
+from homeserver.core.lru import CacheFill
 
 MAX_DEVICES = 20_000
 
@@ -24,6 +25,10 @@ class SentMembers:
     def __init__(self, max_devices: int = MAX_DEVICES) -> None:
         self._max = max_devices
         self._sent: OrderedDict[tuple[str, str], dict[str, dict[str, str]]] = OrderedDict()
+
+    @property
+    def fill(self) -> CacheFill:
+        return CacheFill(len(self._sent), len(self._sent), self._max)
 
     def unsent(
         self,

@@ -22,6 +22,10 @@ Families (all prefixed ``homeserver_``):
 - ``malloc_in_use_bytes`` / ``malloc_system_bytes`` (glibc) and
   ``python_allocated_blocks``: live memory, to tell from RSS (see
   ``services/memory.py``);
+- ``cache_entries`` / ``cache_weight`` / ``cache_bound`` by cache: how full
+  each in-memory cache is (weight in the bound's unit; a bound of 0: bounded
+  by something else, see ``core/lru.py``), so memory still growing can be
+  told from a cache still filling;
 - the process collector's ``process_*`` (RSS, CPU, open files).
 """
 
@@ -35,6 +39,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessColl
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from homeserver.core.lru import CacheFill
 from homeserver.services.memory import heap_figures
 
 
@@ -49,6 +54,7 @@ class Sources:
     wakeups: Callable[[], int] = lambda: 0
     transactions: Callable[[], dict[tuple[str, str], int]] = dict
     pool: Callable[[], tuple[int, int, int]] = lambda: (0, 0, 0)  # size, idle, max
+    caches: Callable[[], dict[str, CacheFill]] = dict
     # (destination, items, oldest created_ts ms), read at scrape time
     queues: Callable[[], Awaitable[list[tuple[str, int, int]]]] | None = None
     _queue_snapshot: list[tuple[str, int, int]] = field(default_factory=list)
@@ -112,6 +118,7 @@ class _FromServices(Collector):
         pool.add_metric(["idle"], idle)
         yield pool
         yield GaugeMetricFamily("homeserver_db_pool_max", "Database pool size limit", value=top)
+        yield from _cache_families(s.caches())
         heap = heap_figures()
         if heap.malloc_in_use is not None and heap.malloc_system is not None:
             yield GaugeMetricFamily(
@@ -127,6 +134,21 @@ class _FromServices(Collector):
             "Blocks allocated by Python's object allocator",
             value=heap.python_blocks,
         )
+
+
+def _cache_families(caches: dict[str, CacheFill]) -> Iterator[Metric]:
+    families = [
+        GaugeMetricFamily(f"homeserver_cache_{field}", help_, labels=["cache"])
+        for field, help_ in (
+            ("entries", "Entries in an in-memory cache"),
+            ("weight", "An in-memory cache's weight, in its bound's unit"),
+            ("bound", "An in-memory cache's bound (0: bounded by what uses it)"),
+        )
+    ]
+    for name, fill in sorted(caches.items()):
+        for family, value in zip(families, fill, strict=True):
+            family.add_metric([name], value)
+    yield from families
 
 
 class Metrics:

@@ -31,7 +31,7 @@ from typing import Any
 from homeserver.core import push_rules as pr
 from homeserver.core.auth import creators
 from homeserver.core.ids import InvalidID, RoomID, UserID
-from homeserver.core.lru import LRU
+from homeserver.core.lru import LRU, CacheFill
 from homeserver.services.account_data import AccountDataService
 from homeserver.services.clock import now_ms
 from homeserver.services.errors import MatrixError, not_found
@@ -101,6 +101,14 @@ class PushService:
         # weighed by their display names: a big room's contexts are big
         self._groups = LRU(MAX_GROUP_NAMES, weigh=lambda g: len(g.names) + 1)
         self._memos = LRU(MAX_MEMOS)
+
+    def caches(self) -> dict[str, CacheFill]:
+        return {
+            "push_rule_sets": self._rulesets.fill,
+            "push_room_contexts": self._groups.fill,
+            "push_condition_memos": self._memos.fill,
+            **pr.cache_fill(),
+        }
 
     # =============================================================== rules
     async def rules(self, user_id: str) -> tuple[pr.PushRule, ...]:

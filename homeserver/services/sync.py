@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from homeserver.core.events import STRIPPED_STATE_TYPES, StateKey
+from homeserver.core.lru import CacheFill
 from homeserver.services.clock import now_ms
 from homeserver.services.filters import EventFilter, flag, str_list, sub_object
 from homeserver.services.lazy_members import SentMembers
@@ -298,6 +299,13 @@ class SyncService:
             joined,
             upto,
         )
+
+    def caches(self) -> dict[str, CacheFill]:
+        views = len(self._views)
+        return {
+            "sync_room_views": CacheFill(views, views, MAX_VIEWS),
+            "sync_lazy_members_devices": self._sent_members.fill,
+        }
 
     def _remember_views(self, user_id: str, upto: int, stats: Mapping[str, Any]) -> None:
         """Keep each room's counts as the user last saw them, at ``upto``."""

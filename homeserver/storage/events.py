@@ -17,7 +17,7 @@ from typing import Any
 import asyncpg
 
 from homeserver.core.events import Event, StateKey
-from homeserver.core.lru import LRU
+from homeserver.core.lru import LRU, CacheFill
 from homeserver.core.room_versions import RoomVersion, get_room_version
 from homeserver.storage.database import Database
 from homeserver.storage.projections import head_ctes
@@ -222,6 +222,14 @@ class EventStore:
     @property
     def db(self) -> Database:
         return self._db
+
+    def caches(self) -> dict[str, CacheFill]:
+        return {
+            "events": self._events.fill,
+            "state_groups": self._groups.fill,
+            "state_group_chain_lengths": self._chains.fill,
+            "auth_chains": self._auth_chains.fill,
+        }
 
     # ---------------------------------------------------------------- rooms
     async def create_room_row(

@@ -56,6 +56,9 @@ async def test_metrics_move_with_the_server(
         "homeserver_malloc_in_use_bytes",
         "homeserver_malloc_system_bytes",
         "homeserver_python_allocated_blocks",
+        "homeserver_cache_entries",
+        "homeserver_cache_weight",
+        "homeserver_cache_bound",
         "process_resident_memory_bytes",
         "process_open_fds",
     ):
@@ -82,6 +85,14 @@ async def test_metrics_move_with_the_server(
     in_use = sample(after, "homeserver_malloc_in_use_bytes")
     assert 0 < in_use <= sample(after, "homeserver_malloc_system_bytes")
     assert sample(after, "homeserver_python_allocated_blocks") > 0
+    # Each bounded cache reports how full it is: the events just written
+    # and read are in the event cache, under its bound.
+    assert 0 < sample(after, "homeserver_cache_entries", cache="events") <= sample(
+        after, "homeserver_cache_bound", cache="events"
+    )
+    assert sample(after, "homeserver_cache_weight", cache="access_tokens") >= 1
+    for cache in ("state_groups", "auth_chains", "push_rule_sets", "sync_room_views"):
+        assert sample(after, "homeserver_cache_bound", cache=cache) > 0, cache
     # A 429 from a rate limit is counted by route.
     app[METRICS].observe("client", "POST", "/limited", 429, 0.001)
     limited = await scrape(aiohttp_client, app)
