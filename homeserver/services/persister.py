@@ -131,6 +131,9 @@ class Persister:
         ] = []
         # Run after commit (wake the federation sender, ...).
         self.on_committed: list[Callable[[str, Sequence[Pending]], None]] = []
+        # Run when the transaction did not commit after ``in_transaction``
+        # may have run: what those hooks kept for ``on_committed`` goes.
+        self.on_abandoned: list[Callable[[Sequence[Pending]], None]] = []
         # (origin: local|federated, outcome) → events written (metrics); the
         # server name tells local senders from remote ones (set by app.py).
         self.server_name = ""
@@ -237,6 +240,8 @@ class Persister:
                 for hook in self.in_transaction:
                     await hook(conn, room_id, entries)
         except BaseException:
+            for fn in self.on_abandoned:
+                fn(entries)
             if not backfill:
                 try:
                     await self._store.abandon_positions(conn, positions[0])

@@ -87,3 +87,32 @@ async def test_the_new_sender_takes_over_the_dead_senders_destination_leases(
         assert await store.queue_length("peer.test") == 0
     finally:
         await sender.stop(drain_s=1.0)
+
+
+async def test_an_append_that_does_not_commit_leaves_nothing_with_the_sender(
+    client: Any, app: Any
+) -> None:
+    """The sender's in-transaction hook notes each event's destinations for
+    the wake-up after commit; a transaction that then fails to commit must
+    not leave that note behind (it was kept for good: a slow leak)."""
+    from homeserver.api.federation.common import FEDERATION
+    from tests.helpers import CS
+
+    fed = app[FEDERATION]
+    persister = fed.ingest._persister
+    alice = await client.register("alice")
+    room = await alice.create_room()
+
+    async def refuse(*_: Any) -> None:
+        raise RuntimeError("the commit fails after the sender's hook")
+
+    persister.in_transaction.append(refuse)
+    try:
+        await alice.call(
+            "PUT", f"{CS}/rooms/{room}/state/m.room.topic/", {"topic": "lost"}, expect=500
+        )
+    finally:
+        persister.in_transaction.remove(refuse)
+    assert fed.sender._queued_now == {}
+    await alice.call("PUT", f"{CS}/rooms/{room}/state/m.room.topic/", {"topic": "kept"})
+    assert fed.sender._queued_now == {}

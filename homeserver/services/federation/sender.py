@@ -180,6 +180,11 @@ class FederationSender:
             for d in self._queued_now.pop(p.event.event_id, ()):
                 self.wake(d)
 
+    def on_abandoned(self, entries: Sequence[Pending]) -> None:
+        """The append did not commit: nothing was queued after all."""
+        for p in entries:
+            self._queued_now.pop(p.event.event_id, None)
+
     async def send_pdu(self, event_id: str, destinations: Iterable[str]) -> None:
         """Queue an event (not necessarily ours, e.g. a join we accepted
         through send_join) for the given servers."""

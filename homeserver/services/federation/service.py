@@ -104,6 +104,7 @@ def build_federation(
     sender = FederationSender(store, events, client, name)
     persister.in_transaction.append(sender.on_commit_in_transaction)
     persister.on_committed.append(sender.on_committed)
+    persister.on_abandoned.append(sender.on_abandoned)
     ingest = Ingest(db, events, projections, persister, keyring, client, store, name)
     served = FederationServer(events, projections, store, ingest, name, directory, profiles)
     remote = RemoteRooms(db, events, projections, ingest, client, keyring, keys, ephemeral, sender)
