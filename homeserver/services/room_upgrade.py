@@ -23,10 +23,8 @@ already made rather than a second one.
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import time
-import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -36,6 +34,7 @@ from homeserver.core.ids import InvalidID, UserID
 from homeserver.core.room_versions import RoomVersion, UnsupportedRoomVersion, get_room_version
 from homeserver.services.errors import MatrixError, forbidden, invalid_param
 from homeserver.services.event_creator import Draft, EventCreator
+from homeserver.services.locks import KeyedLocks
 from homeserver.services.membership import MembershipService
 from homeserver.services.messages import MessageService
 from homeserver.services.profile import ProfileService
@@ -80,7 +79,7 @@ class RoomUpgradeService:
         self._profiles = profiles
         self._rooms = rooms
         self._server_name = server_name
-        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._locks = KeyedLocks()
         self._recent: dict[tuple[str, str], tuple[float, str]] = {}
 
     async def upgrade(
@@ -91,7 +90,7 @@ class RoomUpgradeService:
         additional_creators: Sequence[str] = (),
     ) -> str:
         """The new room's id."""
-        lock = self._locks.setdefault(room_id, asyncio.Lock())
+        lock = self._locks(room_id)
         async with lock:
             now = time.monotonic()
             self._recent = {k: v for k, v in self._recent.items() if v[0] > now}

@@ -87,8 +87,10 @@ async def test_metrics_move_with_the_server(
     assert sample(after, "homeserver_python_allocated_blocks") > 0
     # Each bounded cache reports how full it is: the events just written
     # and read are in the event cache, under its bound.
-    assert 0 < sample(after, "homeserver_cache_entries", cache="events") <= sample(
-        after, "homeserver_cache_bound", cache="events"
+    assert (
+        0
+        < sample(after, "homeserver_cache_entries", cache="events")
+        <= sample(after, "homeserver_cache_bound", cache="events")
     )
     assert sample(after, "homeserver_cache_weight", cache="access_tokens") >= 1
     for cache in ("state_groups", "auth_chains", "push_rule_sets", "sync_room_views"):

@@ -34,7 +34,6 @@ override.
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
 import os
@@ -60,7 +59,9 @@ from yarl import URL
 from homeserver.core.canonical import encode_canonical_json, parse_json
 from homeserver.core.ids import InvalidID, ServerName
 from homeserver.core.ip_ranges import DEFAULT_FILTER, IPRangeFilter
+from homeserver.core.lru import LRU
 from homeserver.core.signing import sign_request
+from homeserver.services.locks import KeyedLocks
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ WELL_KNOWN_MAX_TTL = 48 * 3600
 WELL_KNOWN_FIRST_ERROR_TTL = 120
 WELL_KNOWN_ERROR_TTL = 3600
 WELL_KNOWN_MAX_BYTES = 50 * 1024
+MAX_HOSTNAMES = 10_000  # hostnames whose delegation is remembered
 
 
 def encode_path(template: str, *args: str) -> str:
@@ -238,14 +240,16 @@ class ServerResolver:
         self._fetch = fetch_well_known
         self._srv = srv or DnsSrvLookup()
         self._clock = clock
-        self._well_known: dict[str, tuple[str | None, float]] = {}
+        # Keyed by names other servers choose (any server named in an event
+        # may be looked up): bounded, the least recently used forgotten.
+        self._well_known = LRU(MAX_HOSTNAMES)  # hostname → (delegated, expiry)
         # hostname → consecutive failures; the last delegation and when it came
-        self._failures: dict[str, int] = {}
-        self._last_good: dict[str, tuple[str, float]] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._failures = LRU(MAX_HOSTNAMES)
+        self._last_good = LRU(MAX_HOSTNAMES)
+        self._locks = KeyedLocks()
 
     def forget(self, server_name: str) -> None:
-        self._well_known.pop(ServerName(server_name).host, None)
+        self._well_known.drop(ServerName(server_name).host)
 
     def cached(self, hostname: str) -> tuple[str | None, float] | None:
         """(delegated name or None for a failure, expiry on the clock) of the
@@ -257,8 +261,7 @@ class ServerResolver:
         hit = self._well_known.get(hostname)
         if hit is not None and hit[1] > now:
             return hit[0]
-        lock = self._locks.setdefault(hostname, asyncio.Lock())
-        async with lock:
+        async with self._locks(hostname):
             hit = self._well_known.get(hostname)
             if hit is not None and hit[1] > now:
                 return hit[0]
@@ -274,10 +277,11 @@ class ServerResolver:
                 except InvalidID:
                     delegated = None
             if delegated is not None:
-                self._failures.pop(hostname, None)
-                self._last_good[hostname] = (delegated, now)
+                self._failures.drop(hostname)
+                self._last_good.put(hostname, (delegated, now))
             else:
-                n = self._failures[hostname] = self._failures.get(hostname, 0) + 1
+                n = self._failures.get(hostname, 0) + 1
+                self._failures.put(hostname, n)
                 ttl = float(
                     min(WELL_KNOWN_ERROR_TTL, WELL_KNOWN_FIRST_ERROR_TTL * 2 ** min(n - 1, 16))
                 )
@@ -285,7 +289,7 @@ class ServerResolver:
                 if transient and good is not None and now - good[1] < WELL_KNOWN_MAX_TTL:
                     # A site briefly down does not cut off the server it delegates to.
                     delegated = good[0]
-            self._well_known[hostname] = (delegated, now + ttl)
+            self._well_known.put(hostname, (delegated, now + ttl))
             return delegated
 
     async def _via_srv(self, hostname: str) -> Target | None:

@@ -44,6 +44,7 @@ from homeserver.core.signing import SignatureError
 from homeserver.core.state_res import MissingStateEvent
 from homeserver.services.federation.client import FederationClient, FederationError, encode_path
 from homeserver.services.federation.keyring import Keyring
+from homeserver.services.locks import KeyedLocks
 from homeserver.services.persister import Pending, Persister
 from homeserver.storage.database import Database
 from homeserver.storage.events import EventStore, StoredEvent
@@ -102,8 +103,8 @@ class Ingest:
         self._client = client
         self._fstore = fstore
         self._server_name = server_name
-        self._locks: dict[str, asyncio.Lock] = {}
-        self._origin_locks: dict[str, asyncio.Lock] = {}
+        self._locks = KeyedLocks()
+        self._origin_locks = KeyedLocks()
         self.transactions_in = 0  # /send transactions handled (metrics)
 
     @property
@@ -115,10 +116,10 @@ class Ingest:
         return self._persister
 
     def room_lock(self, room_id: str) -> asyncio.Lock:
-        return self._locks.setdefault(room_id, asyncio.Lock())
+        return self._locks(room_id)
 
     def origin_lock(self, origin: str) -> asyncio.Lock:
-        return self._origin_locks.setdefault(origin, asyncio.Lock())
+        return self._origin_locks(origin)
 
     # ------------------------------------------------------------ 1-3
     async def check_pdu(self, pdu: Any, rv: RoomVersion) -> Checked:

@@ -24,7 +24,6 @@ Also the incoming request check (``Request Authentication``):
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -36,6 +35,7 @@ from signedjson.types import VerifyKey
 from homeserver.config import TrustedKeyServer
 from homeserver.core.canonical import redact
 from homeserver.core.ids import InvalidID, ServerName
+from homeserver.core.lru import LRU
 from homeserver.core.room_versions import RoomVersion
 from homeserver.core.signing import (
     SignatureError,
@@ -47,6 +47,7 @@ from homeserver.core.signing import (
 )
 from homeserver.services.clock import now_ms
 from homeserver.services.federation.client import FederationClient, FederationError, encode_path
+from homeserver.services.locks import KeyedLocks
 from homeserver.services.server_keys import ServerKeys
 from homeserver.storage.federation import FederationStore, StoredKey
 
@@ -55,6 +56,7 @@ log = logging.getLogger(__name__)
 MAX_KEY_VALIDITY_MS = 7 * 24 * 3600 * 1000
 UNKNOWN_KEY_RETRY_S = 5.0
 REFETCH_INTERVAL_S = 5.0  # at most one fetch per server in this long
+MAX_SERVERS = 10_000  # servers (and unknown key ids) remembered in memory
 
 
 class Unauthorized(Exception):
@@ -79,17 +81,21 @@ class Keyring:
             n.server_name: {kid: decode_verify_key(kid, b64) for kid, b64 in n.verify_keys}
             for n in trusted
         }
-        self._mem: dict[str, dict[str, StoredKey]] = {}
-        self._last_fetch: dict[str, float] = {}
-        self._unknown_asked: dict[tuple[str, str], float] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        # Keyed by server names and key ids that events and requests name
+        # (a hostile server names as many as it likes): bounded, least
+        # recently used forgotten. A forgotten server's keys are read from
+        # the database again; a forgotten fetch time allows one early fetch.
+        self._mem = LRU(MAX_SERVERS)  # server → key id → StoredKey
+        self._last_fetch = LRU(MAX_SERVERS)  # server → when last fetched
+        self._unknown_asked = LRU(MAX_SERVERS)  # (server, key id) → when asked
+        self._locks = KeyedLocks()
 
     # ------------------------------------------------------------ lookup
     async def _known(self, server: str) -> dict[str, StoredKey]:
-        keys = self._mem.get(server)
+        keys: dict[str, StoredKey] | None = self._mem.get_(server)
         if keys is None:
             keys = await self._store.server_keys(server)
-            self._mem[server] = keys
+            self._mem.put(server, keys)
         return keys
 
     async def get_key(self, server: str, key_id: str, valid_at: int) -> VerifyKey | None:
@@ -122,19 +128,18 @@ class Keyring:
         last = self._unknown_asked.get((server, key_id), 0.0)
         if now - last < UNKNOWN_KEY_RETRY_S:
             return False
-        self._unknown_asked[(server, key_id)] = now
+        self._unknown_asked.put((server, key_id), now)
         return True
 
     async def fetch(self, server: str, *, force: bool = False, key_id: str | None = None) -> None:
         """Fetch ``server``'s keys: directly, then through the configured
         notaries — except a notary's own keys, which come from it alone (so
         notaries cannot vouch for each other, nor wait on each other)."""
-        lock = self._locks.setdefault(server, asyncio.Lock())
-        async with lock:
+        async with self._locks(server):
             last = self._last_fetch.get(server, 0.0)
             if not force and time.monotonic() - last < REFETCH_INTERVAL_S:
                 return
-            self._last_fetch[server] = time.monotonic()
+            self._last_fetch.put(server, time.monotonic())
             try:
                 resp = await self._client.get_json(server, "/_matrix/key/v2/server", timeout=15)
                 await self._accept_response(server, resp)
@@ -198,7 +203,7 @@ class Keyring:
             signed_by_server = {k: v for k, v in resp.get("signatures", {}).items() if k == server}
             original = dict(resp) | {"signatures": signed_by_server}
         await self._store.store_server_keys(server, stored, original, valid_until, now)
-        self._mem.pop(server, None)
+        self._mem.drop(server)
 
     # ---------------------------------------------------------- verifying
     async def verify_signed_by(self, obj: Mapping[str, Any], server: str, valid_at: int) -> None:
