@@ -167,13 +167,14 @@ def create_app(
     name = config.server_name
     # storage
     account_store = AccountStore(db)
-    event_store = EventStore(db, cache_size=config.event_cache_size)
+    factor = config.cache_factor
+    event_store = EventStore(db, cache_size=config.event_cache_size, cache_factor=factor)
     projections = Projections(db, name)
     room_store = RoomStore(db)
     account_data_store = AccountDataStore(db, event_store)
     # services
     notifier = Notifier(db.url)
-    accounts = AccountService(account_store, name, config.admins)
+    accounts = AccountService(account_store, name, config.admins, cache_factor=factor)
     resolver = StateResolver(event_store)
     planner = HeadPlanner(event_store, resolver, StateResetAlarm(event_store))
     persister = Persister(event_store, projections, notifier, planner)
@@ -202,7 +203,9 @@ def create_app(
     membership.owner_exit = room_admin.close_if_owner_bound
     ephemeral_store = EphemeralStore(db, event_store)
     ephemeral = EphemeralService(ephemeral_store, room_state, account_data)
-    push = PushService(PushStore(db), event_store, projections, serializer, account_data)
+    push = PushService(
+        PushStore(db), event_store, projections, serializer, account_data, cache_factor=factor
+    )
     sync = SyncService(
         event_store,
         projections,
@@ -214,6 +217,7 @@ def create_app(
         notifier,
         SyncSnapshots(db),
         push,
+        cache_factor=factor,
     )
 
     app[appkeys.CONFIG] = config

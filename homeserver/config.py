@@ -174,6 +174,10 @@ class Config:
     # Events kept in memory per process (the log never changes, so the cache
     # needs no invalidation; its size is the process's memory after warm-up).
     event_cache_size: int = 10_000
+    # Scales every other in-memory cache's bound (state maps, auth chains,
+    # push rules and contexts, unread views, tokens): below 1 on a small
+    # machine, above on a big one. As Synapse's ``caches.global_factor``.
+    cache_factor: float = 1.0
 
     @property
     def signing_key_path(self) -> Path:
@@ -228,6 +232,7 @@ _KEYS: dict[str, tuple[type, Any]] = {
     "registration.requires_token": (bool, False),
     "rooms.transient_purge_after_ms": (int, 300_000),
     "caches.events": (int, 10_000),
+    "caches.global_factor": (float, 1.0),
     "voip.turn_uris": (list, []),
     "voip.turn_shared_secret": (type(None), None),
     "voip.turn_user_lifetime_ms": (int, 86_400_000),
@@ -324,6 +329,12 @@ def _resources(key: str, value: list[Any]) -> frozenset[str]:
             f"{key}: unknown resource(s) {sorted(unknown)}; known: {sorted(LISTENER_RESOURCES)}"
         )
     return names
+
+
+def _cache_factor(value: float) -> float:
+    if not 0.001 <= value <= 1000:
+        raise ConfigError(f"caches.global_factor: must be between 0.001 and 1000, got {value}")
+    return value
 
 
 def _positive(key: str, value: int) -> int:
@@ -480,6 +491,7 @@ def load_config(
         ),
         rate_limits=_rate_limits(values),
         event_cache_size=_positive("caches.events", values["caches.events"]),
+        cache_factor=_cache_factor(values["caches.global_factor"]),
     )
 
 

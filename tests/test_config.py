@@ -29,6 +29,8 @@ def test_defaults_without_any_configuration() -> None:
     assert cfg.listen.client_resources == {"client", "admin"}
     assert cfg.listen.federation_resources == {"federation", "keys"}
     assert cfg.directory.allow_public_rooms_without_auth is False
+    assert (cfg.event_cache_size, cfg.cache_factor) == (10_000, 1.0)
+    assert load_config(None, environ={"HOMESERVER_CACHES_GLOBAL_FACTOR": "0.25"}).cache_factor == 0.25
 
 
 def test_yaml_env_and_flags_in_that_order(tmp_path: Path) -> None:
@@ -73,6 +75,8 @@ def test_yaml_env_and_flags_in_that_order(tmp_path: Path) -> None:
         ("", {"HOMESERVER_LISTEN_FEDERATION_RESOURCES": "fed"}, "listen.federation_resources"),
         ("listen: {header_timeout: 0}\n", {}, "listen.header_timeout"),
         ("", {"HOMESERVER_LISTEN_MAX_CONNECTIONS_PER_ADDRESS": "-1"}, "listen.max_connections"),
+        ("caches: {global_factor: 0}\n", {}, "caches.global_factor"),
+        ("", {"HOMESERVER_CACHES_GLOBAL_FACTOR": "lots"}, "caches.global_factor"),
     ],
 )
 def test_bad_values_name_the_key(

@@ -23,6 +23,12 @@ class CacheFill(NamedTuple):
     bound: int
 
 
+def scaled(bound: int, factor: float) -> int:
+    """A cache's default bound times the operator's ``caches.global_factor``
+    (never below one entry)."""
+    return max(1, int(bound * factor))
+
+
 class LRU(OrderedDict[Any, Any]):
     def __init__(self, max_weight: int, *, weigh: Callable[[Any], int] | None = None) -> None:
         super().__init__()

@@ -17,7 +17,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from homeserver.core.ids import InvalidID, UserID
-from homeserver.core.lru import CacheFill
+from homeserver.core.lru import CacheFill, scaled
 from homeserver.services.clock import now_ms
 from homeserver.storage.accounts import AccountStore, TokenOwner, UserExists
 
@@ -59,7 +59,14 @@ def hash_token(token: str) -> bytes:
 
 
 class AccountService:
-    def __init__(self, store: AccountStore, server_name: str, admins: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        store: AccountStore,
+        server_name: str,
+        admins: tuple[str, ...],
+        *,
+        cache_factor: float = 1.0,
+    ) -> None:
         self._store = store
         self._server_name = server_name
         self._admins = frozenset(admins)
@@ -69,6 +76,7 @@ class AccountService:
         # their tokens or rights (NOTIFY hs_auth, see invalidate_user).
         self._tokens: dict[bytes, tuple[Requester, float]] = {}
         self._tokens_by_user: dict[str, set[bytes]] = {}
+        self._max_tokens = scaled(TOKEN_CACHE_SIZE, cache_factor)
 
     @property
     def server_name(self) -> str:
@@ -163,7 +171,7 @@ class AccountService:
         requester = Requester(
             UserID(owner.user_id), owner.device_id, owner.is_admin or owner.user_id in self._admins
         )
-        if len(self._tokens) > TOKEN_CACHE_SIZE:
+        if len(self._tokens) > self._max_tokens:
             self._tokens.clear()
             self._tokens_by_user.clear()
         self._tokens[digest] = (requester, now + TOKEN_CACHE_TTL)
@@ -172,7 +180,7 @@ class AccountService:
 
     def caches(self) -> dict[str, CacheFill]:
         n = len(self._tokens)
-        return {"access_tokens": CacheFill(n, n, TOKEN_CACHE_SIZE)}
+        return {"access_tokens": CacheFill(n, n, self._max_tokens)}
 
     async def drop_token_cache(self) -> None:
         """After a gap in cross-process notifications a logout elsewhere may

@@ -31,7 +31,7 @@ from typing import Any
 from homeserver.core import push_rules as pr
 from homeserver.core.auth import creators
 from homeserver.core.ids import InvalidID, RoomID, UserID
-from homeserver.core.lru import LRU, CacheFill
+from homeserver.core.lru import LRU, CacheFill, scaled
 from homeserver.services.account_data import AccountDataService
 from homeserver.services.clock import now_ms
 from homeserver.services.errors import MatrixError, not_found
@@ -91,16 +91,18 @@ class PushService:
         projections: Projections,
         serializer: EventSerializer,
         account_data: AccountDataService,
+        *,
+        cache_factor: float = 1.0,
     ) -> None:
         self._store = store
         self._events = events
         self._projections = projections
         self._serializer = serializer
         self._account_data = account_data
-        self._rulesets = LRU(MAX_USERS)
+        self._rulesets = LRU(scaled(MAX_USERS, cache_factor))
         # weighed by their display names: a big room's contexts are big
-        self._groups = LRU(MAX_GROUP_NAMES, weigh=lambda g: len(g.names) + 1)
-        self._memos = LRU(MAX_MEMOS)
+        self._groups = LRU(scaled(MAX_GROUP_NAMES, cache_factor), weigh=lambda g: len(g.names) + 1)
+        self._memos = LRU(scaled(MAX_MEMOS, cache_factor))
 
     def caches(self) -> dict[str, CacheFill]:
         return {

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from homeserver.core.events import STRIPPED_STATE_TYPES, StateKey
-from homeserver.core.lru import CacheFill
+from homeserver.core.lru import CacheFill, scaled
 from homeserver.services.clock import now_ms
 from homeserver.services.filters import EventFilter, flag, str_list, sub_object
-from homeserver.services.lazy_members import SentMembers
+from homeserver.services.lazy_members import MAX_DEVICES, SentMembers
 from homeserver.services.notifier import LocalAppend, Notifier, wait_for
 from homeserver.services.push import MAIN as MAIN_THREAD
 from homeserver.services.push import PushService
@@ -96,10 +96,13 @@ class SyncService:
         notifier: Notifier,
         snapshots: SyncSnapshots,
         push: PushService,
+        *,
+        cache_factor: float = 1.0,
     ) -> None:
         self._snapshots = snapshots
         self._push = push
-        self._sent_members = SentMembers()
+        self._sent_members = SentMembers(scaled(MAX_DEVICES, cache_factor))
+        self._max_views = scaled(MAX_VIEWS, cache_factor)
         # (user, room) → (position, counts as the user last saw them)
         self._views: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}
         self.answered_from_memory = 0  # long-polls answered by _from_memory
@@ -303,13 +306,13 @@ class SyncService:
     def caches(self) -> dict[str, CacheFill]:
         views = len(self._views)
         return {
-            "sync_room_views": CacheFill(views, views, MAX_VIEWS),
+            "sync_room_views": CacheFill(views, views, self._max_views),
             "sync_lazy_members_devices": self._sent_members.fill,
         }
 
     def _remember_views(self, user_id: str, upto: int, stats: Mapping[str, Any]) -> None:
         """Keep each room's counts as the user last saw them, at ``upto``."""
-        if len(self._views) > MAX_VIEWS:
+        if len(self._views) > self._max_views:
             self._views.clear()
         for room_id, st in stats.items():
             self._views[(user_id, room_id)] = (upto, st)

@@ -17,7 +17,7 @@ from typing import Any
 import asyncpg
 
 from homeserver.core.events import Event, StateKey
-from homeserver.core.lru import LRU, CacheFill
+from homeserver.core.lru import LRU, CacheFill, scaled
 from homeserver.core.room_versions import RoomVersion, get_room_version
 from homeserver.storage.database import Database
 from homeserver.storage.projections import head_ctes
@@ -208,15 +208,18 @@ class EventStore:
     """Reads and writes of the log. Events and state groups never change once
     written, so both are cached in memory without invalidation."""
 
-    def __init__(self, db: Database, *, cache_size: int = 10_000) -> None:
+    def __init__(
+        self, db: Database, *, cache_size: int = 10_000, cache_factor: float = 1.0
+    ) -> None:
         self._db = db
         self._events = LRU(cache_size)
-        self._groups = LRU(STATE_CACHE_ENTRIES, weigh=len)
-        self._chains = LRU(20_000)
+        self._groups = LRU(scaled(STATE_CACHE_ENTRIES, cache_factor), weigh=len)
+        # group id → chain length (never changes)
+        self._chains = LRU(scaled(20_000, cache_factor))
         # event id → its auth chain (never changes), 500,000 ids in all
         self._auth_chains = LRU(
-            AUTH_CHAIN_ENTRIES, weigh=lambda c: len(c) + 1
-        )  # group id → chain length (never changes)
+            scaled(AUTH_CHAIN_ENTRIES, cache_factor), weigh=lambda c: len(c) + 1
+        )
         self._room_versions: dict[str, RoomVersion] = {}
 
     @property

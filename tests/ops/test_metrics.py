@@ -132,6 +132,29 @@ async def test_metrics_listener_is_separate() -> None:
     assert out.returncode == 1 and "alive: no" in out.stdout, out.stdout + out.stderr
 
 
+async def test_caches_global_factor_scales_every_bound_but_the_event_caches(
+    db: Any, tmp_path: Path, aiohttp_client: Any
+) -> None:
+    from homeserver.app import create_app
+    from tests.helpers import make_config
+
+    bounds = {}
+    for factor in (1.0, 0.25):
+        app = create_app(make_config(tmp_path, **{"caches.global_factor": factor}), db)
+        text = await scrape(aiohttp_client, app)
+        bounds[factor] = {
+            smp.labels["cache"]: smp.value
+            for family in text_string_to_metric_families(text)
+            for smp in family.samples
+            if smp.name == "homeserver_cache_bound" and smp.value > 0
+        }
+    assert bounds[0.25]["events"] == bounds[1.0]["events"] == 10_000  # caches.events
+    scaled = set(bounds[1.0]) - {"events"} - {k for k in bounds[1.0] if k.startswith("push_d")}
+    assert {"state_groups", "auth_chains", "push_rule_sets", "access_tokens"} <= scaled
+    for cache in scaled - {"push_compiled_conditions"}:
+        assert bounds[0.25][cache] == int(bounds[1.0][cache] * 0.25), cache
+
+
 def test_dashboard_graphs_families_we_export() -> None:
     """docs/grafana-dashboard.json only names metric families the server has."""
     import json
