@@ -16,7 +16,8 @@ backends; shared buffers counted once) and its process count, and p50/p99
 latency of sends, joins and immediate syncs. The summary at the end
 compares memory after warm-up (the first interval) with the last interval.
 
-usage: scripts/soak [--minutes 3] [--interval 60] [--rate 5] [--churn-pool 0] [--out FILE]
+usage: scripts/soak [--minutes 3] [--interval 60] [--rate 5] [--churn-pool 0]
+                    [--cache-factor 1.0] [--out FILE]
 """
 
 from __future__ import annotations
@@ -86,8 +87,9 @@ def cluster_pss_kb(pgdata: Path) -> tuple[int, int]:
 
 
 class Server:
-    def __init__(self, root: Path, name: str) -> None:
+    def __init__(self, root: Path, name: str, cache_factor: float = 1.0) -> None:
         self.data = root / name
+        self.cache_factor = cache_factor
         self.port, self.fed, self.metrics = free_port(), free_port(), free_port()
         self.server_name = f"localhost:{self.fed}"
         self.base = f"http://127.0.0.1:{self.port}"
@@ -105,6 +107,7 @@ class Server:
             # Lifted, as the Synapse peer's are: this measures the server.
             HOMESERVER_RATE_LIMITS_ENABLED="false",
             HOMESERVER_LISTEN_METRICS_PORT=str(self.metrics),
+            HOMESERVER_CACHES_GLOBAL_FACTOR=str(self.cache_factor),
         )
         self.proc = subprocess.Popen(
             [
@@ -310,11 +313,17 @@ async def main() -> int:
         default=0,
         help="local users taking turns in the join churn (0: a new account each time)",
     )
+    ap.add_argument(
+        "--cache-factor",
+        type=float,
+        default=1.0,
+        help="the servers' caches.global_factor (below 1: caches fill, and show flat, sooner)",
+    )
     ap.add_argument("--out", help="also write the JSON lines here")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="hs-soak-"))
     os.chmod(root, 0o755)
-    a, b = Server(root, "a"), Server(root, "b")
+    a, b = Server(root, "a", args.cache_factor), Server(root, "b", args.cache_factor)
     out = open(args.out, "w") if args.out else None  # noqa: SIM115 - closed in finally
     rows: list[dict[str, Any]] = []
     try:
