@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 
+from homeserver.core.lru import LRU
 from homeserver.services.federation.client import FederationClient, FederationError, encode_path
 from homeserver.services.federation.ingest import Checked, Dropped, Ingest
 from homeserver.storage.events import EventStore
@@ -21,6 +22,7 @@ log = logging.getLogger(__name__)
 
 MAX_BACKFILL = 100
 RETRY_EMPTY_S = 30.0  # a gap that yielded nothing is not asked again before this
+MAX_FRUITLESS = 10_000  # such gaps remembered (the least recently asked forgotten)
 
 
 class Backfiller:
@@ -37,7 +39,7 @@ class Backfiller:
         self._ingest = ingest
         self._client = client
         self._name = server_name
-        self._fruitless: dict[tuple[str, ...], float] = {}
+        self._fruitless = LRU(MAX_FRUITLESS)  # the gap's extremities → when
 
     async def backfill(self, room_id: str, want: int) -> bool:
         """Fetch up to ``want`` older events of ``room_id``; True when any
@@ -70,7 +72,7 @@ class Backfiller:
             if stored:
                 log.info("backfilled %d events of %s from %s", stored, room_id, server)
                 return True
-        self._fruitless[ids] = time.monotonic()
+        self._fruitless.put(ids, time.monotonic())
         return False
 
     async def _store_batch(self, origin: str, room_id: str, rv: object, pdus: list[object]) -> int:
