@@ -14,7 +14,9 @@ re-join over federation). Per interval it prints one JSON line: the RSS of
 each server process, the PSS of each PostgreSQL cluster (postmaster and
 backends; shared buffers counted once) and its process count, and p50/p99
 latency of sends, joins and immediate syncs. The summary at the end
-compares memory after warm-up (the first interval) with the last interval.
+gives, per memory figure, the first and last interval, and from the
+interval where every cache stopped filling to the end: at warm-up, at the
+end, lowest and highest.
 
 usage: scripts/soak [--minutes 3] [--interval 60] [--rate 5] [--churn-pool 0]
                     [--cache-factor 1.0] [--out FILE]
@@ -300,6 +302,35 @@ class Soak:
         return row
 
 
+def warm_at(rows: list[dict[str, Any]]) -> int:
+    """The interval from which no cache fills any more: each cache's fill
+    is within a point of where it ends (a cache whose users are fewer than
+    its bound ends below it)."""
+    at = 1
+    for key in (k for k in rows[-1] if k.startswith("caches_")):
+        for name, end in rows[-1][key].items():
+            filling = [r["interval"] for r in rows if abs(r.get(key, {}).get(name, 0) - end) > 1]
+            at = max(at, max(filling, default=0) + 1)
+    return at
+
+
+def after_warm_up(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Memory from the interval every cache is full (or steady) to the end:
+    (at warm-up, at the end, lowest, highest) of each live-memory figure.
+    Flat after warm-up is what the soak is for."""
+    at = warm_at(rows)
+    warm = [r for r in rows if r["interval"] >= at]
+    out: dict[str, Any] = {"caches_steady_from_interval": at}
+    if len(warm) < 2:
+        out["after_warm_up"] = "too few intervals after warm-up: run longer"
+        return out
+    for key in rows[-1]:
+        if key.startswith(("rss_", "malloc_in_use_", "py_blocks_", "pss_pg_")):
+            xs = [r[key] for r in warm]
+            out[key + "_after_warm_up"] = (xs[0], xs[-1], min(xs), max(xs))
+    return out
+
+
 async def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--minutes", type=float, default=3.0)
@@ -387,6 +418,7 @@ async def main() -> int:
         for key in rows[0]:
             if key.startswith(("rss_", "pss_")):
                 summary[key + "_first_last"] = (rows[0][key], rows[-1][key])
+        summary.update(after_warm_up(rows))
     print(json.dumps({"summary": summary}))
     return 0 if codes == (0, 0) else 1
 
