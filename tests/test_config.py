@@ -30,7 +30,9 @@ def test_defaults_without_any_configuration() -> None:
     assert cfg.listen.federation_resources == {"federation", "keys"}
     assert cfg.directory.allow_public_rooms_without_auth is False
     assert (cfg.event_cache_size, cfg.cache_factor) == (10_000, 1.0)
-    assert load_config(None, environ={"HOMESERVER_CACHES_GLOBAL_FACTOR": "0.25"}).cache_factor == 0.25
+    assert (
+        load_config(None, environ={"HOMESERVER_CACHES_GLOBAL_FACTOR": "0.25"}).cache_factor == 0.25
+    )
 
 
 def test_yaml_env_and_flags_in_that_order(tmp_path: Path) -> None:

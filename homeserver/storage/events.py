@@ -9,6 +9,7 @@ in ``projections.py``; the write path that ties them together is
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from sys import intern
@@ -83,9 +84,13 @@ class NewEvent:
 # State entries kept across all cached state groups (a slot and a key tuple
 # each, their strings interned and shared: some 25 MB when full).
 STATE_CACHE_ENTRIES = 200_000
-# Event ids kept across all cached auth chains (a set slot each, the ids
-# interned and shared: some 20 MB when full).
-AUTH_CHAIN_ENTRIES = 500_000
+# Bytes of the cached auth chains' hash tables (their ids are interned and
+# shared with the rest of the process). Weighed by table, not by ids: a set's
+# table grows fourfold when it passes 60% full, so a chain of 1,229 ids takes
+# 128 KB and one of 1,228 takes 32 KB. A bound on ids (500,000 before) was
+# none on bytes: the soak saw the cache step up by some 28 MB on both servers
+# when the re-joining users' membership chains passed 1,229 ids.
+AUTH_CHAIN_BYTES = 24 * 2**20
 
 
 # A state group and its entries in one statement (see create_state_group).
@@ -216,10 +221,8 @@ class EventStore:
         self._groups = LRU(scaled(STATE_CACHE_ENTRIES, cache_factor), weigh=len)
         # group id → chain length (never changes)
         self._chains = LRU(scaled(20_000, cache_factor))
-        # event id → its auth chain (never changes), 500,000 ids in all
-        self._auth_chains = LRU(
-            scaled(AUTH_CHAIN_ENTRIES, cache_factor), weigh=lambda c: len(c) + 1
-        )
+        # event id → its auth chain (never changes), 24 MB of tables in all
+        self._auth_chains = LRU(scaled(AUTH_CHAIN_BYTES, cache_factor), weigh=sys.getsizeof)
         self._room_versions: dict[str, RoomVersion] = {}
 
     @property

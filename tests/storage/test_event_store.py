@@ -395,3 +395,26 @@ async def test_cached_chains_and_states_share_their_strings(writers: tuple[Write
     for key in shared:
         (k2,) = [k for k in s2 if k == key]
         assert k2[0] is key[0] and k2[1] is key[1] and s2[key] is s1[key]
+
+
+async def test_the_auth_chain_cache_is_bounded_in_bytes(writers: tuple[Writer, Writer]) -> None:
+    """The auth-chain cache weighs each chain by its set's table, not by its
+    ids: a set's table grows fourfold when it passes 60% full (1,229 ids take
+    128 KB, 1,228 take 32 KB), so a bound on ids let the soak's servers grow
+    by some 28 MB when long membership chains crossed that size."""
+    import sys
+
+    from homeserver.storage.events import AUTH_CHAIN_BYTES
+
+    assert sys.getsizeof(frozenset(map(str, range(1229)))) > 3 * sys.getsizeof(
+        frozenset(map(str, range(1228)))
+    )
+    a, _ = writers
+    state, _ = await _rejoined_room(a, "@bob:hs.test")
+    bound = 650  # bytes: three small chains (216 bytes each) fit, not all five
+    store = EventStore(a.db, cache_factor=bound / AUTH_CHAIN_BYTES)
+    chains = await store.auth_chains(state.values())
+    cache = store._auth_chains
+    assert cache.fill.bound == bound
+    assert cache.fill.weight == sum(sys.getsizeof(c) for c in cache.values()) <= bound
+    assert 0 < len(cache) < len(chains)
