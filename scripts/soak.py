@@ -19,7 +19,7 @@ interval where every cache stopped filling to the end: at warm-up, at the
 end, lowest and highest.
 
 usage: scripts/soak [--minutes 3] [--interval 60] [--rate 5] [--churn-pool 0]
-                    [--cache-factor 1.0] [--out FILE]
+                    [--rejoiners 2] [--cache-factor 1.0] [--out FILE]
 """
 
 from __future__ import annotations
@@ -337,6 +337,12 @@ async def main() -> int:
     ap.add_argument("--interval", type=float, default=60.0, help="seconds per sample")
     ap.add_argument("--pollers", type=int, default=10)
     ap.add_argument("--senders", type=int, default=4, help="per server")
+    ap.add_argument(
+        "--rejoiners",
+        type=int,
+        default=2,
+        help="B users taking turns to leave and re-join (fewer: longer membership chains sooner)",
+    )
     ap.add_argument("--rate", type=float, default=5.0, help="messages/s per sender")
     ap.add_argument(
         "--churn-pool",
@@ -367,8 +373,11 @@ async def main() -> int:
             a_tokens = [
                 await soak.register(a, f"a{i}") for i in range(max(args.pollers, args.senders))
             ]
-            # B's senders stay joined; two more B users leave and re-join
-            b_tokens = [await soak.register(b, f"b{i}") for i in range(args.senders + 2)]
+            # B's senders stay joined; the rejoiners leave and re-join
+            b_tokens = [
+                await soak.register(b, f"b{i}")
+                for i in range(args.senders + max(1, args.rejoiners))
+            ]
             room = (
                 await soak.call(
                     None, "POST", f"{a.base}{CS}/createRoom", a_tokens[0], {"preset": "public_chat"}

@@ -31,6 +31,8 @@ def test_a_short_soak_samples_memory_caches_and_latency(tmp_path: Path) -> None:
             "1",
             "--churn-pool",
             "2",
+            "--rejoiners",
+            "1",
             "--cache-factor",
             "0.01",
             "--out",
