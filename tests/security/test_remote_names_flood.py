@@ -28,10 +28,10 @@ class Unreachable:
     """Every server named is down (the attacker made them up)."""
 
     async def get_json(self, destination: str, *_: Any, **__: Any) -> Any:
-        raise FederationError(f"{destination} is unreachable")
+        raise FederationError(destination, None, None, "unreachable")
 
     async def post_json(self, destination: str, *_: Any, **__: Any) -> Any:
-        raise FederationError(f"{destination} is unreachable")
+        raise FederationError(destination, None, None, "unreachable")
 
 
 async def test_keyring_remembers_a_bounded_number_of_servers_and_key_ids(
