@@ -8,7 +8,6 @@ calls from both sides end with one room. A persistent one-to-one is reopened
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 from homeserver.core.ids import UserID
 from homeserver.services.account_data import AccountDataService
 from homeserver.services.errors import MatrixError, forbidden, not_found
+from homeserver.services.locks import KeyedLocks
 from homeserver.services.membership import MembershipService
 from homeserver.services.messages import MessageService
 from homeserver.services.profile import ProfileService
@@ -49,7 +49,7 @@ class DirectMessageService:
         self._account_data = account_data
         self._profiles = profiles
         self._server_name = server_name
-        self._pair_locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._pair_locks = KeyedLocks()
 
     def _local(self, user_id: str) -> bool:
         return UserID(user_id).server_name == self._server_name
@@ -60,7 +60,7 @@ class DirectMessageService:
         if self._local(partner) and not await self._profiles.exists(partner):
             raise not_found(f"Unknown user {partner}")
         key = pair(user_id, partner)
-        local = self._pair_locks.setdefault(key, asyncio.Lock())
+        local = self._pair_locks(key)
         # In-process first (so waiting requests hold no database connection),
         # then across processes with the advisory lock.
         async with local, self._db.transaction() as conn:
@@ -84,8 +84,6 @@ class DirectMessageService:
                 )
                 created = True
                 await self._store.set_dm_room(conn, user_id, partner, room_id)
-        if not local.locked() and self._pair_locks.get(key) is local:
-            del self._pair_locks[key]
         await self._account_data.add_direct(user_id, partner, room_id)
         if self._local(partner):
             await self._account_data.add_direct(partner, user_id, room_id)
